@@ -1,0 +1,1 @@
+"""The model, the ports and the use cases. Imports nothing from adapters or entrypoints."""

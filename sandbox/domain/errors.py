@@ -1,0 +1,47 @@
+"""Errors the use cases raise. Each carries a stable code; entrypoints map codes to statuses."""
+
+
+class SandboxError(Exception):
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(SandboxError):
+    code = "invalid_request"
+
+
+class PayloadTooLarge(SandboxError):
+    code = "payload_too_large"
+
+
+class SandboxNotFound(SandboxError):
+    code = "not_found"
+
+
+class InvalidState(SandboxError):
+    code = "invalid_state"
+
+
+class CheckpointMismatch(SandboxError):
+    code = "checkpoint_mismatch"
+
+
+class PackageResolutionFailed(SandboxError):
+    code = "package_resolution_failed"
+
+
+class AtCapacity(SandboxError):
+    code = "at_capacity"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RuntimeFailure(SandboxError):
+    """The runtime (runsc) itself failed; not the script."""
+
+    code = "runtime_failure"

@@ -1,0 +1,57 @@
+"""Use cases. They speak only to ports."""
+
+from __future__ import annotations
+
+import structlog
+
+from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.model import ExecutionResult, Language, Limits, Program, SandboxSpec, Stream
+from sandbox.domain.output import OutputCapture, TextListener
+from sandbox.domain.ports import SandboxRuntime
+
+log = structlog.get_logger(__name__)
+
+
+class ExecutionEvents:
+    """What a caller that streams wants to hear while a script runs. The default hears nothing."""
+
+    async def started(self, sandbox_id: str) -> None:
+        return None
+
+    async def output(self, stream: Stream, text: str) -> None:
+        return None
+
+
+async def execute_script(
+    runtime: SandboxRuntime,
+    language: Language,
+    source: bytes,
+    limits: Limits,
+    events: ExecutionEvents | None = None,
+) -> ExecutionResult:
+    """Run a script in a fresh sandbox that is gone afterwards, and return its result."""
+    events = events or ExecutionEvents()
+    sandbox_id = new_sandbox_id()
+    structlog.contextvars.bind_contextvars(sandbox_id=sandbox_id)
+    listener: TextListener = events.output
+    capture = OutputCapture(limits.output_bytes, listener)
+    await events.started(sandbox_id)
+    log.info("execution.started", language=language.value, timeout_s=limits.timeout_s,
+             memory_mb=limits.memory_mb, script_bytes=len(source))
+    outcome = await runtime.run(
+        SandboxSpec(sandbox_id=sandbox_id, limits=limits),
+        Program.script(language, source),
+        capture,
+    )
+    await capture.close()
+    result = ExecutionResult(
+        sandbox_id=sandbox_id,
+        language=language.value,
+        outcome=outcome,
+        stdout=capture.captured(Stream.STDOUT),
+        stderr=capture.captured(Stream.STDERR),
+    )
+    log.info("execution.finished", exit_code=outcome.exit_code, timed_out=outcome.timed_out,
+             oom_killed=outcome.oom_killed, duration_ms=outcome.duration_ms,
+             stdout_truncated=result.stdout.truncated, stderr_truncated=result.stderr.truncated)
+    return result

@@ -1,0 +1,104 @@
+"""Settings read once from SANDBOX_* variables and validated at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sandbox.domain.model import Limits
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    runtime: str = "runsc"
+    state_dir: Path = Path("/var/lib/gvisor-sandbox/state")
+    rootfs_dir: Path = Path("/var/lib/gvisor-sandbox/rootfs")
+    runsc_path: str = "runsc"
+    runsc_platform: str = "systrap"
+    cgroup_parent: str = "gvisor-sandbox"
+    log_format: str = "json"
+    log_level: str = "info"
+    default_timeout_s: float = 30.0
+    max_timeout_s: float = 300.0
+    default_memory_mb: int = 512
+    max_memory_mb: int = 4096
+    cpus: float = 1.0
+    pids_limit: int = 256
+    open_files_limit: int = 1024
+    file_size_mb: int = 256
+    tmp_mb: int = 256
+    output_limit_bytes: int = 1024 * 1024
+    max_body_bytes: int = 1024 * 1024
+    request_read_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.runtime not in ("runsc", "fake"):
+            problems.append("SANDBOX_RUNTIME must be runsc or fake")
+        if self.log_format not in ("json", "console"):
+            problems.append("SANDBOX_LOG_FORMAT must be json or console")
+        if not 0 < self.port < 65536:
+            problems.append("SANDBOX_PORT must be between 1 and 65535")
+        if not 0 < self.default_timeout_s <= self.max_timeout_s:
+            problems.append("need 0 < SANDBOX_DEFAULT_TIMEOUT_S <= SANDBOX_MAX_TIMEOUT_S")
+        if not 16 <= self.default_memory_mb <= self.max_memory_mb:
+            problems.append("need 16 <= SANDBOX_DEFAULT_MEMORY_MB <= SANDBOX_MAX_MEMORY_MB")
+        for name in ("pids_limit", "open_files_limit", "file_size_mb", "tmp_mb",
+                     "output_limit_bytes", "max_body_bytes"):
+            if getattr(self, name) <= 0:
+                problems.append(f"SANDBOX_{name.upper()} must be positive")
+        if self.cpus <= 0 or self.request_read_timeout_s <= 0:
+            problems.append("SANDBOX_CPUS and SANDBOX_REQUEST_READ_TIMEOUT_S must be positive")
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = environ.get(f"SANDBOX_{field.name.upper()}")
+            if raw is not None:
+                values[field.name] = _parse(field, raw)
+        return cls(**values)
+
+    def default_limits(self) -> Limits:
+        return Limits(
+            timeout_s=self.default_timeout_s,
+            memory_mb=self.default_memory_mb,
+            cpus=self.cpus,
+            pids=self.pids_limit,
+            open_files=self.open_files_limit,
+            file_size_mb=self.file_size_mb,
+            tmp_mb=self.tmp_mb,
+            output_bytes=self.output_limit_bytes,
+        )
+
+
+def _parse(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    name = f"SANDBOX_{field.name.upper()}"
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if kind == "Path":
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None

@@ -1,0 +1,60 @@
+#!/bin/sh
+# Builds the sandbox root filesystem: Debian bookworm (minbase) with Python, a non-root user
+# and the preinstalled wheels of rootfs/requirements.txt. The build is keyed by a hash of this
+# recipe; an unchanged recipe is not rebuilt. The identity is written beside the folder
+# (DIR.identity), where the service reads it and records it with every checkpoint.
+set -eu
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+dest="${1:-${SANDBOX_ROOTFS_DIR:-/var/lib/gvisor-sandbox/rootfs}}"
+requirements="$here/rootfs/requirements.txt"
+identity=$(cat "$0" "$requirements" | sha256sum | cut -c1-16)
+
+if [ -d "$dest" ] && [ "$(cat "$dest.identity" 2>/dev/null || true)" = "$identity" ]; then
+    echo "rootfs $dest is up to date ($identity)"
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "build-rootfs: run as root (debootstrap needs it)" >&2
+    exit 1
+fi
+command -v debootstrap >/dev/null || "$here/scripts/install-runsc.sh"
+
+work="$dest.building"
+rm -rf "$work"
+mkdir -p "$(dirname "$dest")"
+echo "building rootfs $dest ($identity), about two minutes"
+debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates \
+    bookworm "$work" >"$work.log" 2>&1 || { tail -20 "$work.log" >&2; exit 1; }
+
+# debootstrap copies the build machine's identity into the rootfs: blank it.
+: >"$work/etc/hostname"
+: >"$work/etc/resolv.conf"
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' >"$work/etc/hosts"
+
+chroot "$work" useradd --uid 1000 --user-group --home-dir /workspace --no-create-home \
+    --shell /bin/bash sandbox
+install -d -o 1000 -g 1000 -m 0755 "$work/workspace"
+install -d -m 0755 "$work/sandbox"
+
+# Wheels only, installed by the host's pip for the sandbox's Python: no package code runs.
+site="$work/usr/local/lib/python3.11/dist-packages"
+python3 -m pip install --quiet --disable-pip-version-check --ignore-installed --no-compile \
+    --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+    --target "$site" -r "$requirements"
+rm -rf "$site/bin"
+chroot "$work" python3 -m compileall -q -j 0 /usr/local/lib/python3.11/dist-packages >/dev/null
+# matplotlib builds its font cache on first use; build it once here, where it is read later.
+install -d -o 1000 -g 1000 "$work/usr/local/share/matplotlib"
+chroot "$work" env MPLCONFIGDIR=/usr/local/share/matplotlib MPLBACKEND=Agg \
+    python3 -c 'import matplotlib.pyplot' >/dev/null 2>&1
+chown -R 1000:1000 "$work/usr/local/share/matplotlib"
+
+rm -rf "$work/var/cache/apt/archives"/*.deb "$work/var/lib/apt/lists"/* "$work/root/.cache"
+rm -f "$work.log"
+
+rm -rf "$dest"
+mv "$work" "$dest"
+echo "$identity" >"$dest.identity"
+du -sh "$dest"
