@@ -1,0 +1,1 @@
+"""The gVisor runtime: sandboxes made with `runsc`, always through argument lists."""

@@ -1,0 +1,129 @@
+"""The OCI runtime spec of one sandbox.
+
+The rootfs is shared by every sandbox and never written: runsc is started with
+`--overlay2=root:memory`, so writes to `/` land in the sandbox's own memory (they count
+against its memory limit and vanish with it). `root.readonly` stays false because a read-only
+root stays read-only even under the overlay.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sandbox.domain.model import Language, Limits, Program, SandboxSpec
+
+SANDBOX_UID = 1000
+INPUT_DIR = "/sandbox/input"
+PACKAGES_DIR = "/sandbox/packages"
+WORKDIR = "/workspace"
+
+_SCRIPT_NAMES = {Language.PYTHON: "main.py", Language.BASH: "main.sh"}
+_BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": WORKDIR,
+    "USER": "sandbox",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+    "PYTHONUNBUFFERED": "1",
+    "MPLBACKEND": "Agg",
+    "MPLCONFIGDIR": "/usr/local/share/matplotlib",
+}
+
+
+def script_name(language: Language) -> str:
+    return _SCRIPT_NAMES[language]
+
+
+def program_argv(program: Program) -> list[str]:
+    if program.language is Language.PYTHON:
+        return ["python3", f"{INPUT_DIR}/{script_name(Language.PYTHON)}"]
+    if program.language is Language.BASH:
+        return ["bash", f"{INPUT_DIR}/{script_name(Language.BASH)}"]
+    return list(program.argv)
+
+
+def environment(spec: SandboxSpec, program: Program) -> list[str]:
+    env = dict(_BASE_ENV)
+    if spec.package_dirs:
+        env["PYTHONPATH"] = ":".join(
+            f"{PACKAGES_DIR}/{index}" for index in range(len(spec.package_dirs))
+        )
+    env.update(spec.env)
+    env.update(program.env)
+    return [f"{key}={value}" for key, value in env.items()]
+
+
+def _rlimits(limits: Limits) -> list[dict[str, Any]]:
+    def rlimit(kind: str, value: int) -> dict[str, Any]:
+        return {"type": kind, "hard": value, "soft": value}
+
+    return [
+        rlimit("RLIMIT_NOFILE", limits.open_files),
+        rlimit("RLIMIT_NPROC", limits.pids),
+        rlimit("RLIMIT_FSIZE", limits.file_size_mb * 1024 * 1024),
+        rlimit("RLIMIT_CORE", 0),
+    ]
+
+
+def _mounts(spec: SandboxSpec, input_dir: Path) -> list[dict[str, Any]]:
+    tmp_size = f"size={spec.limits.tmp_mb}m"
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", tmp_size]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", tmp_size]},
+        {"destination": INPUT_DIR, "type": "bind", "source": str(input_dir),
+         "options": ["rbind", "ro", "nosuid", "nodev"]},
+    ]
+    for index, layer in enumerate(spec.package_dirs):
+        mounts.append({"destination": f"{PACKAGES_DIR}/{index}", "type": "bind",
+                       "source": layer, "options": ["rbind", "ro", "nosuid", "nodev"]})
+    return mounts
+
+
+def build_config(
+    spec: SandboxSpec, program: Program, rootfs: Path, input_dir: Path, cgroups_path: str
+) -> dict[str, Any]:
+    limits = spec.limits
+    period = 100_000
+    no_capabilities: dict[str, list[str]] = {
+        "bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": [],
+    }
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": SANDBOX_UID, "gid": SANDBOX_UID},
+            "args": program_argv(program),
+            "env": environment(spec, program),
+            "cwd": WORKDIR,
+            "capabilities": no_capabilities,
+            "rlimits": _rlimits(limits),
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": False},
+        "hostname": "sandbox",
+        "mounts": _mounts(spec, input_dir),
+        "linux": {
+            "cgroupsPath": cgroups_path,
+            "resources": {
+                # The memory limit is set on the parent cgroup the service owns, where the
+                # out-of-memory verdict can still be read after runsc removed its own.
+                "cpu": {"quota": int(limits.cpus * period), "period": period},
+                # A backstop only: pids counts the sandbox's own host threads too, and a low
+                # value crashes the sandbox. RLIMIT_NPROC is the real process limit.
+                "pids": {"limit": 16384},
+            },
+            "namespaces": [
+                {"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")
+            ],
+        },
+    }
