@@ -81,7 +81,7 @@ class CgroupsV1(SandboxCgroups):
             _remove_tree(controller / self.parent / sandbox_id)
 
     def leftovers(self) -> list[str]:
-        found = set()
+        found: set[str] = set()
         for controller in self.root.iterdir():
             parent = controller / self.parent
             if parent.is_dir():
