@@ -23,6 +23,9 @@ class Settings:
     runtime: str = "runsc"
     state_dir: Path = Path("/var/lib/gvisor-sandbox/state")
     rootfs_dir: Path = Path("/var/lib/gvisor-sandbox/rootfs")
+    # Where checkpoint images go; a bucket mounted as a folder on Cloud Run. Default:
+    # STATE_DIR/checkpoints.
+    checkpoint_dir: Path | None = None
     runsc_path: str = "runsc"
     runsc_platform: str = "systrap"
     cgroup_parent: str = "gvisor-sandbox"
@@ -72,6 +75,10 @@ class Settings:
                 values[field.name] = _parse(field, raw)
         return cls(**values)
 
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or self.state_dir / "checkpoints"
+
     def default_limits(self) -> Limits:
         return Limits(
             timeout_s=self.default_timeout_s,
@@ -97,7 +104,7 @@ def _parse(field: dataclasses.Field[Any], raw: str) -> Any:
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(raw)
             return raw.lower() in ("true", "1", "yes")
-        if kind == "Path":
+        if kind.startswith("Path"):
             return Path(raw)
         return raw
     except ValueError:

@@ -10,12 +10,14 @@ stderr. Tests can also program the outcome of a given script with `program()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sandbox.domain.model import Language, Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.errors import FileNotFoundInSandbox, PayloadTooLarge, RuntimeFailure
+from sandbox.domain.model import FileEntry, Language, Outcome, Program, SandboxSpec, Stream
 from sandbox.domain.ports import OutputSink, SandboxRuntime
 
 
@@ -66,9 +68,18 @@ def _steps(program: Program) -> Iterator[_Step]:
         return
 
 
+@dataclass
+class _FakeSandbox:
+    spec: SandboxSpec
+    init: asyncio.Task[tuple[int | None, bool]]
+    files: dict[str, bytes]
+
+
 class FakeSandboxRuntime(SandboxRuntime):
     def __init__(self) -> None:
         self._programmed: dict[bytes, FakeBehaviour] = {}
+        self._sandboxes: dict[str, _FakeSandbox] = {}
+        self._images: dict[str, dict[str, bytes]] = {}
         self.live: set[str] = set()
         self.runs: list[tuple[SandboxSpec, Program]] = []
         self.problems: list[str] = []
@@ -114,6 +125,107 @@ class FakeSandboxRuntime(SandboxRuntime):
                 assert isinstance(value, bytes)
                 await sink.write(Stream(kind), value)
         return 0, False
+
+
+    # Long-lived sandboxes: the init plays its program (or idles, for an argv program) in a
+    # task; files live in a dict; a checkpoint keeps the files and ends the task.
+
+    async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
+        self._launch(spec, program, sink, files={})
+
+    def _launch(
+        self, spec: SandboxSpec, program: Program, sink: OutputSink, files: dict[str, bytes]
+    ) -> None:
+        if spec.sandbox_id in self._sandboxes:
+            raise RuntimeFailure(f"sandbox {spec.sandbox_id} already exists")
+        body = self._play(program, sink) if program.language else _idle()
+        self._sandboxes[spec.sandbox_id] = _FakeSandbox(spec, asyncio.ensure_future(body), files)
+        self.live.add(spec.sandbox_id)
+
+    async def wait(self, sandbox_id: str) -> Outcome:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            return Outcome(exit_code=None)
+        started = time.monotonic()
+        try:
+            exit_code, oom = await asyncio.shield(sandbox.init)
+        except asyncio.CancelledError:
+            if sandbox.init.cancelled():
+                return Outcome(exit_code=None, duration_ms=_ms_since(started))
+            raise
+        return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=_ms_since(started))
+
+    async def exec(
+        self, sandbox_id: str, program: Program, sink: OutputSink, stdin: bytes, timeout_s: float
+    ) -> Outcome:
+        self._running(sandbox_id)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                exit_code, oom = await self._play(program, sink)
+        except TimeoutError:
+            return Outcome(exit_code=None, timed_out=True, duration_ms=_ms_since(started))
+        return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=_ms_since(started))
+
+    async def checkpoint(self, sandbox_id: str) -> str:
+        sandbox = self._running(sandbox_id)
+        image = f"fake-image-{sandbox_id}"
+        self._images[image] = dict(sandbox.files)
+        await self.destroy(sandbox_id)
+        return image
+
+    async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
+        if image not in self._images:
+            raise RuntimeFailure(f"no checkpoint image {image}")
+        self._launch(spec, Program(language=None, argv=("idle",)), sink, self._images[image])
+
+    async def discard_checkpoint(self, image: str) -> None:
+        self._images.pop(image, None)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        sandbox = self._sandboxes.pop(sandbox_id, None)
+        self.live.discard(sandbox_id)
+        if sandbox is not None and not sandbox.init.done():
+            sandbox.init.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sandbox.init
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        self._running(sandbox_id).files[path] = data
+
+    async def read_file(self, sandbox_id: str, path: str, limit_bytes: int) -> bytes:
+        files = self._running(sandbox_id).files
+        if path not in files:
+            raise FileNotFoundInSandbox(f"no file {path} in the sandbox")
+        if len(files[path]) > limit_bytes:
+            raise PayloadTooLarge(f"{path} is larger than {limit_bytes} bytes")
+        return files[path]
+
+    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
+        prefix = path.rstrip("/") + "/"
+        files = self._running(sandbox_id).files
+        return [
+            FileEntry(name=name[len(prefix):], kind="file", size=len(data), modified_at=0.0)
+            for name, data in sorted(files.items())
+            if name.startswith(prefix) and "/" not in name[len(prefix):]
+        ]
+
+    async def running_ids(self) -> set[str]:
+        return {key for key, box in self._sandboxes.items() if not box.init.done()}
+
+    async def leftover_ids(self) -> set[str]:
+        return set(self._sandboxes)
+
+    def _running(self, sandbox_id: str) -> _FakeSandbox:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None or sandbox.init.done():
+            raise RuntimeFailure(f"sandbox {sandbox_id} is not running")
+        return sandbox
+
+
+async def _idle() -> tuple[int | None, bool]:
+    await asyncio.Event().wait()
+    return 0, False
 
 
 def _ms_since(started: float) -> int:

@@ -17,6 +17,10 @@ class PayloadTooLarge(SandboxError):
     code = "payload_too_large"
 
 
+class FileNotFoundInSandbox(SandboxError):
+    code = "file_not_found"
+
+
 class SandboxNotFound(SandboxError):
     code = "not_found"
 

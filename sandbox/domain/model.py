@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 import enum
 from dataclasses import dataclass, field
 
@@ -99,3 +100,86 @@ class ExecutionResult:
 
     def to_dict(self) -> dict[str, object]:
         return {**self.summary(), "stdout": self.stdout.text, "stderr": self.stderr.text}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    kind: str  # "file", "directory", "link" or "other"
+    size: int
+    modified_at: float
+
+
+class SandboxKind(enum.StrEnum):
+    """A detached script (ends when the script ends) or a long-lived session (idles)."""
+
+    SCRIPT = "script"
+    SESSION = "session"
+
+
+_TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
+    SandboxState.CREATING: frozenset({SandboxState.RUNNING, SandboxState.FAILED}),
+    SandboxState.RUNNING: frozenset(
+        {SandboxState.EXITED, SandboxState.SUSPENDED, SandboxState.FAILED}
+    ),
+    SandboxState.SUSPENDED: frozenset({SandboxState.RUNNING, SandboxState.FAILED}),
+    SandboxState.EXITED: frozenset(),
+    SandboxState.FAILED: frozenset(),
+}
+
+
+def can_move(source: SandboxState, target: SandboxState) -> bool:
+    return target in _TRANSITIONS[source]
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The record of a sandbox the service manages (detached or long-lived)."""
+
+    sandbox_id: str
+    kind: SandboxKind
+    state: SandboxState
+    language: Language | None
+    limits: Limits
+    created_at: float
+    updated_at: float
+    exit_code: int | None = None
+    reason: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+    package_dirs: tuple[str, ...] = ()
+    idle_timeout_s: float | None = None
+    last_activity_at: float = 0.0
+    # Seconds the sandbox has run so far, so a detached script's time limit spans suspends.
+    run_seconds: float = 0.0
+    running_since: float | None = None
+    checkpoint: str | None = None
+    checkpoint_identity: tuple[tuple[str, str], ...] = ()
+
+    def spec(self) -> SandboxSpec:
+        return SandboxSpec(sandbox_id=self.sandbox_id, limits=self.limits,
+                           package_dirs=self.package_dirs, env=self.env)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "sandbox_id": self.sandbox_id,
+            "kind": self.kind.value,
+            "state": self.state.value,
+            "language": self.language.value if self.language else None,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "idle_timeout_s": self.idle_timeout_s,
+            "limits": {
+                "timeout_s": self.limits.timeout_s,
+                "memory_mb": self.limits.memory_mb,
+                "cpus": self.limits.cpus,
+                "pids": self.limits.pids,
+                "open_files": self.limits.open_files,
+                "output_bytes": self.limits.output_bytes,
+            },
+        }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
-from sandbox.domain.model import Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.model import (
+    FileEntry,
+    Outcome,
+    Program,
+    Sandbox,
+    SandboxSpec,
+    SandboxState,
+    Stream,
+)
 
 
 class OutputSink(abc.ABC):
@@ -39,3 +48,96 @@ class SandboxRuntime(abc.ABC):
     @abc.abstractmethod
     def identity(self) -> dict[str, str]:
         """What a checkpoint depends on (runtime version, rootfs identity)."""
+
+    # Long-lived sandboxes. `launch` returns once the sandbox runs; its output flows to the
+    # sink until it ends or is checkpointed, and `wait` tells how it ended.
+
+    @abc.abstractmethod
+    async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None: ...
+
+    @abc.abstractmethod
+    async def wait(self, sandbox_id: str) -> Outcome:
+        """Until the sandbox's init ends. exit_code is None when it did not end by itself
+        (checkpointed, destroyed)."""
+
+    @abc.abstractmethod
+    async def exec(
+        self, sandbox_id: str, program: Program, sink: OutputSink, stdin: bytes, timeout_s: float
+    ) -> Outcome:
+        """Run a program in a running sandbox. On timeout that program is killed; the
+        sandbox lives on."""
+
+    @abc.abstractmethod
+    async def checkpoint(self, sandbox_id: str) -> str:
+        """Save the sandbox (memory and all) and end it; return where the image is."""
+
+    @abc.abstractmethod
+    async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
+        """Bring a checkpointed sandbox back under the same id; its processes continue."""
+
+    @abc.abstractmethod
+    async def discard_checkpoint(self, image: str) -> None: ...
+
+    @abc.abstractmethod
+    async def destroy(self, sandbox_id: str) -> None:
+        """End the sandbox and remove everything it has on the host. Idempotent."""
+
+    @abc.abstractmethod
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        """Write a file inside a running sandbox, as its user; parents are made."""
+
+    @abc.abstractmethod
+    async def read_file(self, sandbox_id: str, path: str, limit_bytes: int) -> bytes:
+        """Read a file inside a running sandbox; FileTooLarge above limit_bytes."""
+
+    @abc.abstractmethod
+    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]: ...
+
+    @abc.abstractmethod
+    async def running_ids(self) -> set[str]:
+        """Ids of sandboxes whose init runs now."""
+
+    @abc.abstractmethod
+    async def leftover_ids(self) -> set[str]:
+        """Ids with anything on the host (container, bundle, cgroup, checkpoint)."""
+
+
+class SandboxStore(abc.ABC):
+    """Durable records of managed sandboxes. Every write is atomic: a crash at any moment
+    leaves each record either as it was or as it was written."""
+
+    @abc.abstractmethod
+    async def add(self, sandbox: Sandbox) -> None: ...
+
+    @abc.abstractmethod
+    async def get(self, sandbox_id: str) -> Sandbox | None: ...
+
+    @abc.abstractmethod
+    async def save(self, sandbox: Sandbox) -> None: ...
+
+    @abc.abstractmethod
+    async def remove(self, sandbox_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def list(self, state: SandboxState | None = None) -> list[Sandbox]: ...
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    data: bytes
+    truncated: bool
+    size: int
+
+
+class OutputLog(abc.ABC):
+    """The output of detached scripts, kept (capped) where it survives a restart."""
+
+    @abc.abstractmethod
+    def sink(self, sandbox_id: str, limit_bytes: int) -> OutputSink:
+        """A sink that appends to the sandbox's output, up to limit_bytes per stream."""
+
+    @abc.abstractmethod
+    async def read(self, sandbox_id: str, stream: Stream, offset: int = 0) -> StoredOutput: ...
+
+    @abc.abstractmethod
+    async def remove(self, sandbox_id: str) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 from sandbox.domain.model import Stream
 from sandbox.domain.ports import OutputSink
@@ -14,16 +15,27 @@ READ_CHUNK = 64 * 1024
 DRAIN_GRACE_S = 2.0
 
 
-async def pump(reader: asyncio.StreamReader | None, stream: Stream, sink: OutputSink) -> None:
+class Pipe:
+    """Our end of a pipe whose other end a sandbox may hold, read without blocking."""
+
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+        self.reader = reader
+        self.transport = transport
+
+
+async def pump(pipe: Pipe, stream: Stream, sink: OutputSink) -> None:
     """Copy a pipe to the sink until EOF, as bytes; the sink decides what to keep."""
-    if reader is None:
+    try:
+        while chunk := await pipe.reader.read(READ_CHUNK):
+            await sink.write(stream, chunk)
+    finally:
+        pipe.transport.close()
+
+
+async def finish_pumps(pumps: list[asyncio.Task[None]], grace_s: float = DRAIN_GRACE_S) -> None:
+    if not pumps:
         return
-    while chunk := await reader.read(READ_CHUNK):
-        await sink.write(stream, chunk)
-
-
-async def finish_pumps(pumps: list[asyncio.Task[None]]) -> None:
-    done, pending = await asyncio.wait(pumps, timeout=DRAIN_GRACE_S)
+    done, pending = await asyncio.wait(pumps, timeout=grace_s)
     for task in pending:
         task.cancel()
     for task in pending:
@@ -31,6 +43,38 @@ async def finish_pumps(pumps: list[asyncio.Task[None]]) -> None:
             await task
     for task in done:
         task.result()
+
+
+async def _open_pipe(read_fd: int) -> Pipe:
+    # asyncio's own subprocess pipes make `Process.wait()` wait until the pipes close too, and
+    # a detached sandbox (or a daemon an exec left behind) keeps them open after runsc returns.
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: protocol, os.fdopen(read_fd, "rb", buffering=0)
+    )
+    return Pipe(reader, transport)
+
+
+async def spawn(
+    argv: list[str], stdin: int = asyncio.subprocess.DEVNULL
+) -> tuple[asyncio.subprocess.Process, Pipe, Pipe]:
+    """Start a process whose stdout and stderr are pipes read through `pipe_reader`."""
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=stdin, stdout=out_write, stderr=err_write
+        )
+    except BaseException:
+        os.close(out_read)
+        os.close(err_read)
+        raise
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+    return process, await _open_pipe(out_read), await _open_pipe(err_read)
 
 
 async def wait_or_kill(process: asyncio.subprocess.Process, grace_s: float) -> None:

@@ -6,24 +6,40 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from sandbox.adapters.runsc import cgroups, oci
-from sandbox.adapters.runsc.process import finish_pumps, pump, wait_or_kill
+from sandbox.adapters.runsc import cgroups, files, oci
+from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
-from sandbox.domain.model import Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.model import FileEntry, Outcome, Program, SandboxSpec, Stream
 from sandbox.domain.ports import OutputSink, SandboxRuntime
 from sandbox.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 KILL_GRACE_S = 5.0
+EXEC_DRAIN_GRACE_S = 0.3
+START_POLLS = 3000
+STOP_POLLS = 200
+FILE_CALL_TIMEOUT_S = 60.0
 RUNSC_ERROR_EXIT = 128
+NO_MESSAGE = "no message from runsc"
+# The init of a long-lived sandbox: it idles until the sandbox is suspended or deleted.
+IDLE = Program(language=None, argv=("sleep", "infinity"))
+
+
+@dataclass
+class _Supervised:
+    process: asyncio.subprocess.Process
+    pumps: list[asyncio.Task[None]]
 
 
 class RunscSandboxRuntime(SandboxRuntime):
@@ -35,16 +51,19 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._rootfs = settings.rootfs_dir
         self._cgroups: cgroups.SandboxCgroups = cgroups.NoCgroups()
         self._version = ""
+        self._checkpoints = settings.checkpoints
         self._live: set[str] = set()
+        # The runsc processes (and their pipes' readers) of long-lived sandboxes, by id.
+        self._supervised: dict[str, _Supervised] = {}
 
     async def start(self) -> None:
         for folder in (self._runsc_root, self._bundles):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._cgroups = cgroups.detect(self._settings.cgroup_parent)
+        self._checkpoints.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._version = await self._read_version()
         log.info("runsc.ready", version=self._version, cgroups=type(self._cgroups).__name__,
                  rootfs=str(self._rootfs), rootfs_identity=self._rootfs_identity())
-        await self._remove_orphans()
 
     async def close(self) -> None:
         for sandbox_id in list(self._live):
@@ -95,6 +114,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         cgroups_path = self._cgroups.create(sandbox_id, memory_bytes)
         config = oci.build_config(spec, program, self._rootfs, input_dir, cgroups_path)
         (bundle / "config.json").write_text(json.dumps(config))
+        (bundle / "limits.json").write_text(json.dumps({"memory_bytes": memory_bytes}))
         return bundle
 
     def remove_bundle(self, sandbox_id: str) -> None:
@@ -108,14 +128,11 @@ class RunscSandboxRuntime(SandboxRuntime):
         try:
             bundle = self.write_bundle(spec, program)
             started = time.monotonic()
-            process = await asyncio.create_subprocess_exec(
-                *self.command("run", "--bundle", str(bundle), sandbox_id,
-                              log_file=bundle / "runsc.log"),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            process, stdout, stderr = await spawn(
+                self.command("run", "--bundle", str(bundle), sandbox_id,
+                             log_file=bundle / "runsc.log")
             )
-            return await self._supervise(spec, process, sink, started)
+            return await self._supervise(spec, process, stdout, stderr, sink, started)
         finally:
             cleanup = asyncio.ensure_future(self._destroy(sandbox_id, process))
             try:
@@ -129,12 +146,14 @@ class RunscSandboxRuntime(SandboxRuntime):
         self,
         spec: SandboxSpec,
         process: asyncio.subprocess.Process,
+        stdout: Pipe,
+        stderr: Pipe,
         sink: OutputSink,
         started: float,
     ) -> Outcome:
         pumps = [
-            asyncio.create_task(pump(process.stdout, Stream.STDOUT, sink)),
-            asyncio.create_task(pump(process.stderr, Stream.STDERR, sink)),
+            asyncio.create_task(pump(stdout, Stream.STDOUT, sink)),
+            asyncio.create_task(pump(stderr, Stream.STDERR, sink)),
         ]
         timed_out = False
         try:
@@ -156,32 +175,42 @@ class RunscSandboxRuntime(SandboxRuntime):
         exit_code = process.returncode
         assert exit_code is not None
         self._raise_on_runsc_error(spec.sandbox_id, exit_code)
-        memory_bytes = spec.limits.memory_mb * 1024 * 1024
-        oom = exit_code != 0 and self._cgroups.out_of_memory(spec.sandbox_id, memory_bytes)
+        limit = spec.limits.memory_mb * 1024 * 1024
+        oom = exit_code != 0 and self._cgroups.out_of_memory(spec.sandbox_id, limit)
         return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
 
     def _raise_on_runsc_error(self, sandbox_id: str, exit_code: int) -> None:
         """runsc reports its own failures with exit code 128 and a line in its log."""
         if exit_code != RUNSC_ERROR_EXIT:
             return
-        log_file = self._bundles / sandbox_id / "runsc.log"
-        with contextlib.suppress(OSError):
-            for line in log_file.read_text(errors="replace").splitlines():
-                if '"level":"error"' in line:
-                    message = json.loads(line[: line.rindex("}") + 1]).get("msg", line)
-                    log.error("runsc.failed", message=message)
-                    raise RuntimeFailure(f"runsc failed: {message}")
+        message = self._logged_error(sandbox_id)
+        if message != NO_MESSAGE:
+            log.error("runsc.failed", message=message)
+            raise RuntimeFailure(f"runsc failed: {message}")
 
     async def _destroy(
         self, sandbox_id: str, process: asyncio.subprocess.Process | None = None
     ) -> None:
-        """Leave nothing behind: container, processes, cgroups, bundle."""
-        if self._has_container_state(sandbox_id):
-            await self._runsc_quietly("delete", "--force", sandbox_id)
+        """Leave nothing behind: container, processes, pipes, cgroups, bundle."""
+        await self._end_container(sandbox_id)
         if process is not None and process.returncode is None:
             await wait_or_kill(process, KILL_GRACE_S)
+        await self._end_supervision(sandbox_id)
         self.remove_bundle(sandbox_id)
         self._live.discard(sandbox_id)
+
+    async def _end_supervision(self, sandbox_id: str) -> None:
+        supervised = self._supervised.pop(sandbox_id, None)
+        if supervised is not None:
+            await wait_or_kill(supervised.process, KILL_GRACE_S)
+            await finish_pumps(supervised.pumps)
+
+    async def _end_container(self, sandbox_id: str) -> None:
+        if not self._has_container_state(sandbox_id):
+            return
+        # `delete --force` of a running container stalls for seconds; kill everything first.
+        await self._runsc_quietly("kill", "--all", sandbox_id, "KILL")
+        await self._runsc_quietly("delete", "--force", sandbox_id)
 
     def _has_container_state(self, sandbox_id: str) -> bool:
         # runsc keeps one state file per container in its root, named after the id.
@@ -211,17 +240,265 @@ class RunscSandboxRuntime(SandboxRuntime):
         except OSError:
             return ""
 
-    async def _remove_orphans(self) -> None:
-        """End containers and remove bundles a previous server left behind."""
-        code, output = await self._runsc_quietly("list", "--quiet")
-        leftover = set(output.split()) if code == 0 else set()
-        leftover.update(entry.name for entry in os.scandir(self._bundles))
-        leftover.update(self._cgroups.leftovers())
-        for sandbox_id in sorted(leftover):
-            if ID_PATTERN.match(sandbox_id):
-                log.warning("runsc.orphan_removed", sandbox_id=sandbox_id)
-                await self._runsc_quietly("delete", "--force", sandbox_id)
-                self.remove_bundle(sandbox_id)
+    # Long-lived sandboxes ---------------------------------------------------------------
+
+    async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
+        sandbox_id = spec.sandbox_id
+        self._live.add(sandbox_id)
+        try:
+            bundle = self.write_bundle(spec, program)
+            await self._start_supervised(
+                sandbox_id, sink, "run", "--bundle", str(bundle), sandbox_id
+            )
+        except BaseException:
+            await self._destroy(sandbox_id)
+            raise
+
+    async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
+        sandbox_id = spec.sandbox_id
+        bundle = self._bundles / _checked(sandbox_id)
+        self._live.add(sandbox_id)
+        try:
+            if not (bundle / "config.json").exists():
+                # Restored on another instance, or after the state folder was lost: the
+                # process comes from the image, the bundle only gives mounts and limits.
+                self.write_bundle(spec, IDLE)
+            else:
+                self._cgroups.create(sandbox_id, spec.limits.memory_mb * 1024 * 1024)
+            await self._start_supervised(
+                sandbox_id, sink, "restore", "--image-path", image,
+                "--bundle", str(bundle), sandbox_id,
+            )
+        except BaseException:
+            await self._destroy(sandbox_id)
+            raise
+
+    async def _start_supervised(self, sandbox_id: str, sink: OutputSink, *args: str) -> None:
+        """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor: its
+        exit code is the init's own, which `runsc wait` loses when the init ends quickly.
+        Returns once the sandbox runs (or already ended)."""
+        log_file = self._bundles / sandbox_id / "runsc.log"
+        log_file.unlink(missing_ok=True)
+        process, stdout, stderr = await spawn(self.command(*args, log_file=log_file))
+        self._supervised[sandbox_id] = _Supervised(process, [
+            asyncio.create_task(pump(stdout, Stream.STDOUT, sink)),
+            asyncio.create_task(pump(stderr, Stream.STDERR, sink)),
+        ])
+        for _poll in range(START_POLLS):
+            if process.returncode is not None or await self._is_running(sandbox_id):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise RuntimeFailure(f"runsc {args[0]} did not start the sandbox in time")
+        message = self._logged_error(sandbox_id)
+        if process.returncode == RUNSC_ERROR_EXIT and message != NO_MESSAGE:
+            raise RuntimeFailure(f"runsc {args[0]} failed: {message}")
+
+    async def wait(self, sandbox_id: str) -> Outcome:
+        supervised = self._supervised.get(_checked(sandbox_id))
+        if supervised is None:
+            return Outcome(exit_code=None)
+        started = time.monotonic()
+        await supervised.process.wait()
+        await finish_pumps(supervised.pumps)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        exit_code = supervised.process.returncode
+        assert exit_code is not None
+        limit = self._memory_bytes(sandbox_id)
+        oom = exit_code != 0 and limit > 0 and self._cgroups.out_of_memory(sandbox_id, limit)
+        return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
+
+    async def exec(
+        self, sandbox_id: str, program: Program, sink: OutputSink, stdin: bytes, timeout_s: float
+    ) -> Outcome:
+        bundle = self._bundles / _checked(sandbox_id)
+        token = secrets.token_hex(8)
+        process_file = bundle / f"exec-{token}.json"
+        pid_file = bundle / f"exec-{token}.pid"
+        script = None
+        try:
+            process_spec = json.loads((bundle / "config.json").read_text())["process"]
+        except (OSError, ValueError, KeyError):
+            raise RuntimeFailure(f"sandbox {sandbox_id} has no bundle on this host") from None
+        if program.language is not None:
+            script = bundle / "input" / f"exec-{token}-{oci.script_name(program.language)}"
+            script.write_bytes(program.source)
+            script.chmod(0o644)
+            argv = [oci.program_argv(program)[0], f"{oci.INPUT_DIR}/{script.name}"]
+        else:
+            argv = list(program.argv)
+        process_spec["args"] = argv
+        process_spec["env"] = [*process_spec["env"], *(f"{k}={v}" for k, v in program.env)]
+        process_file.write_text(json.dumps(process_spec))
+        started = time.monotonic()
+        try:
+            return await self._supervise_exec(
+                sandbox_id, process_file, pid_file, sink, stdin, timeout_s, started
+            )
+        finally:
+            for leftover in (process_file, pid_file, script):
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
+
+    async def _supervise_exec(
+        self,
+        sandbox_id: str,
+        process_file: Path,
+        pid_file: Path,
+        sink: OutputSink,
+        stdin: bytes,
+        timeout_s: float,
+        started: float,
+    ) -> Outcome:
+        process, stdout, stderr = await spawn(
+            self.command("exec", "--process", str(process_file),
+                         "--internal-pid-file", str(pid_file), sandbox_id),
+            stdin=asyncio.subprocess.PIPE,
+        )
+        pumps = [
+            asyncio.create_task(pump(stdout, Stream.STDOUT, sink)),
+            asyncio.create_task(pump(stderr, Stream.STDERR, sink)),
+            asyncio.create_task(_feed(process.stdin, stdin)),
+        ]
+        timed_out = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await process.wait()
+        except TimeoutError:
+            timed_out = True
+        finally:
+            if process.returncode is None:
+                await self._kill_exec(sandbox_id, pid_file)
+                await wait_or_kill(process, KILL_GRACE_S)
+            # A daemon the exec started may hold the pipes; what it writes later is not
+            # this exec's output.
+            await finish_pumps(pumps, grace_s=EXEC_DRAIN_GRACE_S)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        if timed_out:
+            return Outcome(exit_code=None, timed_out=True, duration_ms=duration_ms)
+        exit_code = process.returncode
+        assert exit_code is not None
+        if exit_code == RUNSC_ERROR_EXIT and not await self._is_running(sandbox_id):
+            raise RuntimeFailure(f"sandbox {sandbox_id} is not running")
+        limit = self._memory_bytes(sandbox_id)
+        oom = exit_code != 0 and limit > 0 and self._cgroups.out_of_memory(sandbox_id, limit)
+        return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
+
+    async def _kill_exec(self, sandbox_id: str, pid_file: Path) -> None:
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        await self._runsc_quietly("kill", "--pid", str(pid), sandbox_id, "KILL")
+
+    async def checkpoint(self, sandbox_id: str) -> str:
+        image = self._checkpoints / _checked(sandbox_id)
+        shutil.rmtree(image, ignore_errors=True)
+        # The image holds the sandbox's memory: only root may read it.
+        image.mkdir(mode=0o700, parents=True)
+        started = time.monotonic()
+        code, output = await self._runsc_quietly(
+            "checkpoint", "--image-path", str(image), sandbox_id
+        )
+        if code != 0:
+            shutil.rmtree(image, ignore_errors=True)
+            raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
+        for entry in image.iterdir():
+            entry.chmod(0o600)
+        # checkpoint can return while the container still shows as running; the same id is
+        # reused by restore, so wait for it to stop, then delete it.
+        for _poll in range(STOP_POLLS):
+            if not await self._is_running(sandbox_id):
+                break
+            await asyncio.sleep(0.05)
+        await self._end_container(sandbox_id)
+        await self._end_supervision(sandbox_id)
+        self._cgroups.remove(sandbox_id)
+        log.info("runsc.checkpointed", ms=int((time.monotonic() - started) * 1000),
+                 image_bytes=sum(entry.stat().st_size for entry in image.iterdir()))
+        return str(image)
+
+    async def discard_checkpoint(self, image: str) -> None:
+        path = Path(image)
+        if path.parent == self._checkpoints and ID_PATTERN.match(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await self._destroy(_checked(sandbox_id))
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        capture = files.BytesCapture(4096)
+        outcome = await self.exec(
+            sandbox_id, files.write_program(path), capture, data, FILE_CALL_TIMEOUT_S
+        )
+        files.raise_for(outcome.exit_code, path)
+
+    async def read_file(self, sandbox_id: str, path: str, limit_bytes: int) -> bytes:
+        capture = files.BytesCapture(limit_bytes)
+        outcome = await self.exec(
+            sandbox_id, files.read_program(path, limit_bytes), capture, b"", FILE_CALL_TIMEOUT_S
+        )
+        files.raise_for(outcome.exit_code, path, limit_bytes)
+        return bytes(capture.stdout)
+
+    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
+        capture = files.BytesCapture(16 * 1024 * 1024)
+        outcome = await self.exec(
+            sandbox_id, files.list_program(path), capture, b"", FILE_CALL_TIMEOUT_S
+        )
+        files.raise_for(outcome.exit_code, path)
+        return [
+            FileEntry(name=name, kind=kind, size=size, modified_at=modified)
+            for name, kind, size, modified in json.loads(capture.stdout)
+        ]
+
+    async def running_ids(self) -> set[str]:
+        return {
+            entry["id"] for entry in await self._list_containers()
+            if entry.get("status") == "running"
+        }
+
+    async def leftover_ids(self) -> set[str]:
+        found = {entry["id"] for entry in await self._list_containers()}
+        for folder in (self._bundles, self._checkpoints):
+            found.update(entry.name for entry in os.scandir(folder))
+        found.update(self._cgroups.leftovers())
+        return {sandbox_id for sandbox_id in found if ID_PATTERN.match(sandbox_id)}
+
+    async def _list_containers(self) -> list[dict[str, Any]]:
+        code, output = await self._runsc_quietly("list", "--format=json")
+        if code != 0:
+            raise RuntimeFailure(f"runsc list failed: {output.strip()[-300:]}")
+        return list(json.loads(output) or [])
+
+    async def _is_running(self, sandbox_id: str) -> bool:
+        code, output = await self._runsc_quietly("state", sandbox_id)
+        return code == 0 and json.loads(output).get("status") == "running"
+
+    def _memory_bytes(self, sandbox_id: str) -> int:
+        """The memory limit the sandbox was made with (0 when unknown)."""
+        try:
+            config = json.loads((self._bundles / sandbox_id / "limits.json").read_text())
+            return int(config["memory_bytes"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def _logged_error(self, sandbox_id: str) -> str:
+        log_file = self._bundles / sandbox_id / "runsc.log"
+        with contextlib.suppress(OSError, ValueError):
+            for line in log_file.read_text(errors="replace").splitlines():
+                if '"level":"error"' in line:
+                    return str(json.loads(line[: line.rindex("}") + 1]).get("msg", line))
+        return NO_MESSAGE
+
+
+async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
+    if writer is None:
+        return
+    with contextlib.suppress(ConnectionError):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
 
 
 def _checked(sandbox_id: str) -> str:
