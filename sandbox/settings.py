@@ -43,6 +43,13 @@ class Settings:
     output_limit_bytes: int = 1024 * 1024
     max_body_bytes: int = 1024 * 1024
     request_read_timeout_s: float = 30.0
+    max_running_sandboxes: int = 32
+    default_idle_timeout_s: float = 900.0
+    max_idle_timeout_s: float = 7 * 24 * 3600.0
+    retention_s: float = 24 * 3600.0
+    suspended_retention_s: float = 7 * 24 * 3600.0
+    max_file_bytes: int = 64 * 1024 * 1024
+    reap_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,11 +64,15 @@ class Settings:
         if not 16 <= self.default_memory_mb <= self.max_memory_mb:
             problems.append("need 16 <= SANDBOX_DEFAULT_MEMORY_MB <= SANDBOX_MAX_MEMORY_MB")
         for name in ("pids_limit", "open_files_limit", "file_size_mb", "tmp_mb",
-                     "output_limit_bytes", "max_body_bytes"):
+                     "output_limit_bytes", "max_body_bytes", "max_running_sandboxes",
+                     "default_idle_timeout_s", "max_idle_timeout_s", "retention_s",
+                     "suspended_retention_s", "max_file_bytes", "reap_interval_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
         if self.cpus <= 0 or self.request_read_timeout_s <= 0:
             problems.append("SANDBOX_CPUS and SANDBOX_REQUEST_READ_TIMEOUT_S must be positive")
+        if self.default_idle_timeout_s > self.max_idle_timeout_s:
+            problems.append("need SANDBOX_DEFAULT_IDLE_TIMEOUT_S <= SANDBOX_MAX_IDLE_TIMEOUT_S")
         if problems:
             raise SettingsError("; ".join(problems))
 

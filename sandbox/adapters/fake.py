@@ -52,7 +52,8 @@ def _steps(program: Program) -> Iterator[_Step]:
             continue
         printed = (_PY_PRINT if python else _SH_ECHO).fullmatch(line)
         if printed:
-            data = printed["text"] * int(printed.groupdict().get("times") or 1)
+            text = printed["text"] if printed["q"] else printed["text"].strip()
+            data = text * int(printed.groupdict().get("times") or 1)
             yield ("stderr" if printed["err"] else "stdout", data.encode() + b"\n")
             continue
         ended = (_PY_EXIT if python else _SH_EXIT).fullmatch(line)
@@ -171,7 +172,7 @@ class FakeSandboxRuntime(SandboxRuntime):
         sandbox = self._running(sandbox_id)
         image = f"fake-image-{sandbox_id}"
         self._images[image] = dict(sandbox.files)
-        await self.destroy(sandbox_id)
+        await self._stop(sandbox_id)
         return image
 
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
@@ -183,6 +184,10 @@ class FakeSandboxRuntime(SandboxRuntime):
         self._images.pop(image, None)
 
     async def destroy(self, sandbox_id: str) -> None:
+        await self._stop(sandbox_id)
+        self._images.pop(f"fake-image-{sandbox_id}", None)
+
+    async def _stop(self, sandbox_id: str) -> None:
         sandbox = self._sandboxes.pop(sandbox_id, None)
         self.live.discard(sandbox_id)
         if sandbox is not None and not sandbox.init.done():
@@ -214,7 +219,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         return {key for key, box in self._sandboxes.items() if not box.init.done()}
 
     async def leftover_ids(self) -> set[str]:
-        return set(self._sandboxes)
+        images = {image.removeprefix("fake-image-") for image in self._images}
+        return set(self._sandboxes) | images
 
     def _running(self, sandbox_id: str) -> _FakeSandbox:
         sandbox = self._sandboxes.get(sandbox_id)

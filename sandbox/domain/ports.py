@@ -80,7 +80,8 @@ class SandboxRuntime(abc.ABC):
 
     @abc.abstractmethod
     async def destroy(self, sandbox_id: str) -> None:
-        """End the sandbox and remove everything it has on the host. Idempotent."""
+        """End the sandbox and remove everything it has on the host, its checkpoint
+        included. Idempotent."""
 
     @abc.abstractmethod
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
@@ -141,3 +142,7 @@ class OutputLog(abc.ABC):
 
     @abc.abstractmethod
     async def remove(self, sandbox_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def ids(self) -> set[str]:
+        """Sandboxes with output kept."""

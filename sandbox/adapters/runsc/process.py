@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 
+from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.model import Stream
 from sandbox.domain.ports import OutputSink
 
@@ -67,9 +68,11 @@ async def spawn(
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=stdin, stdout=out_write, stderr=err_write
         )
-    except BaseException:
+    except BaseException as error:
         os.close(out_read)
         os.close(err_read)
+        if isinstance(error, OSError):
+            raise RuntimeFailure(f"cannot start {argv[0]}: {error.strerror}") from error
         raise
     finally:
         os.close(out_write)

@@ -197,6 +197,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             await wait_or_kill(process, KILL_GRACE_S)
         await self._end_supervision(sandbox_id)
         self.remove_bundle(sandbox_id)
+        shutil.rmtree(self._checkpoints / sandbox_id, ignore_errors=True)
         self._live.discard(sandbox_id)
 
     async def _end_supervision(self, sandbox_id: str) -> None:
@@ -484,12 +485,27 @@ class RunscSandboxRuntime(SandboxRuntime):
             return 0
 
     def _logged_error(self, sandbox_id: str) -> str:
-        log_file = self._bundles / sandbox_id / "runsc.log"
-        with contextlib.suppress(OSError, ValueError):
-            for line in log_file.read_text(errors="replace").splitlines():
-                if '"level":"error"' in line:
-                    return str(json.loads(line[: line.rindex("}") + 1]).get("msg", line))
-        return NO_MESSAGE
+        try:
+            text = (self._bundles / sandbox_id / "runsc.log").read_text(errors="replace")
+        except OSError:
+            return NO_MESSAGE
+        return _first_error(text) or NO_MESSAGE
+
+
+def _first_error(text: str) -> str | None:
+    """The first error in a runsc log, whose JSON records often run on with no newline."""
+    decoder = json.JSONDecoder()
+    index = text.find("{")
+    while index != -1:
+        try:
+            record, end = decoder.raw_decode(text, index)
+        except ValueError:
+            end = index + 1
+        else:
+            if isinstance(record, dict) and record.get("level") == "error":
+                return str(record.get("msg", ""))
+        index = text.find("{", end)
+    return None
 
 
 async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:

@@ -1,0 +1,26 @@
+"""Sandbox records as JSON, for stores that keep them as text."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from sandbox.domain.model import Language, Limits, Sandbox, SandboxKind, SandboxState
+
+
+def dump(sandbox: Sandbox) -> str:
+    return json.dumps(dataclasses.asdict(sandbox), sort_keys=True)
+
+
+def load(text: str) -> Sandbox:
+    data: dict[str, Any] = json.loads(text)
+    data["kind"] = SandboxKind(data["kind"])
+    data["state"] = SandboxState(data["state"])
+    data["language"] = Language(data["language"]) if data["language"] else None
+    data["limits"] = Limits(**data["limits"])
+    for key in ("env", "checkpoint_identity"):
+        data[key] = tuple(tuple(pair) for pair in data[key])
+    data["package_dirs"] = tuple(data["package_dirs"])
+    known = {field.name for field in dataclasses.fields(Sandbox)}
+    return Sandbox(**{key: value for key, value in data.items() if key in known})

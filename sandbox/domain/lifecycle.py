@@ -1,0 +1,460 @@
+"""Use cases of managed sandboxes: detached scripts and long-lived sessions.
+
+Every change of a sandbox's state happens under that sandbox's lock, after re-reading its
+record, so concurrent calls on one sandbox are serialised, never interleaved. A supervisor
+task per running sandbox records how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from sandbox.domain.errors import (
+    AtCapacity,
+    CheckpointMismatch,
+    InvalidState,
+    RuntimeFailure,
+    SandboxNotFound,
+)
+from sandbox.domain.ids import checked_sandbox_id, new_sandbox_id
+from sandbox.domain.model import (
+    ExecutionResult,
+    FileEntry,
+    Language,
+    Limits,
+    Program,
+    Sandbox,
+    SandboxKind,
+    SandboxState,
+    Stream,
+    can_move,
+)
+from sandbox.domain.output import OutputCapture
+from sandbox.domain.ports import OutputLog, SandboxRuntime, SandboxStore, StoredOutput
+from sandbox.domain.services import ExecutionEvents
+
+log = structlog.get_logger(__name__)
+
+# The init of a session: it idles; work arrives with exec.
+IDLE = Program(language=None, argv=("sleep", "infinity"))
+
+
+@dataclass(frozen=True)
+class LifecyclePolicy:
+    max_running: int = 32
+    retention_s: float = 24 * 3600
+    suspended_retention_s: float = 7 * 24 * 3600
+    max_file_bytes: int = 64 * 1024 * 1024
+
+
+class SandboxService:
+    def __init__(
+        self,
+        runtime: SandboxRuntime,
+        store: SandboxStore,
+        outputs: OutputLog,
+        policy: LifecyclePolicy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._runtime = runtime
+        self._store = store
+        self._outputs = outputs
+        self._policy = policy
+        self._clock = clock
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._execs: Counter[str] = Counter()
+
+    # Creating -------------------------------------------------------------------------
+
+    async def run_detached(self, language: Language, source: bytes, limits: Limits) -> Sandbox:
+        """Start a script in a new sandbox and return at once; it runs on, its output kept."""
+        return await self._create(SandboxKind.SCRIPT, language, limits, (), None,
+                                  Program.script(language, source))
+
+    async def create_session(
+        self,
+        language: Language,
+        limits: Limits,
+        env: tuple[tuple[str, str], ...] = (),
+        idle_timeout_s: float | None = None,
+    ) -> Sandbox:
+        """A long-lived sandbox that idles until work arrives with exec."""
+        return await self._create(SandboxKind.SESSION, language, limits, env, idle_timeout_s,
+                                  IDLE)
+
+    async def _create(
+        self,
+        kind: SandboxKind,
+        language: Language,
+        limits: Limits,
+        env: tuple[tuple[str, str], ...],
+        idle_timeout_s: float | None,
+        program: Program,
+    ) -> Sandbox:
+        await self._check_capacity()
+        now = self._clock()
+        sandbox = Sandbox(
+            sandbox_id=new_sandbox_id(), kind=kind, state=SandboxState.CREATING,
+            language=language, limits=limits, created_at=now, updated_at=now, env=env,
+            idle_timeout_s=idle_timeout_s, last_activity_at=now,
+        )
+        structlog.contextvars.bind_contextvars(sandbox_id=sandbox.sandbox_id)
+        async with self._lock(sandbox.sandbox_id):
+            await self._store.add(sandbox)
+            sink = self._outputs.sink(sandbox.sandbox_id, limits.output_bytes)
+            try:
+                await self._runtime.launch(sandbox.spec(), program, sink)
+            except RuntimeFailure as failure:
+                await self._save(sandbox, SandboxState.FAILED, reason=failure.message)
+                raise
+            sandbox = await self._save(sandbox, SandboxState.RUNNING, running_since=now)
+            self._supervise(sandbox)
+        log.info("sandbox.created", kind=kind.value, language=language.value)
+        return sandbox
+
+    async def _check_capacity(self) -> None:
+        running = await self._store.list(SandboxState.RUNNING)
+        if len(running) >= self._policy.max_running:
+            raise AtCapacity(
+                f"{len(running)} sandboxes are running, the most this server allows; "
+                "suspend or delete one, or retry later",
+                retry_after_s=5,
+            )
+
+    # Reading --------------------------------------------------------------------------
+
+    async def get(self, sandbox_id: str) -> Sandbox:
+        sandbox = await self._store.get(checked_sandbox_id(sandbox_id))
+        if sandbox is None:
+            raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
+        return sandbox
+
+    async def list_sandboxes(self, state: SandboxState | None = None) -> list[Sandbox]:
+        return await self._store.list(state)
+
+    async def read_output(self, sandbox_id: str) -> tuple[Sandbox, StoredOutput, StoredOutput]:
+        sandbox = await self.get(sandbox_id)
+        stdout = await self._outputs.read(sandbox.sandbox_id, Stream.STDOUT)
+        stderr = await self._outputs.read(sandbox.sandbox_id, Stream.STDERR)
+        return sandbox, stdout, stderr
+
+    async def follow_output(
+        self, sandbox_id: str, poll_s: float = 0.2
+    ) -> AsyncIterator[dict[str, object]]:
+        """Events of the output as it grows, until the sandbox stops running."""
+        sandbox = await self.get(sandbox_id)
+        yield {"type": "start", "sandbox_id": sandbox.sandbox_id}
+        readers = {stream: _IncrementalText() for stream in Stream}
+        while True:
+            current = await self._store.get(sandbox.sandbox_id)
+            for stream, reader in readers.items():
+                chunk = await self._outputs.read(sandbox.sandbox_id, stream, reader.offset)
+                if text := reader.feed(chunk):
+                    yield {"type": stream.value, "data": text}
+            if current is None:
+                yield {"type": "deleted", "sandbox_id": sandbox.sandbox_id}
+                return
+            if current.state not in (SandboxState.CREATING, SandboxState.RUNNING):
+                yield {"type": "exit" if current.state is SandboxState.EXITED else "state",
+                       **current.to_dict()}
+                return
+            await asyncio.sleep(poll_s)
+
+    # Working in a sandbox -------------------------------------------------------------
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        program: Program,
+        stdin: bytes,
+        timeout_s: float | None,
+        events: ExecutionEvents | None = None,
+    ) -> ExecutionResult:
+        events = events or ExecutionEvents()
+        sandbox = await self._begin_work(sandbox_id, "exec in")
+        try:
+            capture = OutputCapture(sandbox.limits.output_bytes, events.output)
+            await events.started(sandbox.sandbox_id)
+            outcome = await self._runtime.exec(
+                sandbox.sandbox_id, program, capture, stdin, timeout_s or sandbox.limits.timeout_s
+            )
+            await capture.close()
+        finally:
+            await self._end_work(sandbox.sandbox_id)
+        language = program.language.value if program.language else "argv"
+        log.info("sandbox.exec_finished", exit_code=outcome.exit_code,
+                 timed_out=outcome.timed_out, duration_ms=outcome.duration_ms)
+        return ExecutionResult(
+            sandbox_id=sandbox.sandbox_id, language=language, outcome=outcome,
+            stdout=capture.captured(Stream.STDOUT), stderr=capture.captured(Stream.STDERR),
+        )
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        sandbox = await self._begin_work(sandbox_id, "write files in")
+        try:
+            await self._runtime.write_file(sandbox.sandbox_id, path, data)
+        finally:
+            await self._end_work(sandbox.sandbox_id)
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        sandbox = await self._begin_work(sandbox_id, "read files in")
+        try:
+            return await self._runtime.read_file(
+                sandbox.sandbox_id, path, self._policy.max_file_bytes
+            )
+        finally:
+            await self._end_work(sandbox.sandbox_id)
+
+    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
+        sandbox = await self._begin_work(sandbox_id, "list files in")
+        try:
+            return await self._runtime.list_files(sandbox.sandbox_id, path)
+        finally:
+            await self._end_work(sandbox.sandbox_id)
+
+    async def _begin_work(self, sandbox_id: str, verb: str) -> Sandbox:
+        async with self._lock(checked_sandbox_id(sandbox_id)):
+            sandbox = await self._require(sandbox_id, SandboxState.RUNNING, verb)
+            self._execs[sandbox.sandbox_id] += 1
+            return await self._touch(sandbox)
+
+    async def _end_work(self, sandbox_id: str) -> None:
+        self._execs[sandbox_id] -= 1
+        if self._execs[sandbox_id] <= 0:
+            del self._execs[sandbox_id]
+        async with self._lock(sandbox_id):
+            sandbox = await self._store.get(sandbox_id)
+            if sandbox is not None:
+                await self._touch(sandbox)
+
+    # Suspend, restore, delete ---------------------------------------------------------
+
+    async def suspend(self, sandbox_id: str, reason: str = "suspended on request") -> Sandbox:
+        async with self._lock(checked_sandbox_id(sandbox_id)):
+            sandbox = await self._require(sandbox_id, SandboxState.RUNNING, "suspend")
+            if self._execs[sandbox.sandbox_id]:
+                raise InvalidState("the sandbox is busy with an exec or a file call; "
+                                   "suspend it when that has finished")
+            return await self._suspend_locked(sandbox, reason)
+
+    async def _suspend_locked(self, sandbox: Sandbox, reason: str) -> Sandbox:
+        started = time.monotonic()
+        try:
+            image = await self._runtime.checkpoint(sandbox.sandbox_id)
+        except RuntimeFailure as failure:
+            # A failed checkpoint leaves the sandbox as it was: still running.
+            log.error("sandbox.suspend_failed", message=failure.message)
+            raise
+        now = self._clock()
+        sandbox = await self._save(
+            sandbox, SandboxState.SUSPENDED, reason=reason, checkpoint=image,
+            checkpoint_identity=tuple(sorted(self._runtime.identity.items())),
+            run_seconds=sandbox.run_seconds + now - (sandbox.running_since or now),
+            running_since=None,
+        )
+        log.info("sandbox.suspended", reason=reason, ms=int((time.monotonic() - started) * 1000))
+        return sandbox
+
+    async def restore(self, sandbox_id: str) -> Sandbox:
+        async with self._lock(checked_sandbox_id(sandbox_id)):
+            sandbox = await self._require(sandbox_id, SandboxState.SUSPENDED, "restore")
+            await self._check_capacity()
+            expected = dict(sandbox.checkpoint_identity)
+            if expected != self._runtime.identity:
+                raise CheckpointMismatch(
+                    f"the checkpoint was made with {_describe(expected)}, but this server "
+                    f"runs {_describe(self._runtime.identity)}; it cannot be restored here"
+                )
+            assert sandbox.checkpoint is not None
+            started = time.monotonic()
+            sink = self._outputs.sink(sandbox.sandbox_id, sandbox.limits.output_bytes)
+            try:
+                await self._runtime.restore(sandbox.spec(), sandbox.checkpoint, sink)
+            except RuntimeFailure as failure:
+                await self._save(sandbox, SandboxState.FAILED,
+                                 reason=f"restore failed: {failure.message}")
+                raise
+            await self._runtime.discard_checkpoint(sandbox.checkpoint)
+            now = self._clock()
+            sandbox = await self._save(sandbox, SandboxState.RUNNING, reason="restored",
+                                       checkpoint=None, checkpoint_identity=(),
+                                       running_since=now, last_activity_at=now)
+            self._supervise(sandbox)
+        log.info("sandbox.restored", ms=int((time.monotonic() - started) * 1000))
+        return sandbox
+
+    async def delete(self, sandbox_id: str, reason: str = "deleted on request") -> None:
+        async with self._lock(checked_sandbox_id(sandbox_id)):
+            sandbox = await self.get(sandbox_id)
+            await self._runtime.destroy(sandbox.sandbox_id)
+            await self._outputs.remove(sandbox.sandbox_id)
+            await self._store.remove(sandbox.sandbox_id)
+        self._locks.pop(sandbox.sandbox_id, None)
+        log.info("sandbox.deleted", sandbox_id=sandbox.sandbox_id, reason=reason)
+
+    # Supervision ----------------------------------------------------------------------
+
+    def _supervise(self, sandbox: Sandbox) -> None:
+        task = asyncio.create_task(self._watch(sandbox))
+        self._supervisors[sandbox.sandbox_id] = task
+        task.add_done_callback(lambda done: self._forget_supervisor(sandbox.sandbox_id, done))
+
+    def _forget_supervisor(self, sandbox_id: str, task: asyncio.Task[None]) -> None:
+        if self._supervisors.get(sandbox_id) is task:
+            del self._supervisors[sandbox_id]
+
+    async def _watch(self, sandbox: Sandbox) -> None:
+        """Wait for the sandbox's init to end; record how, unless it was suspended or deleted.
+        A detached script's time limit counts only the time it ran (not while suspended)."""
+        budget = None
+        if sandbox.kind is SandboxKind.SCRIPT:
+            budget = max(sandbox.limits.timeout_s - sandbox.run_seconds, 0.0)
+        timed_out = False
+        try:
+            async with asyncio.timeout(budget):
+                outcome = await self._runtime.wait(sandbox.sandbox_id)
+        except TimeoutError:
+            timed_out = True
+        async with self._lock(sandbox.sandbox_id):
+            current = await self._store.get(sandbox.sandbox_id)
+            if current is None or current.state is not SandboxState.RUNNING:
+                return
+            if current.running_since != sandbox.running_since:
+                return  # a later run of the same sandbox has its own supervisor
+            await self._runtime.destroy(sandbox.sandbox_id)
+            now = self._clock()
+            if timed_out:
+                exit_code, reason = None, f"timed out after {sandbox.limits.timeout_s:g} s"
+            elif outcome.oom_killed:
+                exit_code, reason = outcome.exit_code, "killed: out of memory"
+            else:
+                exit_code, reason = outcome.exit_code, f"exited with code {outcome.exit_code}"
+            await self._save(current, SandboxState.EXITED, exit_code=exit_code, reason=reason,
+                             run_seconds=current.run_seconds + now - (current.running_since or now),
+                             running_since=None)
+        log.info("sandbox.exited", sandbox_id=sandbox.sandbox_id, exit_code=exit_code,
+                 reason=reason)
+
+    # Timers and start-up --------------------------------------------------------------
+
+    async def reap(self) -> None:
+        """Suspend idle sessions; delete what outlived its retention. Logs every why."""
+        now = self._clock()
+        for sandbox in await self._store.list():
+            try:
+                await self._reap_one(sandbox, now)
+            except Exception:
+                log.exception("sandbox.reap_failed", sandbox_id=sandbox.sandbox_id)
+
+    async def _reap_one(self, sandbox: Sandbox, now: float) -> None:
+        idle_for = now - sandbox.last_activity_at
+        if (sandbox.state is SandboxState.RUNNING and sandbox.idle_timeout_s is not None
+                and idle_for > sandbox.idle_timeout_s and not self._execs[sandbox.sandbox_id]):
+            async with self._lock(sandbox.sandbox_id):
+                current = await self._store.get(sandbox.sandbox_id)
+                if current is not None and current.state is SandboxState.RUNNING:
+                    await self._suspend_locked(
+                        current, f"suspended after {sandbox.idle_timeout_s:g} s idle"
+                    )
+            return
+        retention = (self._policy.suspended_retention_s
+                     if sandbox.state is SandboxState.SUSPENDED else self._policy.retention_s)
+        ended = sandbox.state in (SandboxState.EXITED, SandboxState.FAILED,
+                                  SandboxState.SUSPENDED)
+        if ended and now - sandbox.updated_at > retention:
+            await self.delete(sandbox.sandbox_id,
+                              reason=f"{sandbox.state.value} for longer than {retention:g} s")
+
+    async def reconcile(self) -> None:
+        """Make the store and the host agree after a start: nothing unknown left on the host,
+        no record that claims a state the host does not have."""
+        records = {sandbox.sandbox_id: sandbox for sandbox in await self._store.list()}
+        running = await self._runtime.running_ids()
+        for sandbox in records.values():
+            await self._reconcile_one(sandbox, sandbox.sandbox_id in running)
+        for sandbox_id in await self._runtime.leftover_ids() - set(records):
+            log.warning("sandbox.orphan_removed", sandbox_id=sandbox_id)
+            await self._runtime.destroy(sandbox_id)
+        for sandbox_id in await self._outputs.ids() - set(records):
+            await self._outputs.remove(sandbox_id)
+
+    async def _reconcile_one(self, sandbox: Sandbox, running: bool) -> None:
+        sandbox_id = sandbox.sandbox_id
+        if sandbox.state is SandboxState.SUSPENDED:
+            return
+        if sandbox.state in (SandboxState.EXITED, SandboxState.FAILED):
+            await self._runtime.destroy(sandbox_id)
+            return
+        if sandbox.state is SandboxState.RUNNING and sandbox.kind is SandboxKind.SESSION \
+                and running:
+            # A session holds nothing but its files and processes: keep them on disk.
+            with contextlib.suppress(RuntimeFailure):
+                await self._suspend_locked(sandbox, "suspended when the server restarted")
+                return
+        await self._runtime.destroy(sandbox_id)
+        reason = ("ended: the server restarted while it ran (its output could not be kept)"
+                  if running else "ended: it was not running when the server restarted")
+        state = SandboxState.EXITED if sandbox.state is SandboxState.RUNNING \
+            else SandboxState.FAILED
+        await self._save(sandbox, state, reason=reason, running_since=None)
+        log.warning("sandbox.reconciled", sandbox_id=sandbox_id, reason=reason)
+
+    async def close(self) -> None:
+        for task in list(self._supervisors.values()):
+            task.cancel()
+        for task in list(self._supervisors.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # Helpers --------------------------------------------------------------------------
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    async def _require(self, sandbox_id: str, state: SandboxState, verb: str) -> Sandbox:
+        sandbox = await self.get(sandbox_id)
+        if sandbox.state is not state:
+            raise InvalidState(
+                f"cannot {verb} a sandbox that is {sandbox.state.value} (it must be "
+                f"{state.value})"
+            )
+        return sandbox
+
+    async def _touch(self, sandbox: Sandbox) -> Sandbox:
+        touched = dataclasses.replace(sandbox, last_activity_at=self._clock())
+        await self._store.save(touched)
+        return touched
+
+    async def _save(self, sandbox: Sandbox, state: SandboxState, **changes: object) -> Sandbox:
+        if state is not sandbox.state and not can_move(sandbox.state, state):
+            raise InvalidState(f"a {sandbox.state.value} sandbox cannot become {state.value}")
+        updated = dataclasses.replace(sandbox, state=state, updated_at=self._clock(),
+                                      **changes)  # type: ignore[arg-type]
+        await self._store.save(updated)
+        return updated
+
+
+def _describe(identity: dict[str, str]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in sorted(identity.items())) or "nothing"
+
+
+class _IncrementalText:
+    """Turns growing stored bytes into text, holding back a split multi-byte character."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, chunk: StoredOutput) -> str:
+        self.offset += len(chunk.data)
+        return self._decoder.decode(chunk.data)

@@ -1,0 +1,28 @@
+"""Liveness (the process answers) and readiness (the runtime can run sandboxes now)."""
+
+from __future__ import annotations
+
+import structlog
+from dependency_injector.wiring import Provide, inject
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sandbox.containers import Container
+from sandbox.domain.ports import SandboxRuntime
+
+log = structlog.get_logger(__name__)
+
+
+async def report_liveness(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+@inject
+async def report_readiness(
+    request: Request, runtime: SandboxRuntime = Provide[Container.runtime]
+) -> Response:
+    problems = await runtime.readiness()
+    if problems:
+        log.warning("runtime.not_ready", problems=problems)
+        return JSONResponse({"status": "not_ready", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})

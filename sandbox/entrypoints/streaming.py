@@ -1,0 +1,74 @@
+"""An execution as NDJSON: `start`, `stdout`/`stderr` as output arrives, then `exit` or `error`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from sandbox.domain.errors import SandboxError
+from sandbox.domain.model import ExecutionResult, Stream
+from sandbox.domain.services import ExecutionEvents
+from sandbox.entrypoints.errors import INTERNAL_MESSAGE, public_error
+
+log = structlog.get_logger(__name__)
+
+Event = dict[str, object]
+Execution = Callable[[ExecutionEvents], Awaitable[ExecutionResult]]
+
+# Events held for a client that reads slowly. When full the execution waits for the client;
+# the sandbox's own timeout still ends it, so a client that never reads cannot pin it.
+QUEUE_EVENTS = 256
+
+
+class _QueuedEvents(ExecutionEvents):
+    def __init__(self, queue: asyncio.Queue[Event | None]) -> None:
+        self._queue = queue
+
+    async def started(self, sandbox_id: str) -> None:
+        await self._queue.put({"type": "start", "sandbox_id": sandbox_id})
+
+    async def output(self, stream: Stream, text: str) -> None:
+        await self._queue.put({"type": stream.value, "data": text})
+
+
+class ExecutionStream(StreamingResponse):
+    def __init__(self, execution: Execution) -> None:
+        self._execution = execution
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=QUEUE_EVENTS)
+        super().__init__(self._lines(), media_type="application/x-ndjson")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The execution runs as its own task, owned here rather than by the body generator, so
+        # that however the response ends (done, client gone, error) it is ended and awaited.
+        producer = asyncio.create_task(self._produce())
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            producer.cancel()  # when the client left early: the runtime destroys the sandbox
+            await asyncio.wait({producer})
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        while (event := await self._queue.get()) is not None:
+            yield json.dumps(event, ensure_ascii=False).encode() + b"\n"
+
+    async def _produce(self) -> None:
+        final: Event
+        try:
+            result = await self._execution(_QueuedEvents(self._queue))
+            final = {"type": "exit", **result.summary()}
+        except asyncio.CancelledError:
+            log.info("execution.cancelled")  # the response ended first: the client left
+            raise
+        except SandboxError as error:
+            log.warning("execution.failed", code=error.code)
+            final = {"type": "error", "error": public_error(error)}
+        except Exception:
+            log.exception("execution.crashed")
+            final = {"type": "error", "error": {"code": "internal", "message": INTERNAL_MESSAGE}}
+        await self._queue.put(final)
+        await self._queue.put(None)

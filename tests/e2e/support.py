@@ -1,0 +1,63 @@
+"""Starting the app on the fake runtime, through TestClient or as a bare ASGI app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+from starlette.types import Scope
+
+from sandbox.adapters.fake import FakeSandboxRuntime
+from sandbox.containers import Container
+from sandbox.entrypoints.app import create_app
+from sandbox.settings import Settings
+
+
+@dataclass
+class Service:
+    client: TestClient
+    runtime: FakeSandboxRuntime
+
+
+StartService = Callable[..., Service]
+
+
+def fake_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return Settings(runtime="fake", state_dir=tmp_path / "state", **overrides)
+
+
+def fake_runtime_of(container: Container) -> FakeSandboxRuntime:
+    runtime = container.runtime_adapter()
+    assert isinstance(runtime, FakeSandboxRuntime)
+    return runtime
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[tuple[Starlette, FakeSandboxRuntime]]:
+    """The app with its lifespan running, for tests that play the ASGI server themselves."""
+    container = Container(settings=settings)
+    app = create_app(settings, container)
+    async with app.router.lifespan_context(app):
+        yield app, fake_runtime_of(container)
+
+
+def post_scope(path: str, query: bytes) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }

@@ -1,0 +1,115 @@
+"""Clients that TestClient cannot play: one that leaves mid-stream, one that sends too slowly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import pytest
+import uvicorn
+from starlette.types import Message
+from structlog.typing import EventDict
+
+from e2e.support import post_scope, running
+from sandbox.entrypoints.app import create_app
+from sandbox.settings import Settings
+
+
+@pytest.mark.anyio
+async def test_a_client_that_leaves_mid_stream_ends_its_sandbox(
+    settings: Settings, logs: list[EventDict]
+) -> None:
+    body = [{"type": "http.request", "body": b"import time\ntime.sleep(5)\n"}]
+    first_line_sent = anyio.Event()
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if body:
+            return body.pop()
+        await first_line_sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message.get("body"):
+            first_line_sent.set()
+
+    async with running(settings) as (app, runtime):
+        # Well before the script's 5 s: leaving must end the execution, not wait for it.
+        with anyio.fail_after(3):
+            await app(post_scope("/execute", b"language=python&stream=true"), receive, send)
+
+        assert len(runtime.runs) == 1
+        assert runtime.live == set()
+    lines = [json.loads(message["body"]) for message in sent if message.get("body")]
+    assert [line["type"] for line in lines] == ["start"]
+    cancelled = next(entry for entry in logs if entry["event"] == "execution.cancelled")
+    assert cancelled["sandbox_id"] == lines[0]["sandbox_id"]
+
+
+@pytest.mark.anyio
+async def test_a_body_that_arrives_too_slowly_is_a_408(settings: Settings) -> None:
+    settings = dataclasses.replace(settings, request_read_timeout_s=0.2)
+    chunks = [{"type": "http.request", "body": b"print(", "more_body": True}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if chunks:
+            return chunks.pop()
+        await anyio.sleep(5)
+        return {"type": "http.request", "body": b'"late")\n'}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async with running(settings) as (app, runtime):
+        with anyio.fail_after(3):
+            await app(post_scope("/execute", b"language=python"), receive, send)
+
+        assert runtime.runs == []
+    start, body = sent
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+    assert json.loads(body["body"])["error"]["code"] == "request_timeout"
+
+
+@contextmanager
+def uvicorn_serving(settings: Settings) -> Iterator[tuple[str, int]]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        create_app(settings), log_config=None, http="h11", ws="none", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+    thread.start()
+    try:
+        while not server.started:
+            threading.Event().wait(0.01)
+        yield listener.getsockname()
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        listener.close()
+
+
+def test_uvicorn_cuts_off_a_client_that_stops_sending_its_body(settings: Settings) -> None:
+    settings = dataclasses.replace(settings, request_read_timeout_s=0.3)
+    head = (
+        b"POST /execute?language=python HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Length: 100\r\n\r\nprint("
+    )
+
+    with uvicorn_serving(settings) as address, socket.create_connection(address) as client:
+        client.settimeout(5)
+        client.sendall(head)  # ... and never the other 94 bytes
+        answer = b""
+        while chunk := client.recv(4096):
+            answer += chunk
+
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"code":"request_timeout"' in answer
