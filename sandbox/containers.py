@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
+import structlog
 from dependency_injector import containers, providers
 
 from sandbox.adapters.fake import FakeSandboxRuntime
+from sandbox.adapters.file_output_log import FileOutputLog
+from sandbox.adapters.sqlite_store import SqliteSandboxStore
+from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
 from sandbox.domain.limits import LimitPolicy
-from sandbox.domain.ports import SandboxRuntime
+from sandbox.domain.ports import OutputLog, SandboxRuntime, SandboxStore
 from sandbox.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 def _runsc_runtime(settings: Settings) -> SandboxRuntime:
@@ -32,6 +40,62 @@ async def _opened(runtime: SandboxRuntime) -> AsyncIterator[SandboxRuntime]:
             await close()
 
 
+def _sqlite_store(settings: Settings) -> Iterator[SandboxStore]:
+    store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _output_log(settings: Settings) -> OutputLog:
+    return FileOutputLog(settings.state_dir / "outputs")
+
+
+async def _served(
+    runtime: SandboxRuntime,
+    store: SandboxStore,
+    outputs: OutputLog,
+    policy: LifecyclePolicy,
+    reap_interval_s: float,
+) -> AsyncIterator[SandboxService]:
+    """The lifecycle service, reconciled with the host before the first request and reaped in
+    the background until shutdown."""
+    service = SandboxService(runtime, store, outputs, policy)
+    reconciled = await _reconciled(service)
+    reaper = asyncio.create_task(_reap_forever(service, reap_interval_s, reconciled))
+    try:
+        yield service
+    finally:
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        await service.close()
+
+
+async def _reconciled(service: SandboxService) -> bool:
+    # A broken runtime (runsc missing) must not stop the server from starting: /readyz says
+    # what is wrong, and the reaper retries until it works.
+    try:
+        await service.reconcile()
+    except Exception:
+        log.exception("sandbox.reconcile_failed")
+        return False
+    return True
+
+
+async def _reap_forever(service: SandboxService, interval_s: float, reconciled: bool) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        if not reconciled:
+            reconciled = await _reconciled(service)
+            continue
+        try:
+            await service.reap()
+        except Exception:
+            log.exception("sandbox.reap_round_failed")
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
@@ -42,6 +106,14 @@ class Container(containers.DeclarativeContainer):
         max_memory_mb=settings.provided.max_memory_mb,
     )
 
+    lifecycle_policy = providers.Singleton(
+        LifecyclePolicy,
+        max_running=settings.provided.max_running_sandboxes,
+        retention_s=settings.provided.retention_s,
+        suspended_retention_s=settings.provided.suspended_retention_s,
+        max_file_bytes=settings.provided.max_file_bytes,
+    )
+
     # Singletons, not Resources: a Resource branch would be initialised even when not chosen.
     runtime_adapter = providers.Selector(
         settings.provided.runtime,
@@ -50,3 +122,19 @@ class Container(containers.DeclarativeContainer):
     )
 
     runtime = providers.Resource(_opened, runtime_adapter)
+
+    # Both runtimes keep records in SQLite: the fake's tests prove they survive a restart.
+    store = providers.Resource(_sqlite_store, settings)
+
+    outputs = providers.Singleton(_output_log, settings)
+
+    # Resources are started after the resources they depend on and shut down before them, so
+    # the service has a started runtime and an open store for as long as it lives.
+    sandbox_service = providers.Resource(
+        _served,
+        runtime=runtime,
+        store=store,
+        outputs=outputs,
+        policy=lifecycle_policy,
+        reap_interval_s=settings.provided.reap_interval_s,
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.domain.model import Limits
+from sandbox.domain.packages import PackagePolicy
 
 
 class SettingsError(ValueError):
@@ -28,7 +29,8 @@ class Settings:
     checkpoint_dir: Path | None = None
     runsc_path: str = "runsc"
     runsc_platform: str = "systrap"
-    cgroup_parent: str = "gvisor-sandbox"
+    # Empty: one parent per state folder (gvisor-sandbox-<hash of the folder>).
+    cgroup_parent: str = ""
     log_format: str = "json"
     log_level: str = "info"
     default_timeout_s: float = 30.0
@@ -50,6 +52,19 @@ class Settings:
     suspended_retention_s: float = 7 * 24 * 3600.0
     max_file_bytes: int = 64 * 1024 * 1024
     reap_interval_s: float = 5.0
+    # Packages per request (wheels only). The pip index: empty means pip's own configuration.
+    pip_index_url: str = ""
+    # Comma-separated folders or URLs of wheels, passed to pip as --find-links.
+    pip_find_links: str = ""
+    pip_no_index: bool = False
+    pip_timeout_s: float = 300.0
+    max_layer_mb: int = 1024
+    package_cache_mb: int = 10240
+    # At most this many requirements per request; 0 turns per-request packages off.
+    max_packages: int = 20
+    # Comma-separated package names; an empty allow list allows every name not denied.
+    packages_allow: str = ""
+    packages_deny: str = ""
 
     def __post_init__(self) -> None:
         problems = []
@@ -73,8 +88,35 @@ class Settings:
             problems.append("SANDBOX_CPUS and SANDBOX_REQUEST_READ_TIMEOUT_S must be positive")
         if self.default_idle_timeout_s > self.max_idle_timeout_s:
             problems.append("need SANDBOX_DEFAULT_IDLE_TIMEOUT_S <= SANDBOX_MAX_IDLE_TIMEOUT_S")
+        problems.extend(self._package_problems())
         if problems:
             raise SettingsError("; ".join(problems))
+
+    def _package_problems(self) -> list[str]:
+        problems = []
+        for name in ("pip_timeout_s", "max_layer_mb", "package_cache_mb"):
+            if getattr(self, name) <= 0:
+                problems.append(f"SANDBOX_{name.upper()} must be positive")
+        if self.max_packages < 0:
+            problems.append("SANDBOX_MAX_PACKAGES must not be negative")
+        if self.max_layer_mb > self.package_cache_mb:
+            problems.append("need SANDBOX_MAX_LAYER_MB <= SANDBOX_PACKAGE_CACHE_MB")
+        for name, values in (("pip_index_url", [self.pip_index_url]),
+                             ("pip_find_links", self.find_links())):
+            if any(value.startswith("-") or any(char.isspace() for char in value)
+                   for value in values):
+                problems.append(f"SANDBOX_{name.upper()} must be URLs or paths")
+        try:
+            self.package_policy()
+        except ValueError as error:
+            problems.append(f"SANDBOX_PACKAGES_ALLOW/SANDBOX_PACKAGES_DENY: {error}")
+        return problems
+
+    def find_links(self) -> list[str]:
+        return [link.strip() for link in self.pip_find_links.split(",") if link.strip()]
+
+    def package_policy(self) -> PackagePolicy:
+        return PackagePolicy.from_lists(self.max_packages, self.packages_allow, self.packages_deny)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

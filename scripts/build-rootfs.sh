@@ -51,6 +51,19 @@ chroot "$work" env MPLCONFIGDIR=/usr/local/share/matplotlib MPLBACKEND=Agg \
     python3 -c 'import matplotlib.pyplot' >/dev/null 2>&1
 chown -R 1000:1000 "$work/usr/local/share/matplotlib"
 
+# Output goes to pipes the service reads. Line buffering shows it as it comes and keeps what
+# was printed before a kill, while the buffered writer still finishes a long write that the
+# pipe takes only in parts (PYTHONUNBUFFERED would drop the rest: CPython issue 86210).
+cat >"$work/etc/python3.11/sitecustomize.py" <<'PYTHON'
+import sys
+
+for _stream in (sys.stdout, sys.stderr):
+    try:
+        _stream.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError):
+        pass
+PYTHON
+
 rm -rf "$work/var/cache/apt/archives"/*.deb "$work/var/lib/apt/lists"/* "$work/root/.cache"
 rm -f "$work.log"
 

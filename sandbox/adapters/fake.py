@@ -90,7 +90,7 @@ class FakeSandboxRuntime(SandboxRuntime):
 
     @property
     def identity(self) -> dict[str, str]:
-        return {"runtime": "fake", "rootfs": "fake"}
+        return {"runtime": "fake", "version": "0", "rootfs": "fake"}
 
     async def readiness(self) -> list[str]:
         return list(self.problems)
@@ -114,7 +114,8 @@ class FakeSandboxRuntime(SandboxRuntime):
             await sink.write(Stream.STDOUT, behaviour.stdout)
             await sink.write(Stream.STDERR, behaviour.stderr)
             await asyncio.sleep(behaviour.sleep_s)
-            return (None if behaviour.oom_killed else behaviour.exit_code), behaviour.oom_killed
+            # Killed by the kernel's SIGKILL, as a real out-of-memory kill reports it.
+            return (137 if behaviour.oom_killed else behaviour.exit_code), behaviour.oom_killed
         for kind, value in _steps(program):
             if kind == "exit":
                 assert isinstance(value, int)

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from sandbox.adapters import records
+from sandbox.domain.errors import InvalidState
 from sandbox.domain.model import Sandbox, SandboxState
 from sandbox.domain.ports import SandboxStore
 
@@ -46,10 +47,15 @@ class SqliteSandboxStore(SandboxStore):
         return await asyncio.to_thread(work)
 
     async def add(self, sandbox: Sandbox) -> None:
-        await self._run(
-            "INSERT INTO sandboxes (sandbox_id, state, created_at, record) VALUES (?, ?, ?, ?)",
-            sandbox.sandbox_id, sandbox.state.value, sandbox.created_at, records.dump(sandbox),
-        )
+        try:
+            await self._run(
+                "INSERT INTO sandboxes (sandbox_id, state, created_at, record) "
+                "VALUES (?, ?, ?, ?)",
+                sandbox.sandbox_id, sandbox.state.value, sandbox.created_at,
+                records.dump(sandbox),
+            )
+        except sqlite3.IntegrityError as error:
+            raise InvalidState(f"sandbox {sandbox.sandbox_id} exists already") from error
 
     async def save(self, sandbox: Sandbox) -> None:
         await self._run(

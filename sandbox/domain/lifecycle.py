@@ -73,6 +73,10 @@ class SandboxService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._execs: Counter[str] = Counter()
+        # Sandboxes being created or restored: they count towards max_running before their
+        # records say running, so concurrent starts cannot together pass the limit.
+        self._admission = asyncio.Lock()
+        self._starting = 0
 
     # Creating -------------------------------------------------------------------------
 
@@ -101,7 +105,6 @@ class SandboxService:
         idle_timeout_s: float | None,
         program: Program,
     ) -> Sandbox:
-        await self._check_capacity()
         now = self._clock()
         sandbox = Sandbox(
             sandbox_id=new_sandbox_id(), kind=kind, state=SandboxState.CREATING,
@@ -109,7 +112,7 @@ class SandboxService:
             idle_timeout_s=idle_timeout_s, last_activity_at=now,
         )
         structlog.contextvars.bind_contextvars(sandbox_id=sandbox.sandbox_id)
-        async with self._lock(sandbox.sandbox_id):
+        async with self._admitted(), self._lock(sandbox.sandbox_id):
             await self._store.add(sandbox)
             sink = self._outputs.sink(sandbox.sandbox_id, limits.output_bytes)
             try:
@@ -117,19 +120,33 @@ class SandboxService:
             except RuntimeFailure as failure:
                 await self._save(sandbox, SandboxState.FAILED, reason=failure.message)
                 raise
+            except BaseException:
+                # Cancelled (the client left) or broken: the runtime has removed what it
+                # started; the record must not stay `creating`.
+                await asyncio.shield(self._save(sandbox, SandboxState.FAILED,
+                                                reason="creation was interrupted"))
+                raise
             sandbox = await self._save(sandbox, SandboxState.RUNNING, running_since=now)
             self._supervise(sandbox)
         log.info("sandbox.created", kind=kind.value, language=language.value)
         return sandbox
 
-    async def _check_capacity(self) -> None:
-        running = await self._store.list(SandboxState.RUNNING)
-        if len(running) >= self._policy.max_running:
-            raise AtCapacity(
-                f"{len(running)} sandboxes are running, the most this server allows; "
-                "suspend or delete one, or retry later",
-                retry_after_s=5,
-            )
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        """Hold a place under max_running while a sandbox starts; AtCapacity when none is left."""
+        async with self._admission:
+            running = len(await self._store.list(SandboxState.RUNNING)) + self._starting
+            if running >= self._policy.max_running:
+                raise AtCapacity(
+                    f"{running} sandboxes are running, the most this server allows; "
+                    "suspend or delete one, or retry later",
+                    retry_after_s=5,
+                )
+            self._starting += 1
+        try:
+            yield
+        finally:
+            self._starting -= 1
 
     # Reading --------------------------------------------------------------------------
 
@@ -181,16 +198,13 @@ class SandboxService:
         events: ExecutionEvents | None = None,
     ) -> ExecutionResult:
         events = events or ExecutionEvents()
-        sandbox = await self._begin_work(sandbox_id, "exec in")
-        try:
+        async with self._working(sandbox_id, "exec in") as sandbox:
             capture = OutputCapture(sandbox.limits.output_bytes, events.output)
             await events.started(sandbox.sandbox_id)
             outcome = await self._runtime.exec(
                 sandbox.sandbox_id, program, capture, stdin, timeout_s or sandbox.limits.timeout_s
             )
             await capture.close()
-        finally:
-            await self._end_work(sandbox.sandbox_id)
         language = program.language.value if program.language else "argv"
         log.info("sandbox.exec_finished", exit_code=outcome.exit_code,
                  timed_out=outcome.timed_out, duration_ms=outcome.duration_ms)
@@ -200,25 +214,35 @@ class SandboxService:
         )
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        sandbox = await self._begin_work(sandbox_id, "write files in")
-        try:
+        async with self._working(sandbox_id, "write files in") as sandbox:
             await self._runtime.write_file(sandbox.sandbox_id, path, data)
-        finally:
-            await self._end_work(sandbox.sandbox_id)
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        sandbox = await self._begin_work(sandbox_id, "read files in")
-        try:
+        async with self._working(sandbox_id, "read files in") as sandbox:
             return await self._runtime.read_file(
                 sandbox.sandbox_id, path, self._policy.max_file_bytes
             )
-        finally:
-            await self._end_work(sandbox.sandbox_id)
 
     async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
-        sandbox = await self._begin_work(sandbox_id, "list files in")
-        try:
+        async with self._working(sandbox_id, "list files in") as sandbox:
             return await self._runtime.list_files(sandbox.sandbox_id, path)
+
+    @contextlib.asynccontextmanager
+    async def _working(self, sandbox_id: str, verb: str) -> AsyncIterator[Sandbox]:
+        """Work in a running sandbox. Suspend waits for it; delete does not, and a runtime
+        failure caused by a delete (or an out-of-memory end) is told as what happened."""
+        sandbox = await self._begin_work(sandbox_id, verb)
+        try:
+            yield sandbox
+        except RuntimeFailure:
+            current = await self._store.get(sandbox.sandbox_id)
+            if current is None:
+                raise SandboxNotFound(f"sandbox {sandbox_id} was deleted while in use") from None
+            if current.state is not SandboxState.RUNNING:
+                raise InvalidState(
+                    f"sandbox {sandbox_id} became {current.state.value} while in use"
+                ) from None
+            raise
         finally:
             await self._end_work(sandbox.sandbox_id)
 
@@ -236,6 +260,8 @@ class SandboxService:
             sandbox = await self._store.get(sandbox_id)
             if sandbox is not None:
                 await self._touch(sandbox)
+        if sandbox is None:
+            self._locks.pop(sandbox_id, None)
 
     # Suspend, restore, delete ---------------------------------------------------------
 
@@ -268,37 +294,43 @@ class SandboxService:
     async def restore(self, sandbox_id: str) -> Sandbox:
         async with self._lock(checked_sandbox_id(sandbox_id)):
             sandbox = await self._require(sandbox_id, SandboxState.SUSPENDED, "restore")
-            await self._check_capacity()
-            expected = dict(sandbox.checkpoint_identity)
-            if expected != self._runtime.identity:
-                raise CheckpointMismatch(
-                    f"the checkpoint was made with {_describe(expected)}, but this server "
-                    f"runs {_describe(self._runtime.identity)}; it cannot be restored here"
-                )
-            assert sandbox.checkpoint is not None
-            started = time.monotonic()
-            sink = self._outputs.sink(sandbox.sandbox_id, sandbox.limits.output_bytes)
-            try:
-                await self._runtime.restore(sandbox.spec(), sandbox.checkpoint, sink)
-            except RuntimeFailure as failure:
-                await self._save(sandbox, SandboxState.FAILED,
-                                 reason=f"restore failed: {failure.message}")
-                raise
-            await self._runtime.discard_checkpoint(sandbox.checkpoint)
-            now = self._clock()
-            sandbox = await self._save(sandbox, SandboxState.RUNNING, reason="restored",
-                                       checkpoint=None, checkpoint_identity=(),
-                                       running_since=now, last_activity_at=now)
-            self._supervise(sandbox)
+            async with self._admitted():
+                sandbox = await self._restore_locked(sandbox)
+        return sandbox
+
+    async def _restore_locked(self, sandbox: Sandbox) -> Sandbox:
+        expected = dict(sandbox.checkpoint_identity)
+        if expected != self._runtime.identity:
+            raise CheckpointMismatch(
+                f"the checkpoint was made with {_describe(expected)}, but this server "
+                f"runs {_describe(self._runtime.identity)}; it cannot be restored here"
+            )
+        assert sandbox.checkpoint is not None
+        started = time.monotonic()
+        sink = self._outputs.sink(sandbox.sandbox_id, sandbox.limits.output_bytes)
+        try:
+            await self._runtime.restore(sandbox.spec(), sandbox.checkpoint, sink)
+        except RuntimeFailure as failure:
+            await self._save(sandbox, SandboxState.FAILED,
+                             reason=f"restore failed: {failure.message}")
+            raise
+        await self._runtime.discard_checkpoint(sandbox.checkpoint)
+        now = self._clock()
+        sandbox = await self._save(sandbox, SandboxState.RUNNING, reason="restored",
+                                   checkpoint=None, checkpoint_identity=(),
+                                   running_since=now, last_activity_at=now)
+        self._supervise(sandbox)
         log.info("sandbox.restored", ms=int((time.monotonic() - started) * 1000))
         return sandbox
 
     async def delete(self, sandbox_id: str, reason: str = "deleted on request") -> None:
         async with self._lock(checked_sandbox_id(sandbox_id)):
-            sandbox = await self.get(sandbox_id)
-            await self._runtime.destroy(sandbox.sandbox_id)
-            await self._outputs.remove(sandbox.sandbox_id)
-            await self._store.remove(sandbox.sandbox_id)
+            await self._delete_locked(await self.get(sandbox_id), reason)
+
+    async def _delete_locked(self, sandbox: Sandbox, reason: str) -> None:
+        await self._runtime.destroy(sandbox.sandbox_id)
+        await self._outputs.remove(sandbox.sandbox_id)
+        await self._store.remove(sandbox.sandbox_id)
         self._locks.pop(sandbox.sandbox_id, None)
         log.info("sandbox.deleted", sandbox_id=sandbox.sandbox_id, reason=reason)
 
@@ -350,30 +382,32 @@ class SandboxService:
     async def reap(self) -> None:
         """Suspend idle sessions; delete what outlived its retention. Logs every why."""
         now = self._clock()
-        for sandbox in await self._store.list():
+        for listed in await self._store.list():
             try:
-                await self._reap_one(sandbox, now)
+                async with self._lock(listed.sandbox_id):
+                    # Re-read: since the list was taken it may have been used or restored.
+                    sandbox = await self._store.get(listed.sandbox_id)
+                    if sandbox is not None:
+                        await self._reap_locked(sandbox, now)
             except Exception:
-                log.exception("sandbox.reap_failed", sandbox_id=sandbox.sandbox_id)
+                log.exception("sandbox.reap_failed", sandbox_id=listed.sandbox_id)
 
-    async def _reap_one(self, sandbox: Sandbox, now: float) -> None:
+    async def _reap_locked(self, sandbox: Sandbox, now: float) -> None:
         idle_for = now - sandbox.last_activity_at
         if (sandbox.state is SandboxState.RUNNING and sandbox.idle_timeout_s is not None
                 and idle_for > sandbox.idle_timeout_s and not self._execs[sandbox.sandbox_id]):
-            async with self._lock(sandbox.sandbox_id):
-                current = await self._store.get(sandbox.sandbox_id)
-                if current is not None and current.state is SandboxState.RUNNING:
-                    await self._suspend_locked(
-                        current, f"suspended after {sandbox.idle_timeout_s:g} s idle"
-                    )
+            await self._suspend_locked(
+                sandbox, f"suspended after {sandbox.idle_timeout_s:g} s idle"
+            )
             return
         retention = (self._policy.suspended_retention_s
                      if sandbox.state is SandboxState.SUSPENDED else self._policy.retention_s)
         ended = sandbox.state in (SandboxState.EXITED, SandboxState.FAILED,
                                   SandboxState.SUSPENDED)
         if ended and now - sandbox.updated_at > retention:
-            await self.delete(sandbox.sandbox_id,
-                              reason=f"{sandbox.state.value} for longer than {retention:g} s")
+            await self._delete_locked(
+                sandbox, reason=f"{sandbox.state.value} for longer than {retention:g} s"
+            )
 
     async def reconcile(self) -> None:
         """Make the store and the host agree after a start: nothing unknown left on the host,
@@ -402,7 +436,7 @@ class SandboxService:
                 await self._suspend_locked(sandbox, "suspended when the server restarted")
                 return
         await self._runtime.destroy(sandbox_id)
-        reason = ("ended: the server restarted while it ran (its output could not be kept)"
+        reason = ("ended: the server restarted while it ran (its output so far is kept)"
                   if running else "ended: it was not running when the server restarted")
         state = SandboxState.EXITED if sandbox.state is SandboxState.RUNNING \
             else SandboxState.FAILED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sandbox.domain.model import (
     FileEntry,
@@ -14,6 +15,9 @@ from sandbox.domain.model import (
     SandboxState,
     Stream,
 )
+
+if TYPE_CHECKING:
+    from sandbox.domain.packages import RequirementSet
 
 
 class OutputSink(abc.ABC):
@@ -146,3 +150,23 @@ class OutputLog(abc.ABC):
     @abc.abstractmethod
     async def ids(self) -> set[str]:
         """Sandboxes with output kept."""
+
+
+class PackageInstaller(abc.ABC):
+    """Installs a checked requirement set into a folder that sandboxes mount read-only.
+
+    Contract, for every implementation:
+    - wheels only: no code of any package runs on the host;
+    - the same set gives the same folder, built once however many ask for it at once; a
+      set already built is returned without resolving it again;
+    - a folder returned is complete, and a failed build leaves nothing behind;
+    - `PackageResolutionFailed` says why a set cannot be installed (pip's own reason).
+    """
+
+    @abc.abstractmethod
+    async def layer_for(self, requirements: RequirementSet) -> str:
+        """A host folder holding the set, importable when put on PYTHONPATH."""
+
+    @abc.abstractmethod
+    async def readiness(self) -> list[str]:
+        """Problems that stop the installer from installing now; empty when ready."""

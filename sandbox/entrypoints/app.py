@@ -9,27 +9,47 @@ from typing import Any
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
 
 from sandbox.containers import Container
 from sandbox.entrypoints.errors import EXCEPTION_HANDLERS
-from sandbox.entrypoints.handlers import execute, health
+from sandbox.entrypoints.handlers import commands, execute, files, health, output, sandboxes
 from sandbox.entrypoints.middleware import (
     InternalErrorMiddleware,
     RequestBodyDeadlineMiddleware,
     RequestIdMiddleware,
 )
+from sandbox.entrypoints.openapi import serve_openapi
+from sandbox.entrypoints.routing import route
 from sandbox.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+_ID = "/sandboxes/{sandbox_id}"
+
 routes = [
-    Route("/execute", execute.execute_script, methods=["POST"]),
-    Route("/healthz", health.report_liveness, methods=["GET"]),
-    Route("/readyz", health.report_readiness, methods=["GET"]),
+    route("/execute", POST=execute.execute_script),
+    route("/list", GET=sandboxes.list_sandboxes),
+    # The calls of the original README act on GET as written there, but never on HEAD.
+    route("/suspend/{sandbox_id}", answers_head=False,
+          GET=sandboxes.suspend_sandbox, POST=sandboxes.suspend_sandbox),
+    route("/restore/{sandbox_id}", answers_head=False,
+          GET=sandboxes.restore_sandbox, POST=sandboxes.restore_sandbox),
+    route("/delete/{sandbox_id}", answers_head=False,
+          GET=sandboxes.delete_sandbox, POST=sandboxes.delete_sandbox),
+    route("/sandboxes", GET=sandboxes.list_sandboxes, POST=sandboxes.create_sandbox),
+    route(_ID, GET=sandboxes.inspect_sandbox, DELETE=sandboxes.delete_sandbox),
+    route(f"{_ID}/exec", POST=commands.exec_in_sandbox),
+    route(f"{_ID}/suspend", POST=sandboxes.suspend_sandbox),
+    route(f"{_ID}/restore", POST=sandboxes.restore_sandbox),
+    route(f"{_ID}/output", GET=output.read_output),
+    route(f"{_ID}/files", GET=files.list_files),
+    route(f"{_ID}/files/{{path:path}}", GET=files.download_file, PUT=files.upload_file),
+    route("/healthz", GET=health.report_liveness),
+    route("/readyz", GET=health.report_readiness),
+    route("/openapi.json", GET=serve_openapi),
 ]
 
-HANDLER_MODULES = (execute, health)
+HANDLER_MODULES = (commands, execute, files, health, output, sandboxes)
 
 
 def create_app(settings: Settings, container: Container | None = None) -> Starlette:

@@ -13,9 +13,9 @@ def checked_query(params: QueryParams, allowed: Collection[str]) -> dict[str, st
     """The parameters as a plain mapping, once none is unknown or given twice."""
     unknown = sorted(name[:40] for name in params if name not in allowed)
     if unknown:
+        accepted = f"accepts {', '.join(allowed)}" if allowed else "takes no query parameters"
         raise InvalidRequest(
-            f"unknown query parameter(s): {', '.join(unknown)}; "
-            f"this call accepts {', '.join(allowed)}"
+            f"unknown query parameter(s): {', '.join(unknown)}; this call {accepted}"
         )
     repeated = sorted(name for name in params if len(params.getlist(name)) > 1)
     if repeated:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dependency_injector import providers
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from starlette.types import Scope
@@ -61,3 +64,34 @@ def post_scope(path: str, query: bytes) -> Scope:
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
+
+
+def app_on(settings: Settings, runtime: FakeSandboxRuntime) -> TestClient:
+    """A client of a new app on these settings that uses this runtime instance (a restart
+    of the server while the sandboxes' runtime lives on)."""
+    container = Container(settings=settings)
+    container.runtime_adapter.override(providers.Object(runtime))
+    return TestClient(create_app(settings, container))
+
+
+def create_session(client: TestClient, **body: Any) -> str:
+    response = client.post("/sandboxes", json=body)
+    assert response.status_code == 201, response.text
+    sandbox_id: str = response.json()["sandbox_id"]
+    return sandbox_id
+
+
+def wait_for_state(
+    client: TestClient, sandbox_id: str, state: str, timeout_s: float = 3.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        record: dict[str, Any] = client.get(f"/sandboxes/{sandbox_id}").json()
+        if record["state"] == state:
+            return record
+        assert time.monotonic() < deadline, f"still {record['state']}, not {state}"
+        time.sleep(0.02)
+
+
+def ndjson(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]

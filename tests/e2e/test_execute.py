@@ -114,7 +114,8 @@ def test_without_options_the_default_limits_apply(
         ("language=python&memory_mb=lots", "whole number"),
         ("language=python&stream=yes", "stream must be true or false"),
         ("language=python&packages=numpy", "unknown query parameter(s): packages"),
-        ("language=python&detach=true", "unknown query parameter(s): detach"),
+        ("language=python&detach=later", "detach must be true or false"),
+        ("language=python&detach=true&stream=true", "do not go together"),
         ("language=python&language=bash", "more than once: language"),
     ],
 )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,9 @@ from dependency_injector import providers
 
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.containers import Container
+from sandbox.domain.errors import RuntimeFailure
+from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.model import Language, Limits
 from sandbox.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -60,3 +64,77 @@ async def test_the_runtime_is_started_with_the_resources_and_closed_with_them(
 
     assert started == ["start"]
     assert runtime.calls == ["start", "close"]
+
+
+class RuntimeThatFailsToList(FakeSandboxRuntime):
+    """runsc missing at start-up: listing its sandboxes fails a given number of times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.listings = 0
+
+    async def running_ids(self) -> set[str]:
+        self.listings += 1
+        if self.listings <= self.failures:
+            raise RuntimeFailure("runsc: not found")
+        return await super().running_ids()
+
+
+async def test_the_sandbox_service_keeps_its_records_in_sqlite_under_the_state_dir(
+    tmp_path: Path,
+) -> None:
+    container = Container(settings=Settings(runtime="fake", state_dir=tmp_path))
+
+    await awaited(container.init_resources())
+    pending: Any = container.sandbox_service()  # an async resource answers a future
+    service: SandboxService = await pending
+    await service.create_session(Language.PYTHON, Limits())
+    await awaited(container.shutdown_resources())
+
+    assert (tmp_path / "sandboxes.db").exists()
+    assert (tmp_path / "outputs").is_dir()
+
+
+async def test_a_failed_reconcile_does_not_stop_the_start_and_is_retried(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(runtime="fake", state_dir=tmp_path, reap_interval_s=0.01)
+    container = Container(settings=settings)
+    runtime = RuntimeThatFailsToList(failures=2)
+    container.runtime_adapter.override(providers.Object(runtime))
+
+    await awaited(container.init_resources())
+    for _ in range(100):
+        if runtime.listings >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await awaited(container.shutdown_resources())
+
+    assert runtime.listings == 3  # once at start, then every round until one succeeded
+
+
+async def test_the_reaper_goes_on_after_a_round_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(runtime="fake", state_dir=tmp_path, reap_interval_s=0.01)
+    rounds: list[int] = []
+
+    async def failing_reap(self: SandboxService) -> None:
+        rounds.append(1)
+        raise RuntimeError("the store is locked")
+
+    monkeypatch.setattr(SandboxService, "reap", failing_reap)
+    container = Container(settings=settings)
+
+    await awaited(container.init_resources())
+    for _ in range(100):
+        if len(rounds) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await awaited(container.shutdown_resources())
+    after_shutdown = len(rounds)
+    await asyncio.sleep(0.05)
+
+    assert after_shutdown >= 3
+    assert len(rounds) == after_shutdown  # the reaper ended with the app

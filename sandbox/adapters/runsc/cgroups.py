@@ -14,6 +14,10 @@ import contextlib
 import os
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -38,14 +42,20 @@ class SandboxCgroups(abc.ABC):
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove a cgroup and any children; cgroup folders go with rmdir, deepest first."""
+    """Remove a cgroup and any children; cgroup folders go with rmdir, deepest first.
+    A cgroup that still holds a process cannot go: that is logged, never raised, so the
+    rest of a cleanup still happens (and the next start finds it as a leftover)."""
     if not path.is_dir():
         return
     for child in path.iterdir():
         if child.is_dir():
             _remove_tree(child)
-    with contextlib.suppress(FileNotFoundError):
+    try:
         path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("cgroup.remove_failed", path=str(path), error=str(error))
 
 
 class CgroupsV1(SandboxCgroups):

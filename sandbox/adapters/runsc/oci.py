@@ -25,7 +25,6 @@ _BASE_ENV = {
     "USER": "sandbox",
     "LANG": "C.UTF-8",
     "TMPDIR": "/tmp",
-    "PYTHONUNBUFFERED": "1",
     "MPLBACKEND": "Agg",
     "MPLCONFIGDIR": "/usr/local/share/matplotlib",
 }

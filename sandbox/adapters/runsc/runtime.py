@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -59,11 +60,19 @@ class RunscSandboxRuntime(SandboxRuntime):
     async def start(self) -> None:
         for folder in (self._runsc_root, self._bundles):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._cgroups = cgroups.detect(self._settings.cgroup_parent)
+        self._cgroups = cgroups.detect(self._cgroup_parent())
         self._checkpoints.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._version = await self._read_version()
         log.info("runsc.ready", version=self._version, cgroups=type(self._cgroups).__name__,
                  rootfs=str(self._rootfs), rootfs_identity=self._rootfs_identity())
+
+    def _cgroup_parent(self) -> str:
+        """One cgroup parent per state folder, so two servers (or test runs) on one host
+        never take each other's sandboxes for leftovers."""
+        if self._settings.cgroup_parent:
+            return self._settings.cgroup_parent
+        digest = hashlib.sha256(str(self._settings.state_dir.resolve()).encode()).hexdigest()
+        return f"gvisor-sandbox-{digest[:10]}"
 
     async def close(self) -> None:
         for sandbox_id in list(self._live):
@@ -71,7 +80,7 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     @property
     def identity(self) -> dict[str, str]:
-        return {"runsc": self._version, "rootfs": self._rootfs_identity()}
+        return {"runtime": "runsc", "version": self._version, "rootfs": self._rootfs_identity()}
 
     async def readiness(self) -> list[str]:
         problems = []

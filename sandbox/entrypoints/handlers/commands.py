@@ -1,0 +1,52 @@
+"""POST /sandboxes/{id}/exec: run a script or a program in a long-lived sandbox."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from dependency_injector.wiring import Provide, inject
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sandbox.containers import Container
+from sandbox.domain.errors import InvalidState
+from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.limits import LimitPolicy
+from sandbox.domain.model import SandboxState
+from sandbox.entrypoints.body import read_capped_body
+from sandbox.entrypoints.commands import command_from_json, command_from_script
+from sandbox.entrypoints.json_body import is_json
+from sandbox.entrypoints.paths import sandbox_id_of
+from sandbox.entrypoints.query import checked_query, flag
+from sandbox.entrypoints.streaming import ExecutionStream
+from sandbox.settings import Settings
+
+
+@inject
+async def exec_in_sandbox(
+    request: Request,
+    service: SandboxService = Provide[Container.sandbox_service],
+    policy: LimitPolicy = Provide[Container.limit_policy],
+    settings: Settings = Provide[Container.settings],
+) -> Response:
+    sandbox_id = sandbox_id_of(request)
+    as_json = is_json(request)
+    query = checked_query(request.query_params,
+                          ("stream",) if as_json else ("language", "timeout", "stream"))
+    stream = flag(query, "stream")
+    # Checked before the body is read and before a stream starts, so that an unknown or
+    # stopped sandbox is a 404 or a 409, not an error event after a 200. The service checks
+    # again under the sandbox's lock.
+    sandbox = await service.get(sandbox_id)
+    if sandbox.state is not SandboxState.RUNNING:
+        raise InvalidState(
+            f"cannot exec in a sandbox that is {sandbox.state.value} (it must be running)"
+        )
+    body = await read_capped_body(request, settings.max_body_bytes)
+    command = (command_from_json(body, policy) if as_json
+               else command_from_script(query, body, policy))
+
+    run = partial(service.exec, sandbox_id, command.program, command.stdin, command.timeout_s)
+    if stream:
+        return ExecutionStream(run)
+    return JSONResponse((await run()).to_dict())

@@ -1,0 +1,68 @@
+"""Files inside a long-lived sandbox: upload, download, list."""
+
+from __future__ import annotations
+
+import datetime
+
+from dependency_injector.wiring import Provide, inject
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sandbox.containers import Container
+from sandbox.domain.lifecycle import SandboxService
+from sandbox.entrypoints.body import read_capped_body
+from sandbox.entrypoints.paths import WORKSPACE, sandbox_id_of, sandbox_path
+from sandbox.entrypoints.query import checked_query
+from sandbox.settings import Settings
+
+
+@inject
+async def upload_file(
+    request: Request,
+    service: SandboxService = Provide[Container.sandbox_service],
+    settings: Settings = Provide[Container.settings],
+) -> Response:
+    sandbox_id = sandbox_id_of(request)
+    checked_query(request.query_params, ())
+    path = sandbox_path(request.path_params["path"])
+    await service.get(sandbox_id)  # an unknown sandbox is a 404 before its body is read
+    data = await read_capped_body(request, settings.max_file_bytes)
+
+    await service.write_file(sandbox_id, path, data)
+    return JSONResponse({"path": path, "size": len(data)}, 201)
+
+
+@inject
+async def download_file(
+    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+) -> Response:
+    sandbox_id = sandbox_id_of(request)
+    checked_query(request.query_params, ())
+    path = sandbox_path(request.path_params["path"])
+
+    data = await service.read_file(sandbox_id, path)
+    return Response(data, media_type="application/octet-stream")
+
+
+@inject
+async def list_files(
+    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+) -> Response:
+    sandbox_id = sandbox_id_of(request)
+    query = checked_query(request.query_params, ("path",))
+    path = sandbox_path(query.get("path", WORKSPACE))
+
+    entries = await service.list_files(sandbox_id, path)
+    return JSONResponse({
+        "path": path,
+        "entries": [
+            {"name": entry.name, "kind": entry.kind, "size": entry.size,
+             "modified_at": _iso(entry.modified_at)}
+            for entry in entries
+        ],
+    })
+
+
+def _iso(timestamp: float) -> str:
+    # As the sandbox record's timestamps are written.
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()

@@ -1,0 +1,43 @@
+"""GET /sandboxes/{id}/output: what a detached script printed so far, or a stream of it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from dependency_injector.wiring import Provide, inject
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from sandbox.containers import Container
+from sandbox.domain.lifecycle import SandboxService
+from sandbox.entrypoints.paths import sandbox_id_of
+from sandbox.entrypoints.query import checked_query, flag
+
+
+@inject
+async def read_output(
+    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+) -> Response:
+    sandbox_id = sandbox_id_of(request)
+    query = checked_query(request.query_params, ("follow",))
+    if flag(query, "follow"):
+        await service.get(sandbox_id)  # an unknown sandbox is a 404, not an empty stream
+        return StreamingResponse(_lines(service.follow_output(sandbox_id)),
+                                 media_type="application/x-ndjson")
+
+    sandbox, stdout, stderr = await service.read_output(sandbox_id)
+    return JSONResponse({
+        "sandbox_id": sandbox.sandbox_id,
+        "state": sandbox.state.value,
+        "exit_code": sandbox.exit_code,
+        "stdout": stdout.data.decode("utf-8", errors="replace"),
+        "stderr": stderr.data.decode("utf-8", errors="replace"),
+        "stdout_truncated": stdout.truncated,
+        "stderr_truncated": stderr.truncated,
+    })
+
+
+async def _lines(events: AsyncIterator[dict[str, object]]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield json.dumps(event, ensure_ascii=False).encode() + b"\n"

@@ -1,0 +1,307 @@
+"""Benchmark: `POST /execute` through the service against a bare `runsc run` of the same script.
+
+A benchmark, not a test: it prints a table and never fails on the figures. It needs root,
+runsc and the rootfs (`make bench` sets them up) and talks to the server over loopback only.
+Server and bare runsc get their own state folders and cgroup parent, so a server or tests
+running beside the benchmark are left alone; of the SANDBOX_* variables, only those that
+say where runsc and the rootfs are, and which platform to use, are passed on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import structlog
+
+from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.model import Language, Program, SandboxSpec
+from sandbox.settings import Settings
+
+WARMUP = 3
+GOAL_P50_RATIO = 1.15
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 60.0
+CGROUP_PARENT = "gvisor-sandbox-bench"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+KEPT_SETTINGS = ("SANDBOX_ROOTFS_DIR", "SANDBOX_RUNSC_PATH", "SANDBOX_RUNSC_PLATFORM")
+SCRIPTS = {Language.PYTHON: b'print("hello")\n', Language.BASH: b"echo hello\n"}
+EXPECTED = "hello\n"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sample:
+    latencies_s: list[float]
+    wall_s: float
+
+    def percentile_ms(self, fraction: float) -> float:
+        ordered = sorted(self.latencies_s)
+        position = (len(ordered) - 1) * fraction
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        return 1000 * (ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+
+    @property
+    def per_second(self) -> float:
+        return len(self.latencies_s) / self.wall_s
+
+
+def measure(work: Callable[[int], list[float]], runs: int, concurrency: int) -> Sample:
+    """Share `runs` calls among `concurrency` workers; each returns its calls' latencies."""
+    shares = [runs // concurrency + (i < runs % concurrency) for i in range(concurrency)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        parts = list(pool.map(work, shares))
+    return Sample([x for part in parts for x in part], time.perf_counter() - started)
+
+
+# The service, as a client sees it.
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def bench_environ(state_dir: Path) -> dict[str, str]:
+    """The environment of the server, and the settings of bare runsc."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")},
+        **{k: os.environ[k] for k in KEPT_SETTINGS if k in os.environ},
+        "SANDBOX_STATE_DIR": str(state_dir),
+        "SANDBOX_RUNTIME": "runsc",
+        "SANDBOX_CGROUP_PARENT": CGROUP_PARENT,
+    }
+
+
+@contextlib.contextmanager
+def running_server(state_dir: Path, log_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **bench_environ(state_dir),
+        "SANDBOX_HOST": "127.0.0.1",
+        "SANDBOX_PORT": str(port),
+        "SANDBOX_LOG_FORMAT": "json",
+    }
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "sandbox"],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(server, base_url)
+        yield base_url
+    except BaseException:
+        print(f"server log (last lines of {log_path}):", file=sys.stderr)
+        print(*log_path.read_text(errors="replace").splitlines()[-20:], sep="\n", file=sys.stderr)
+        raise
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def wait_ready(server: subprocess.Popen[bytes], base_url: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise BenchError(f"the server exited with code {server.returncode} before it was ready")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise BenchError(f"the server was not ready within {READY_TIMEOUT_S:.0f} s")
+
+
+def service_work(base_url: str, language: Language) -> Callable[[int], list[float]]:
+    def work(calls: int) -> list[float]:
+        latencies = []
+        with httpx.Client(base_url=base_url, timeout=CALL_TIMEOUT_S) as client:
+            for _ in range(calls):
+                started = time.perf_counter()
+                response = client.post(
+                    "/execute", params={"language": language.value}, content=SCRIPTS[language]
+                )
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200 or response.json().get("stdout") != EXPECTED:
+                    raise BenchError(f"POST /execute answered {response.status_code}: "
+                                     f"{response.text[:300]}")
+        return latencies
+
+    return work
+
+
+# Bare runsc: the same bundle the service would write, and only the `runsc run` timed.
+
+
+def raw_work(runtime: RunscSandboxRuntime, settings: Settings, language: Language
+             ) -> Callable[[int], list[float]]:
+    def once() -> float:
+        spec = SandboxSpec(sandbox_id=new_sandbox_id(), limits=settings.default_limits())
+        bundle = runtime.write_bundle(spec, Program.script(language, SCRIPTS[language]))
+        argv = runtime.command("run", "--bundle", str(bundle), spec.sandbox_id)
+        ended = False
+        try:
+            started = time.perf_counter()
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=CALL_TIMEOUT_S, check=False)
+            elapsed = time.perf_counter() - started
+            ended = done.returncode == 0
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"runsc run took more than {CALL_TIMEOUT_S:.0f} s") from None
+        finally:
+            # A container whose `runsc run` failed may be left behind.
+            if not ended:
+                subprocess.run(runtime.command("delete", "--force", spec.sandbox_id),
+                               capture_output=True, check=False)
+            runtime.remove_bundle(spec.sandbox_id)
+        if not ended or done.stdout.decode() != EXPECTED:
+            output = (done.stdout + done.stderr).decode(errors="replace")
+            raise BenchError(f"runsc run exited {done.returncode}: {output[:300]}")
+        return elapsed
+
+    def work(calls: int) -> list[float]:
+        return [once() for _ in range(calls)]
+
+    return work
+
+
+def remove_cgroups() -> None:
+    """Remove the cgroup parent of the benchmark's sandboxes, with any empty cgroup a failed
+    run left in it (a cgroup that still holds processes stays)."""
+    for parent in (CGROUP_ROOT / CGROUP_PARENT, *CGROUP_ROOT.glob(f"*/{CGROUP_PARENT}")):
+        if not parent.is_dir():
+            continue
+        deepest_first = sorted(parent.rglob("*/"), key=lambda path: -len(path.parts))
+        for folder in (*deepest_first, parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+# The report.
+
+
+@dataclass(frozen=True)
+class Case:
+    language: Language
+    concurrency: int
+    service: Sample
+    raw: Sample
+
+    @property
+    def name(self) -> str:
+        mode = "sequential" if self.concurrency == 1 else f"{self.concurrency} concurrent"
+        return f"{self.language.value} {mode}"
+
+
+def report(cases: list[Case], runs: int, settings: Settings, version: str) -> None:
+    print()
+    print(f"{runs} runs per case after {WARMUP} warm-ups; {os.cpu_count()} cores; "
+          f"runsc {version} on {settings.runsc_platform}; rootfs {settings.rootfs_dir}")
+    print("latency in ms per call; service = POST /execute over HTTP, raw = bare `runsc run`")
+    print()
+    print(f"{'case':<22}{'service p50':>12}{'p95':>8}{'raw p50':>10}{'p95':>8}"
+          f"{'ratio p50':>11}{'p95':>7}{'service/s':>11}{'raw/s':>8}")
+    for case in cases:
+        s50, s95 = case.service.percentile_ms(0.5), case.service.percentile_ms(0.95)
+        r50, r95 = case.raw.percentile_ms(0.5), case.raw.percentile_ms(0.95)
+        line = (f"{case.name:<22}{s50:>12.0f}{s95:>8.0f}{r50:>10.0f}{r95:>8.0f}"
+                f"{s50 / r50:>11.2f}{s95 / r95:>7.2f}"
+                f"{case.service.per_second:>11.1f}{case.raw.per_second:>8.1f}")
+        if case.concurrency == 1:
+            verdict = "met" if s50 / r50 <= GOAL_P50_RATIO else "not met"
+            line += f"   goal p50 ratio <= {GOAL_P50_RATIO}: {verdict}"
+        print(line)
+
+
+def runsc_version(runtime: RunscSandboxRuntime) -> str:
+    done = subprocess.run(runtime.command("--version"), capture_output=True, text=True,
+                          timeout=CALL_TIMEOUT_S, check=False)
+    return done.stdout.partition("\n")[0].removeprefix("runsc version ").strip() or "unknown"
+
+
+def count(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Service latency against bare runsc.")
+    parser.add_argument("--runs", type=count(1, 1000), default=30,
+                        help="calls per case (default 30)")
+    parser.add_argument("--concurrency", type=count(2, 32), default=4,
+                        help="clients in the concurrent cases (default 4)")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    if os.geteuid() != 0:
+        print("bench: run as root (runsc needs it)", file=sys.stderr)
+        return 2
+    # The runtime used for bare runsc logs through structlog: keep its chatter off the table.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    with tempfile.TemporaryDirectory(prefix="sandbox-bench-") as tmp:
+        settings = Settings.from_env(bench_environ(Path(tmp, "raw")))
+        runtime = RunscSandboxRuntime(settings)
+        cases = []
+        try:
+            # Started before the server, so that whichever clears leftovers when it starts
+            # meets no live sandbox of the other.
+            asyncio.run(runtime.start())
+            with running_server(Path(tmp, "server"), Path(tmp, "server.log")) as base_url:
+                for concurrency in (1, args.concurrency):
+                    for language in SCRIPTS:
+                        service = service_work(base_url, language)
+                        raw = raw_work(runtime, settings, language)
+                        if concurrency == 1:
+                            service(WARMUP)
+                            raw(WARMUP)
+                        print(f"measuring {language.value} with concurrency {concurrency}...",
+                              flush=True)
+                        cases.append(Case(language, concurrency,
+                                          measure(service, args.runs, concurrency),
+                                          measure(raw, args.runs, concurrency)))
+        except BenchError as error:
+            print(f"bench: {error}", file=sys.stderr)
+            return 1
+        finally:
+            asyncio.run(runtime.close())
+            remove_cgroups()
+    report(cases, args.runs, settings, runsc_version(runtime))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""What every SandboxRuntime does, written in the fake's tiny language so both can run it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sandbox.domain.ids import ID_PATTERN
+from sandbox.domain.model import Language, Limits
+from sandbox.domain.ports import SandboxRuntime
+from sandbox.domain.services import execute_script
+
+pytestmark = pytest.mark.anyio
+
+LIMITS = Limits(timeout_s=20)
+
+
+async def test_python_stdout_and_stderr_are_kept_apart(runtime: SandboxRuntime) -> None:
+    source = b'import sys\nprint("to out")\nprint("to err", file=sys.stderr)\nprint("out again")\n'
+
+    result = await execute_script(runtime, Language.PYTHON, source, LIMITS)
+
+    assert result.stdout.text == "to out\nout again\n"
+    assert result.stderr.text == "to err\n"
+    assert result.outcome.exit_code == 0
+
+
+async def test_bash_stdout_and_stderr_are_kept_apart(runtime: SandboxRuntime) -> None:
+    source = b"echo to out\necho to err >&2\necho out again\n"
+
+    result = await execute_script(runtime, Language.BASH, source, LIMITS)
+
+    assert result.stdout.text == "to out\nout again\n"
+    assert result.stderr.text == "to err\n"
+    assert result.outcome.exit_code == 0
+
+
+async def test_an_empty_script_succeeds_silently(runtime: SandboxRuntime) -> None:
+    result = await execute_script(runtime, Language.PYTHON, b"", LIMITS)
+
+    assert result.outcome.exit_code == 0
+    assert (result.stdout.text, result.stderr.text) == ("", "")
+
+
+async def test_text_outside_ascii_comes_back_as_written(runtime: SandboxRuntime) -> None:
+    result = await execute_script(runtime, Language.PYTHON, 'print("héllo 漢字")'.encode(), LIMITS)
+
+    assert result.stdout.text == "héllo 漢字\n"
+
+
+@pytest.mark.parametrize(
+    ("language", "source", "code"),
+    [
+        (Language.PYTHON, b'import sys\nprint("before")\nsys.exit(3)\nprint("after")\n', 3),
+        (Language.BASH, b"echo before\nexit 7\necho after\n", 7),
+    ],
+    ids=["python", "bash"],
+)
+async def test_a_script_ends_at_its_exit_with_its_code(
+    runtime: SandboxRuntime, language: Language, source: bytes, code: int
+) -> None:
+    result = await execute_script(runtime, language, source, LIMITS)
+
+    assert result.outcome.exit_code == code
+    assert result.outcome.timed_out is False
+    assert result.outcome.oom_killed is False
+    assert result.stdout.text == "before\n"
+
+
+@pytest.mark.parametrize(
+    ("language", "source"),
+    [
+        (Language.PYTHON, b'import time\nprint("before")\ntime.sleep(5)\nprint("after")\n'),
+        (Language.BASH, b"echo before\nsleep 5\necho after\n"),
+    ],
+    ids=["python", "bash"],
+)
+async def test_a_script_past_its_timeout_is_timed_out_with_no_exit_code(
+    runtime: SandboxRuntime, language: Language, source: bytes
+) -> None:
+    limits = dataclasses.replace(LIMITS, timeout_s=0.5)
+
+    result = await execute_script(runtime, language, source, limits)
+
+    assert result.outcome.timed_out is True
+    assert result.outcome.exit_code is None
+    assert 500 <= result.outcome.duration_ms < 4500  # ended by the timer, not by the script
+    assert result.stdout.text == "before\n"  # what it printed before the end is kept
+
+
+async def test_output_past_the_cap_is_cut_and_flagged(runtime: SandboxRuntime) -> None:
+    limits = dataclasses.replace(LIMITS, output_bytes=1000)
+    source = b'import sys\nprint("x" * 3000)\nprint("short", file=sys.stderr)\n'
+
+    result = await execute_script(runtime, Language.PYTHON, source, limits)
+
+    assert result.stdout.text == "x" * 1000
+    assert result.stdout.truncated is True
+    assert result.stderr.text == "short\n"
+    assert result.stderr.truncated is False
+    assert result.outcome.exit_code == 0
+
+
+async def test_the_result_has_the_documented_shape(runtime: SandboxRuntime) -> None:
+    result = await execute_script(runtime, Language.BASH, b"echo shaped\n", LIMITS)
+
+    summary, full = result.summary(), result.to_dict()
+
+    assert ID_PATTERN.match(result.sandbox_id)
+    assert summary == {
+        "sandbox_id": result.sandbox_id,
+        "language": "bash",
+        "exit_code": 0,
+        "timed_out": False,
+        "oom_killed": False,
+        "stdout_truncated": False,
+        "stderr_truncated": False,
+        "duration_ms": result.outcome.duration_ms,
+    }
+    assert full == {**summary, "stdout": "shaped\n", "stderr": ""}
+    assert isinstance(summary["duration_ms"], int)
+
+
+async def test_each_execution_gets_a_new_sandbox_id(runtime: SandboxRuntime) -> None:
+    first = await execute_script(runtime, Language.BASH, b"echo one\n", LIMITS)
+    second = await execute_script(runtime, Language.BASH, b"echo two\n", LIMITS)
+
+    assert first.sandbox_id != second.sandbox_id
+
+
+async def test_a_healthy_runtime_reports_no_readiness_problems(runtime: SandboxRuntime) -> None:
+    assert await runtime.readiness() == []
+
+
+async def test_the_identity_names_the_rootfs(runtime: SandboxRuntime) -> None:
+    identity = runtime.identity
+
+    assert isinstance(identity.get("rootfs"), str)
+    assert identity["rootfs"] != ""

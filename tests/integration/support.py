@@ -1,0 +1,127 @@
+"""What the runsc tiers share: whether they can run here, a started runtime, the leak check."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.settings import Settings
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def runsc_required() -> bool:
+    """In CI (or when asked) a machine that cannot run the runsc tests fails them."""
+    return (
+        os.environ.get("CI", "").lower() == "true"
+        or os.environ.get("SANDBOX_REQUIRE_RUNSC") == "1"
+    )
+
+
+def runsc_problem(settings: Settings) -> str | None:
+    if os.geteuid() != 0:
+        return "the runsc tests need root"
+    if shutil.which(settings.runsc_path) is None:
+        return f"runsc ({settings.runsc_path}) is not installed; run `make host`"
+    if not (settings.rootfs_dir / "usr/bin/python3").exists():
+        return f"no sandbox rootfs at {settings.rootfs_dir}; run `make rootfs`"
+    return None
+
+
+def require_runsc() -> None:
+    problem = runsc_problem(Settings.from_env())
+    if problem is None:
+        return
+    if runsc_required():
+        pytest.fail(f"{problem} (CI=true or SANDBOX_REQUIRE_RUNSC=1: not skipping)", pytrace=False)
+    pytest.skip(problem)
+
+
+def runtime_settings(state_dir: Path, **overrides: Any) -> Settings:
+    """Settings of one test's runtime: its own state folder and its own cgroup parent, so
+    that the leak check sees only what this test made (other suites may run sandboxes)."""
+    return dataclasses.replace(
+        Settings.from_env(),
+        runtime="runsc",
+        state_dir=state_dir,
+        cgroup_parent=f"gvisor-sandbox-test-{secrets.token_hex(4)}",
+        **overrides,
+    )
+
+
+@contextlib.asynccontextmanager
+async def started_runtime(settings: Settings) -> AsyncIterator[RunscSandboxRuntime]:
+    runtime = RunscSandboxRuntime(settings)
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+        _remove_cgroup_parent(settings.cgroup_parent)
+
+
+def leftovers(settings: Settings) -> list[str]:
+    """Everything a runtime with these settings still has on the host; empty when clean."""
+    runsc_root = settings.state_dir / "runsc"
+    found = [f"container {name}" for name in _listed_containers(runsc_root)]
+    for folder in ("bundles", "checkpoints"):
+        path = settings.state_dir / folder
+        if path.is_dir():
+            found.extend(f"{folder}/{entry.name}" for entry in path.iterdir())
+    found.extend(f"cgroup {path}" for path in _cgroup_children(settings.cgroup_parent))
+    found.extend(f"process {line}" for line in processes_mentioning(str(runsc_root)))
+    return found
+
+
+def _listed_containers(runsc_root: Path) -> list[str]:
+    if not runsc_root.is_dir():
+        return []
+    runsc = shutil.which("runsc") or "runsc"
+    listed = subprocess.run(
+        [runsc, f"--root={runsc_root}", "list", "--quiet"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    return listed.stdout.split()
+
+
+def _cgroup_parents(parent: str) -> list[Path]:
+    # cgroup v1 has one tree per controller; v2 has one tree.
+    return [path for path in (*CGROUP_ROOT.glob(f"*/{parent}"), CGROUP_ROOT / parent)
+            if path.is_dir()]
+
+
+def _cgroup_children(parent: str) -> list[Path]:
+    return [child for path in _cgroup_parents(parent)
+            for child in path.iterdir() if child.is_dir()]
+
+
+def _remove_cgroup_parent(parent: str) -> None:
+    """Best effort: cgroup folders go with rmdir, deepest first; leaks were reported already."""
+    for path in _cgroup_parents(parent):
+        for folder in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended while we looked
+        if text in command:
+            found.append(f"{cmdline.parent.name}: {command[:200]}")
+    return found

@@ -1,0 +1,278 @@
+"""Packages installed by the real pip (wheels only, from a local folder: no network) and
+imported inside real gVisor sandboxes; and the preinstalled set of the rootfs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import io
+import os
+import sys
+import tarfile
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.adapters.pip_installer import PipPackageInstaller
+from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.domain.errors import PackageResolutionFailed
+from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.model import Language, Limits, Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.output import OutputCapture
+from sandbox.domain.packages import (
+    PackagePolicy,
+    RequirementSet,
+    package_layers,
+    parse_requirements,
+)
+from sandbox.settings import Settings
+
+pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
+
+PURE = "sbxtest_pure"
+DEPENDENT = "sbxtest_dep"
+SDIST_ONLY = "sbxtest_sdist"
+
+
+def write_wheel(folder: Path, name: str, files: dict[str, str], requires: tuple[str, ...] = (),
+                version: str = "1.0") -> None:
+    """A real wheel, made by hand: a zip of the package, METADATA, WHEEL and RECORD."""
+    info = f"{name}-{version}.dist-info"
+    metadata = "".join(
+        [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+         *(f"Requires-Dist: {requirement}\n" for requirement in requires)]
+    )
+    contents = {
+        **files,
+        f"{info}/METADATA": metadata,
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: handmade\nRoot-Is-Purelib: true\n"
+                         "Tag: py3-none-any\n",
+    }
+    record = [f"{path},sha256={_digest(text)},{len(text.encode())}"
+              for path, text in contents.items()]
+    contents[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
+        for path, text in contents.items():
+            wheel.writestr(path, text)
+
+
+def _digest(text: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+
+
+def write_sdist(folder: Path, name: str, marker: Path) -> None:
+    """A source distribution whose setup.py, were it ever run, would leave a marker."""
+    root = f"{name}-1.0"
+    files = {
+        f"{root}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{root}/setup.py": f"open({str(marker)!r}, 'w').write('ran')\n"
+                            f"from setuptools import setup\nsetup(name={name!r}, version='1.0')\n",
+    }
+    with tarfile.open(folder / f"{root}.tar.gz", "w:gz") as archive:
+        for path, text in files.items():
+            data = text.encode()
+            entry = tarfile.TarInfo(path)
+            entry.size = len(data)
+            archive.addfile(entry, io.BytesIO(data))
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    return tmp_path / "sdist-setup-ran"
+
+
+@pytest.fixture
+def wheels(tmp_path: Path, marker: Path) -> Path:
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    write_wheel(folder, PURE, {f"{PURE}/__init__.py": 'VALUE = "pure 1.0"\n'})
+    dependent = f'from {PURE} import VALUE as BASE\nVALUE = "dep on " + BASE\n'
+    write_wheel(folder, DEPENDENT, {f"{DEPENDENT}/__init__.py": dependent},
+                requires=(f"{PURE.replace('_', '-')}==1.0",))
+    write_sdist(folder, SDIST_ONLY, marker)
+    return folder
+
+
+@pytest.fixture
+def pip_log(tmp_path: Path) -> Path:
+    return tmp_path / "pip-runs.log"
+
+
+@pytest.fixture
+async def installer(
+    settings: Settings, wheels: Path, pip_log: Path, tmp_path: Path
+) -> AsyncIterator[PipPackageInstaller]:
+    """The real pip, from the local folder only, behind a wrapper that logs each run."""
+    pip = tmp_path / "pip"
+    pip.write_text(f'#!/bin/sh\necho "$$ $1" >>{pip_log}\nexec {sys.executable} -I -m pip "$@"\n')
+    pip.chmod(0o755)
+    local = dataclasses.replace(settings, pip_find_links=str(wheels), pip_no_index=True)
+    started = PipPackageInstaller(local, pip=(str(pip),))
+    await started.start()
+    yield started
+    await started.close()
+
+
+def pip_runs(pip_log: Path) -> int:
+    """How many times pip was asked to install anything."""
+    lines = pip_log.read_text().splitlines() if pip_log.exists() else []
+    return sum(line.endswith(" install") for line in lines)
+
+
+def reqs(*items: str) -> RequirementSet:
+    return parse_requirements(items, 20, None, frozenset())
+
+
+def cache_entries(settings: Settings) -> list[str]:
+    return sorted(entry.name for entry in (settings.state_dir / "packages").iterdir())
+
+
+async def run_python(
+    runtime: RunscSandboxRuntime, source: str, layers: tuple[str, ...], limits: Limits
+) -> tuple[Outcome, str, str]:
+    capture = OutputCapture(limits.output_bytes)
+    spec = SandboxSpec(sandbox_id=new_sandbox_id(), limits=limits, package_dirs=layers)
+    outcome = await runtime.run(spec, Program.script(Language.PYTHON, source.encode()), capture)
+    await capture.close()
+    return outcome, capture.captured(Stream.STDOUT).text, capture.captured(Stream.STDERR).text
+
+
+IMPORT_BOTH = f"""\
+import os, {DEPENDENT}, {PURE}
+print({DEPENDENT}.VALUE)
+print({PURE}.__file__)
+try:
+    open(os.path.join(os.path.dirname({PURE}.__file__), "planted.py"), "w")
+except OSError as error:
+    print("read-only:", error.strerror)
+"""
+
+
+async def test_an_installed_package_and_its_dependency_import_inside_a_sandbox(
+    runtime: RunscSandboxRuntime, installer: PipPackageInstaller, limits: Limits
+) -> None:
+    layer = await installer.layer_for(reqs("sbxtest-dep"))
+
+    outcome, stdout, stderr = await run_python(runtime, IMPORT_BOTH, (layer,), limits)
+
+    assert (outcome.exit_code, stderr) == (0, "")
+    lines = stdout.splitlines()
+    assert lines[0] == "dep on pure 1.0"
+    assert lines[1] == f"/sandbox/packages/0/{PURE}/__init__.py"
+    assert lines[2].startswith("read-only:")
+    assert not (Path(layer) / PURE / "planted.py").exists()
+
+
+async def test_a_built_set_is_served_again_without_running_pip(
+    installer: PipPackageInstaller, pip_log: Path
+) -> None:
+    first = await installer.layer_for(reqs("sbxtest-pure==1.0"))
+    inode = os.stat(first).st_ino
+
+    again = await installer.layer_for(reqs("SBXTEST_pure == 1.0"))
+
+    assert again == first
+    assert os.stat(again).st_ino == inode
+    assert pip_runs(pip_log) == 1
+
+
+async def test_concurrent_requests_for_one_set_build_it_once(
+    installer: PipPackageInstaller, pip_log: Path
+) -> None:
+    layers = await asyncio.gather(*(installer.layer_for(reqs("sbxtest-dep")) for _ in range(6)))
+
+    assert len(set(layers)) == 1
+    assert pip_runs(pip_log) == 1
+    assert (Path(layers[0]) / DEPENDENT / "__init__.py").exists()
+
+
+PEP723_SCRIPT = f"""\
+# /// script
+# requires-python = ">=3.11"
+# dependencies = ["sbxtest-dep"]
+# ///
+import {DEPENDENT}
+print({DEPENDENT}.VALUE)
+"""
+
+
+async def test_a_pep723_scripts_dependencies_are_installed_and_importable(
+    runtime: RunscSandboxRuntime, installer: PipPackageInstaller, limits: Limits
+) -> None:
+    layers = await package_layers(
+        installer, Language.PYTHON, PEP723_SCRIPT.encode(), [], PackagePolicy()
+    )
+
+    outcome, stdout, stderr = await run_python(runtime, PEP723_SCRIPT, layers, limits)
+
+    assert (outcome.exit_code, stdout, stderr) == (0, "dep on pure 1.0\n", "")
+
+
+async def test_a_version_that_does_not_exist_fails_with_pips_reason_and_leaves_nothing(
+    installer: PipPackageInstaller, settings: Settings
+) -> None:
+    with pytest.raises(PackageResolutionFailed) as failure:
+        await installer.layer_for(reqs("sbxtest-pure==9.9"))
+
+    assert "No matching distribution found for sbxtest-pure==9.9" in failure.value.message
+    assert len(failure.value.message) <= 1200
+    assert cache_entries(settings) == [".used"]
+
+
+async def test_a_package_with_only_an_sdist_is_refused_and_never_built(
+    installer: PipPackageInstaller, settings: Settings, marker: Path, wheels: Path
+) -> None:
+    assert (wheels / f"{SDIST_ONLY}-1.0.tar.gz").exists()
+
+    with pytest.raises(PackageResolutionFailed, match="No matching distribution found"):
+        await installer.layer_for(reqs("sbxtest-sdist"))
+
+    assert not marker.exists()
+    assert cache_entries(settings) == [".used"]
+
+
+PREINSTALLED = """\
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import requests
+
+frame = pd.DataFrame({"x": np.arange(5), "y": np.arange(5) ** 2})
+figure, axes = plt.subplots()
+axes.plot(frame["x"], frame["y"])
+figure.savefig("/tmp/plot.png")
+with open("/tmp/plot.png", "rb") as png:
+    print(png.read(8) == b"\\x89PNG\\r\\n\\x1a\\n")
+print(int(frame["y"].sum()), matplotlib.get_backend(), requests.__name__)
+"""
+
+
+async def test_the_preinstalled_data_packages_work_inside_a_sandbox(
+    runtime: RunscSandboxRuntime,
+) -> None:
+    outcome, stdout, stderr = await run_python(runtime, PREINSTALLED, (), Limits(timeout_s=120))
+
+    assert (outcome.exit_code, stderr) == (0, "")
+    assert stdout == "True\n30 Agg requests\n"
+
+
+@pytest.mark.network
+@pytest.mark.skipif(os.environ.get("SANDBOX_NETWORK_TESTS") != "1",
+                    reason="reaches the package index; set SANDBOX_NETWORK_TESTS=1")
+async def test_a_package_from_the_default_index_imports_inside_a_sandbox(
+    runtime: RunscSandboxRuntime, settings: Settings, limits: Limits
+) -> None:
+    installer = PipPackageInstaller(settings)
+
+    layer = await installer.layer_for(reqs("tomli-w"))
+    outcome, stdout, stderr = await run_python(
+        runtime, "import tomli_w\nprint(tomli_w.dumps({'a': 1}), end='')\n", (layer,), limits
+    )
+
+    assert (outcome.exit_code, stdout, stderr) == (0, "a = 1\n", "")

@@ -1,0 +1,168 @@
+"""The service's own cgroups, on a fake cgroup tree in a temporary folder.
+
+In a real cgroup tree the limit files vanish with their folder, so removing a cgroup is an
+rmdir of each folder, deepest first. A temporary folder cannot imitate that for files, so the
+removal tests use trees of folders only, as runsc leaves them in the other controllers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox.adapters.runsc.cgroups import CgroupsV1, CgroupsV2, NoCgroups, detect
+
+SANDBOX = "0123456789abcdef01234567"
+OTHER = "fedcba9876543210fedcba98"
+MIB = 1024 * 1024
+
+
+def folders(*paths: Path) -> None:
+    for path in paths:
+        path.mkdir(parents=True)
+
+
+def test_v1_create_sets_the_memory_limit_without_swap(tmp_path: Path) -> None:
+    cgroups = CgroupsV1("owned", root=tmp_path)
+
+    cgroups_path = cgroups.create(SANDBOX, 128 * MIB)
+
+    memory = tmp_path / "memory" / "owned" / SANDBOX
+    assert (memory / "memory.limit_in_bytes").read_text() == str(128 * MIB)
+    assert (memory / "memory.memsw.limit_in_bytes").read_text() == str(128 * MIB)
+    assert cgroups_path == f"/owned/{SANDBOX}/sandbox"
+
+
+@pytest.mark.parametrize(
+    ("failcnt", "peak", "oom"),
+    [
+        (0, 10 * MIB, False),
+        (3, 10 * MIB, True),
+        (0, 128 * MIB, True),
+        (0, 126 * MIB, True),  # within 4 MiB of the limit counts as having reached it
+        (0, 123 * MIB, False),
+    ],
+)
+def test_v1_out_of_memory_reads_the_failure_count_and_the_peak(
+    tmp_path: Path, failcnt: int, peak: int, oom: bool
+) -> None:
+    cgroups = CgroupsV1("owned", root=tmp_path)
+    cgroups.create(SANDBOX, 128 * MIB)
+    memory = tmp_path / "memory" / "owned" / SANDBOX
+    (memory / "memory.failcnt").write_text(f"{failcnt}\n")
+    (memory / "memory.max_usage_in_bytes").write_text(f"{peak}\n")
+
+    assert cgroups.out_of_memory(SANDBOX, 128 * MIB) is oom
+
+
+def test_v1_out_of_memory_is_false_when_the_counters_are_gone(tmp_path: Path) -> None:
+    cgroups = CgroupsV1("owned", root=tmp_path)
+    (tmp_path / "memory").mkdir()
+
+    assert cgroups.out_of_memory(SANDBOX, 128 * MIB) is False
+
+
+def test_v1_remove_deletes_the_sandbox_in_every_controller_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    folders(
+        *(tmp_path / controller / "owned" / SANDBOX / "sandbox"
+          for controller in ("memory", "pids", "cpu")),
+        tmp_path / "pids" / "owned" / OTHER / "sandbox",
+        tmp_path / "freezer",
+    )
+    cgroups = CgroupsV1("owned", root=tmp_path)
+
+    cgroups.remove(SANDBOX)
+
+    assert cgroups.leftovers() == [OTHER]
+    assert (tmp_path / "memory" / "owned").is_dir()
+
+
+def test_v1_remove_of_an_unknown_sandbox_is_harmless(tmp_path: Path) -> None:
+    folders(tmp_path / "memory" / "owned")
+
+    CgroupsV1("owned", root=tmp_path).remove(SANDBOX)
+
+    assert (tmp_path / "memory" / "owned").is_dir()
+
+
+def test_v1_leftovers_lists_each_sandbox_once_across_controllers(tmp_path: Path) -> None:
+    folders(
+        tmp_path / "memory" / "owned" / OTHER,
+        tmp_path / "memory" / "owned" / SANDBOX,
+        tmp_path / "pids" / "owned" / SANDBOX,
+        tmp_path / "pids" / "someone-else" / "not-ours",
+    )
+    (tmp_path / "memory" / "owned" / "memory.limit_in_bytes").write_text("0")
+
+    assert CgroupsV1("owned", root=tmp_path).leftovers() == [SANDBOX, OTHER]
+
+
+def test_v2_create_enables_controllers_and_sets_the_memory_limit_without_swap(
+    tmp_path: Path,
+) -> None:
+    cgroups = CgroupsV2("owned", root=tmp_path)
+
+    cgroups_path = cgroups.create(SANDBOX, 64 * MIB)
+
+    own = tmp_path / "owned" / SANDBOX
+    assert (own / "memory.max").read_text() == str(64 * MIB)
+    assert (own / "memory.swap.max").read_text() == "0"
+    for path in (tmp_path, tmp_path / "owned", own):
+        assert (path / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    assert cgroups_path == f"/owned/{SANDBOX}/sandbox"
+
+
+@pytest.mark.parametrize(
+    ("events", "oom"),
+    [
+        ("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n", True),
+        ("low 0\nhigh 0\nmax 12\noom 1\noom_kill 0\n", False),
+        ("", False),
+    ],
+)
+def test_v2_out_of_memory_reads_the_oom_kill_count(
+    tmp_path: Path, events: str, oom: bool
+) -> None:
+    cgroups = CgroupsV2("owned", root=tmp_path)
+    cgroups.create(SANDBOX, 64 * MIB)
+    (tmp_path / "owned" / SANDBOX / "memory.events").write_text(events)
+
+    assert cgroups.out_of_memory(SANDBOX, 64 * MIB) is oom
+
+
+def test_v2_out_of_memory_is_false_when_the_cgroup_is_gone(tmp_path: Path) -> None:
+    assert CgroupsV2("owned", root=tmp_path).out_of_memory(SANDBOX, 64 * MIB) is False
+
+
+def test_v2_remove_deletes_the_sandbox_tree_and_nothing_else(tmp_path: Path) -> None:
+    folders(tmp_path / "owned" / SANDBOX / "sandbox", tmp_path / "owned" / OTHER)
+    cgroups = CgroupsV2("owned", root=tmp_path)
+
+    cgroups.remove(SANDBOX)
+
+    assert cgroups.leftovers() == [OTHER]
+
+
+def test_v2_leftovers_is_empty_before_the_parent_exists(tmp_path: Path) -> None:
+    assert CgroupsV2("owned", root=tmp_path).leftovers() == []
+
+
+def test_without_cgroups_runsc_gets_no_cgroups_path_and_nothing_is_left() -> None:
+    cgroups = NoCgroups()
+
+    assert cgroups.create(SANDBOX, 64 * MIB) == ""
+    assert cgroups.out_of_memory(SANDBOX, 64 * MIB) is False
+    assert cgroups.leftovers() == []
+    assert cgroups.enabled is False
+
+
+def test_a_host_without_a_memory_controller_gets_no_cgroups(tmp_path: Path) -> None:
+    assert isinstance(detect("owned", root=tmp_path), NoCgroups)
+
+
+def test_the_cgroups_in_use_are_enabled() -> None:
+    assert CgroupsV1("owned").enabled is True
+    assert CgroupsV2("owned").enabled is True
