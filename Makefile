@@ -76,12 +76,9 @@ $(STAMP): pyproject.toml
 host:
 	@scripts/install-runsc.sh
 
-# build-rootfs.sh installs the preinstalled wheels with the host's pip.
-rootfs: host
-	@if [ "$$(id -u)" -eq 0 ] && ! python3 -m pip --version >/dev/null 2>&1; then \
-	    $(call apt_install,python3-pip); \
-	fi
-	@scripts/build-rootfs.sh
+# build-rootfs.sh installs the preinstalled wheels with the venv's pip (wheels only).
+rootfs: host venv
+	@PIP_PYTHON=$(BIN)/python scripts/build-rootfs.sh
 
 run: venv $(if $(filter fake,$(SANDBOX_RUNTIME)),,rootfs)
 	SANDBOX_LOG_FORMAT="$${SANDBOX_LOG_FORMAT:-console}" exec $(BIN)/python -m sandbox
@@ -97,6 +94,8 @@ require-root:
 	    exit 1; \
 	fi
 
+# The tests see SANDBOX_REQUIRE_RUNSC and fail, instead of skipping, when runsc is unusable.
+test: export SANDBOX_REQUIRE_RUNSC := 1
 test: require-root venv rootfs
 	@$(call run_tiers,$(ALL_TIERS),,fake and runsc,strict)
 

@@ -112,6 +112,8 @@ class Container(containers.DeclarativeContainer):
         retention_s=settings.provided.retention_s,
         suspended_retention_s=settings.provided.suspended_retention_s,
         max_file_bytes=settings.provided.max_file_bytes,
+        suspend_on_shutdown=settings.provided.suspend_on_shutdown,
+        shutdown_grace_s=settings.provided.shutdown_grace_s,
     )
 
     # Singletons, not Resources: a Resource branch would be initialised even when not chosen.

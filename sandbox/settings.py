@@ -52,6 +52,8 @@ class Settings:
     suspended_retention_s: float = 7 * 24 * 3600.0
     max_file_bytes: int = 64 * 1024 * 1024
     reap_interval_s: float = 5.0
+    suspend_on_shutdown: bool = True
+    shutdown_grace_s: float = 30.0
     # Packages per request (wheels only). The pip index: empty means pip's own configuration.
     pip_index_url: str = ""
     # Comma-separated folders or URLs of wheels, passed to pip as --find-links.
@@ -81,7 +83,8 @@ class Settings:
         for name in ("pids_limit", "open_files_limit", "file_size_mb", "tmp_mb",
                      "output_limit_bytes", "max_body_bytes", "max_running_sandboxes",
                      "default_idle_timeout_s", "max_idle_timeout_s", "retention_s",
-                     "suspended_retention_s", "max_file_bytes", "reap_interval_s"):
+                     "suspended_retention_s", "max_file_bytes", "reap_interval_s",
+                     "shutdown_grace_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
         if self.cpus <= 0 or self.request_read_timeout_s <= 0:

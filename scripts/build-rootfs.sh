@@ -38,8 +38,9 @@ install -d -o 1000 -g 1000 -m 0755 "$work/workspace"
 install -d -m 0755 "$work/sandbox"
 
 # Wheels only, installed by the host's pip for the sandbox's Python: no package code runs.
+# PIP_PYTHON is the project's venv when make calls this (Debian's own pip refuses to install).
 site="$work/usr/local/lib/python3.11/dist-packages"
-python3 -m pip install --quiet --disable-pip-version-check --ignore-installed --no-compile \
+"${PIP_PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --ignore-installed --no-compile \
     --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
     --target "$site" -r "$requirements"

@@ -130,7 +130,7 @@ class PipPackageInstaller(PackageInstaller):
     def _forget(self, key: str, task: asyncio.Task[str]) -> None:
         self._builds.pop(key, None)
         if not task.cancelled():
-            task.exception()  # retrieved here, so that no waiter left is not a warning
+            task.exception()  # marks it retrieved: a failure nobody waits for is no warning
 
     async def _build(self, key: str, requirements: RequirementSet) -> str:
         layer = self._root / key
@@ -235,6 +235,7 @@ class PipPackageInstaller(PackageInstaller):
         try:
             os.utime(record)
         except FileNotFoundError:
+            self._prepare_folders()
             record.touch()
 
     def _record(self, key: str, size: int) -> None:

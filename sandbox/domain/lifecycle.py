@@ -54,6 +54,8 @@ class LifecyclePolicy:
     retention_s: float = 24 * 3600
     suspended_retention_s: float = 7 * 24 * 3600
     max_file_bytes: int = 64 * 1024 * 1024
+    suspend_on_shutdown: bool = True
+    shutdown_grace_s: float = 30.0
 
 
 class SandboxService:
@@ -444,11 +446,31 @@ class SandboxService:
         log.warning("sandbox.reconciled", sandbox_id=sandbox_id, reason=reason)
 
     async def close(self) -> None:
+        """On shutdown, suspend what runs (within the grace period) so that a restart loses
+        nothing; whatever could not be suspended is left to the next start's reconcile."""
+        if self._policy.suspend_on_shutdown:
+            try:
+                async with asyncio.timeout(self._policy.shutdown_grace_s):
+                    await self._suspend_all("suspended when the server stopped")
+            except TimeoutError:
+                log.warning("sandbox.shutdown_grace_expired")
         for task in list(self._supervisors.values()):
             task.cancel()
         for task in list(self._supervisors.values()):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def _suspend_all(self, reason: str) -> None:
+        for sandbox in await self._store.list(SandboxState.RUNNING):
+            async with self._lock(sandbox.sandbox_id):
+                current = await self._store.get(sandbox.sandbox_id)
+                if current is None or current.state is not SandboxState.RUNNING:
+                    continue
+                try:
+                    await self._suspend_locked(current, reason)
+                except RuntimeFailure:
+                    log.warning("sandbox.shutdown_suspend_failed",
+                                sandbox_id=sandbox.sandbox_id)
 
     # Helpers --------------------------------------------------------------------------
 

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from integration.support import leftovers, require_runsc, runtime_settings, started_runtime
+from integration.support import (
+    leftovers,
+    managed_sandboxes,
+    require_runsc,
+    runtime_settings,
+    started_runtime,
+)
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.model import Limits
 from sandbox.settings import Settings
 
@@ -31,10 +38,19 @@ async def runtime(settings: Settings) -> AsyncIterator[RunscSandboxRuntime]:
         yield started
 
 
+@pytest.fixture
+async def service(
+    runtime: RunscSandboxRuntime, settings: Settings
+) -> AsyncIterator[SandboxService]:
+    """The lifecycle service on the test's runtime; the test deletes what it made."""
+    async with managed_sandboxes(runtime, settings) as managed:
+        yield managed
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_behind(runtime: RunscSandboxRuntime, settings: Settings) -> Iterator[None]:
     """After each test (before the runtime closes, which would hide a leak): no container,
-    bundle, cgroup or process of this runtime is left on the host."""
+    bundle, checkpoint, record, output, cgroup or process of this runtime is left."""
     yield
     assert leftovers(settings) == []
 

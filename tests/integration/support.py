@@ -7,6 +7,7 @@ import dataclasses
 import os
 import secrets
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from sandbox.adapters.file_output_log import FileOutputLog
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.adapters.sqlite_store import SqliteSandboxStore
+from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
 from sandbox.settings import Settings
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -70,17 +74,42 @@ async def started_runtime(settings: Settings) -> AsyncIterator[RunscSandboxRunti
         _remove_cgroup_parent(settings.cgroup_parent)
 
 
+@contextlib.asynccontextmanager
+async def managed_sandboxes(
+    runtime: RunscSandboxRuntime, settings: Settings
+) -> AsyncIterator[SandboxService]:
+    """The lifecycle service as the server builds it, on this runtime and state folder."""
+    store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
+    service = SandboxService(
+        runtime, store, FileOutputLog(settings.state_dir / "outputs"), LifecyclePolicy()
+    )
+    try:
+        yield service
+    finally:
+        await service.close()
+        store.close()
+
+
 def leftovers(settings: Settings) -> list[str]:
     """Everything a runtime with these settings still has on the host; empty when clean."""
     runsc_root = settings.state_dir / "runsc"
     found = [f"container {name}" for name in _listed_containers(runsc_root)]
-    for folder in ("bundles", "checkpoints"):
+    found.extend(f"record {sandbox_id}" for sandbox_id in _recorded(settings))
+    for folder in ("bundles", "checkpoints", "outputs"):
         path = settings.state_dir / folder
         if path.is_dir():
             found.extend(f"{folder}/{entry.name}" for entry in path.iterdir())
     found.extend(f"cgroup {path}" for path in _cgroup_children(settings.cgroup_parent))
     found.extend(f"process {line}" for line in processes_mentioning(str(runsc_root)))
     return found
+
+
+def _recorded(settings: Settings) -> list[str]:
+    database = settings.state_dir / "sandboxes.db"
+    if not database.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return [row[0] for row in db.execute("SELECT sandbox_id FROM sandboxes")]
 
 
 def _listed_containers(runsc_root: Path) -> list[str]:

@@ -52,9 +52,10 @@ async def new_service(
     def make(
         policy: LifecyclePolicy | None = None, other_store: SandboxStore | None = None
     ) -> SandboxService:
-        service = SandboxService(
-            runtime, other_store or store, outputs, policy or LifecyclePolicy(), clock
-        )
+        # Closing a service without its graceful suspend models a crash, which is what the
+        # restart tests need; tests of the graceful stop pass a policy that asks for it.
+        policy = policy or LifecyclePolicy(suspend_on_shutdown=False)
+        service = SandboxService(runtime, other_store or store, outputs, policy, clock)
         made.append(service)
         return service
 

@@ -176,18 +176,18 @@ def test_the_key_does_not_depend_on_the_order_or_spelling() -> None:
     one = parse("Six", "numpy>=1,<3")
     other = parse("numpy<3, >=1", "six")
 
-    assert one.key("cp311", "manylinux", "pypi") == other.key("cp311", "manylinux", "pypi")
-    assert len(one.key("cp311", "manylinux", "pypi")) == 64
+    assert one.key("cp311", "manylinux", "index") == other.key("cp311", "manylinux", "index")
+    assert len(one.key("cp311", "manylinux", "index")) == 64
 
 
 def test_the_key_differs_by_python_tag_platform_index_and_requirements() -> None:
     requirements = parse("six")
-    key = requirements.key("cp311", "manylinux", "pypi")
+    key = requirements.key("cp311", "manylinux", "index")
 
-    assert requirements.key("cp312", "manylinux", "pypi") != key
-    assert requirements.key("cp311", "musllinux", "pypi") != key
+    assert requirements.key("cp312", "manylinux", "index") != key
+    assert requirements.key("cp311", "musllinux", "index") != key
     assert requirements.key("cp311", "manylinux", "mirror") != key
-    assert parse("six==1.16").key("cp311", "manylinux", "pypi") != key
+    assert parse("six==1.16").key("cp311", "manylinux", "index") != key
 
 
 def test_names_are_the_normalised_names() -> None:

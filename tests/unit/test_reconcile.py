@@ -16,7 +16,7 @@ from lifecycle_support import (
 
 from sandbox.adapters.memory_store import InMemoryOutputLog, InMemorySandboxStore
 from sandbox.domain.ids import new_sandbox_id
-from sandbox.domain.lifecycle import IDLE, SandboxService
+from sandbox.domain.lifecycle import IDLE, LifecyclePolicy, SandboxService
 from sandbox.domain.model import (
     Language,
     Sandbox,
@@ -163,3 +163,21 @@ async def test_reconcile_twice_changes_nothing_more(
     await after.reconcile()
 
     assert await store.list() == once
+
+
+async def test_a_graceful_stop_suspends_what_runs_so_a_restart_can_restore_it(
+    new_service: NewService, runtime: ControlledRuntime
+) -> None:
+    before = new_service(LifecyclePolicy(suspend_on_shutdown=True))
+    sandbox = await session(before)
+    await before.write_file(sandbox.sandbox_id, "/workspace/notes", b"kept")
+
+    await before.close()
+    after = new_service()
+    await after.reconcile()
+
+    stopped = await after.get(sandbox.sandbox_id)
+    assert stopped.state is SandboxState.SUSPENDED
+    assert stopped.reason == "suspended when the server stopped"
+    await after.restore(sandbox.sandbox_id)
+    assert await after.read_file(sandbox.sandbox_id, "/workspace/notes") == b"kept"

@@ -75,8 +75,13 @@ class RunscSandboxRuntime(SandboxRuntime):
         return f"gvisor-sandbox-{digest[:10]}"
 
     async def close(self) -> None:
-        for sandbox_id in list(self._live):
-            await self._destroy(sandbox_id)
+        """Sandboxes outlive the runtime object: the service suspends what it manages before
+        this, an ephemeral run cleans up after itself, and the next start reconciles the
+        rest. Only the readers of the pipes end here."""
+        for sandbox_id in list(self._supervised):
+            supervised = self._supervised.pop(sandbox_id)
+            for task in supervised.pumps:
+                task.cancel()
 
     @property
     def identity(self) -> dict[str, str]:
@@ -424,6 +429,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         await self._end_container(sandbox_id)
         await self._end_supervision(sandbox_id)
         self._cgroups.remove(sandbox_id)
+        self._live.discard(sandbox_id)
         log.info("runsc.checkpointed", ms=int((time.monotonic() - started) * 1000),
                  image_bytes=sum(entry.stat().st_size for entry in image.iterdir()))
         return str(image)

@@ -9,14 +9,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
-from sandbox.domain.errors import InvalidState
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.limits import LimitPolicy
-from sandbox.domain.model import SandboxState
 from sandbox.entrypoints.body import read_capped_body
 from sandbox.entrypoints.commands import command_from_json, command_from_script
 from sandbox.entrypoints.json_body import is_json
 from sandbox.entrypoints.paths import sandbox_id_of
+from sandbox.entrypoints.precheck import require_running
 from sandbox.entrypoints.query import checked_query, flag
 from sandbox.entrypoints.streaming import ExecutionStream
 from sandbox.settings import Settings
@@ -34,14 +33,7 @@ async def exec_in_sandbox(
     query = checked_query(request.query_params,
                           ("stream",) if as_json else ("language", "timeout", "stream"))
     stream = flag(query, "stream")
-    # Checked before the body is read and before a stream starts, so that an unknown or
-    # stopped sandbox is a 404 or a 409, not an error event after a 200. The service checks
-    # again under the sandbox's lock.
-    sandbox = await service.get(sandbox_id)
-    if sandbox.state is not SandboxState.RUNNING:
-        raise InvalidState(
-            f"cannot exec in a sandbox that is {sandbox.state.value} (it must be running)"
-        )
+    await require_running(service, sandbox_id, "exec in")
     body = await read_capped_body(request, settings.max_body_bytes)
     command = (command_from_json(body, policy) if as_json
                else command_from_script(query, body, policy))

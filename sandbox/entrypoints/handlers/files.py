@@ -12,6 +12,7 @@ from sandbox.containers import Container
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.entrypoints.body import read_capped_body
 from sandbox.entrypoints.paths import WORKSPACE, sandbox_id_of, sandbox_path
+from sandbox.entrypoints.precheck import require_running
 from sandbox.entrypoints.query import checked_query
 from sandbox.settings import Settings
 
@@ -25,7 +26,7 @@ async def upload_file(
     sandbox_id = sandbox_id_of(request)
     checked_query(request.query_params, ())
     path = sandbox_path(request.path_params["path"])
-    await service.get(sandbox_id)  # an unknown sandbox is a 404 before its body is read
+    await require_running(service, sandbox_id, "write files in")
     data = await read_capped_body(request, settings.max_file_bytes)
 
     await service.write_file(sandbox_id, path, data)

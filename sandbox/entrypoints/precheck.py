@@ -1,0 +1,17 @@
+"""A look at a sandbox's state before a request body is read or a stream starts, so that an
+unknown or stopped sandbox is a plain 404 or 409: not an upload read in vain, not an error
+event after a 200. The service checks again, under the sandbox's lock."""
+
+from __future__ import annotations
+
+from sandbox.domain.errors import InvalidState
+from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.model import SandboxState
+
+
+async def require_running(service: SandboxService, sandbox_id: str, verb: str) -> None:
+    sandbox = await service.get(sandbox_id)
+    if sandbox.state is not SandboxState.RUNNING:
+        raise InvalidState(
+            f"cannot {verb} a sandbox that is {sandbox.state.value} (it must be running)"
+        )
