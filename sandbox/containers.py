@@ -10,11 +10,14 @@ import structlog
 from dependency_injector import containers, providers
 
 from sandbox.adapters.fake import FakeSandboxRuntime
+from sandbox.adapters.fake_packages import FakePackageInstaller
 from sandbox.adapters.file_output_log import FileOutputLog
+from sandbox.adapters.pip_installer import PipPackageInstaller
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
 from sandbox.domain.limits import LimitPolicy
-from sandbox.domain.ports import OutputLog, SandboxRuntime, SandboxStore
+from sandbox.domain.packages import PackagePolicy
+from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
 from sandbox.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -25,6 +28,30 @@ def _runsc_runtime(settings: Settings) -> SandboxRuntime:
     from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 
     return RunscSandboxRuntime(settings)
+
+
+def _package_policy(settings: Settings) -> PackagePolicy:
+    return settings.package_policy()
+
+
+def _pip_installer(settings: Settings, store: SandboxStore) -> PackageInstaller:
+    async def layers_in_use() -> list[str]:
+        # A suspended sandbox needs its layers to restore: the cache must never evict them.
+        return [layer for sandbox in await store.list() for layer in sandbox.package_dirs]
+
+    return PipPackageInstaller(settings, in_use=layers_in_use)
+
+
+async def _started_installer(installer: PackageInstaller) -> AsyncIterator[PackageInstaller]:
+    start = getattr(installer, "start", None)
+    if start is not None:
+        await start()
+    try:
+        yield installer
+    finally:
+        close = getattr(installer, "close", None)
+        if close is not None:
+            await close()
 
 
 async def _opened(runtime: SandboxRuntime) -> AsyncIterator[SandboxRuntime]:
@@ -129,6 +156,18 @@ class Container(containers.DeclarativeContainer):
     store = providers.Resource(_sqlite_store, settings)
 
     outputs = providers.Singleton(_output_log, settings)
+
+    # Packages install with pip on the host for the real runtime; the fake installs nothing.
+    package_installer = providers.Resource(
+        _started_installer,
+        providers.Selector(
+            settings.provided.runtime,
+            fake=providers.Singleton(FakePackageInstaller),
+            runsc=providers.Singleton(_pip_installer, settings, store),
+        ),
+    )
+
+    package_policy = providers.Singleton(_package_policy, settings)
 
     # Resources are started after the resources they depend on and shut down before them, so
     # the service has a started runtime and an open store for as long as it lives.

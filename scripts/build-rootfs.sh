@@ -20,9 +20,16 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v debootstrap >/dev/null || "$here/scripts/install-runsc.sh"
 
+mkdir -p "$(dirname "$dest")"
+# One build at a time: a second caller waits, then finds the rootfs up to date.
+exec 9>"$dest.lock"
+flock 9
+if [ -d "$dest" ] && [ "$(cat "$dest.identity" 2>/dev/null || true)" = "$identity" ]; then
+    echo "rootfs $dest is up to date ($identity)"
+    exit 0
+fi
 work="$dest.building"
 rm -rf "$work"
-mkdir -p "$(dirname "$dest")"
 echo "building rootfs $dest ($identity), about two minutes"
 debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates \
     bookworm "$work" >"$work.log" 2>&1 || { tail -20 "$work.log" >&2; exit 1; }
@@ -38,7 +45,7 @@ install -d -o 1000 -g 1000 -m 0755 "$work/workspace"
 install -d -m 0755 "$work/sandbox"
 
 # Wheels only, installed by the host's pip for the sandbox's Python: no package code runs.
-# PIP_PYTHON is the project's venv when make calls this (Debian's own pip refuses to install).
+# PIP_PYTHON is the project's venv when make calls it; any pip that takes --target will do.
 site="$work/usr/local/lib/python3.11/dist-packages"
 "${PIP_PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --ignore-installed --no-compile \
     --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \

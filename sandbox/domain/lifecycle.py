@@ -82,10 +82,16 @@ class SandboxService:
 
     # Creating -------------------------------------------------------------------------
 
-    async def run_detached(self, language: Language, source: bytes, limits: Limits) -> Sandbox:
+    async def run_detached(
+        self,
+        language: Language,
+        source: bytes,
+        limits: Limits,
+        package_dirs: tuple[str, ...] = (),
+    ) -> Sandbox:
         """Start a script in a new sandbox and return at once; it runs on, its output kept."""
         return await self._create(SandboxKind.SCRIPT, language, limits, (), None,
-                                  Program.script(language, source))
+                                  Program.script(language, source), package_dirs)
 
     async def create_session(
         self,
@@ -93,10 +99,11 @@ class SandboxService:
         limits: Limits,
         env: tuple[tuple[str, str], ...] = (),
         idle_timeout_s: float | None = None,
+        package_dirs: tuple[str, ...] = (),
     ) -> Sandbox:
         """A long-lived sandbox that idles until work arrives with exec."""
         return await self._create(SandboxKind.SESSION, language, limits, env, idle_timeout_s,
-                                  IDLE)
+                                  IDLE, package_dirs)
 
     async def _create(
         self,
@@ -106,12 +113,13 @@ class SandboxService:
         env: tuple[tuple[str, str], ...],
         idle_timeout_s: float | None,
         program: Program,
+        package_dirs: tuple[str, ...],
     ) -> Sandbox:
         now = self._clock()
         sandbox = Sandbox(
             sandbox_id=new_sandbox_id(), kind=kind, state=SandboxState.CREATING,
             language=language, limits=limits, created_at=now, updated_at=now, env=env,
-            idle_timeout_s=idle_timeout_s, last_activity_at=now,
+            idle_timeout_s=idle_timeout_s, last_activity_at=now, package_dirs=package_dirs,
         )
         structlog.contextvars.bind_contextvars(sandbox_id=sandbox.sandbox_id)
         async with self._admitted(), self._lock(sandbox.sandbox_id):

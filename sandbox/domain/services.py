@@ -28,6 +28,7 @@ async def execute_script(
     source: bytes,
     limits: Limits,
     events: ExecutionEvents | None = None,
+    package_dirs: tuple[str, ...] = (),
 ) -> ExecutionResult:
     """Run a script in a fresh sandbox that is gone afterwards, and return its result."""
     events = events or ExecutionEvents()
@@ -39,7 +40,7 @@ async def execute_script(
     log.info("execution.started", language=language.value, timeout_s=limits.timeout_s,
              memory_mb=limits.memory_mb, script_bytes=len(source))
     outcome = await runtime.run(
-        SandboxSpec(sandbox_id=sandbox_id, limits=limits),
+        SandboxSpec(sandbox_id=sandbox_id, limits=limits, package_dirs=package_dirs),
         Program.script(language, source),
         capture,
     )

@@ -43,6 +43,7 @@ TOO_LARGE = {"413": _error("the request body or the file is larger than allowed"
 AT_CAPACITY = {"429": _error("too many sandboxes are running", _RETRY_AFTER)}
 RUNTIME_FAILED = {"503": _error("the sandbox runtime failed (not the script)")}
 RECORD = {"200": _json("the sandbox record", _ref("Sandbox"))}
+NO_PACKAGES = {"422": _error("the packages asked for could not be installed (pip's reason)")}
 
 SANDBOX_ID = {"name": "sandbox_id", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}
@@ -82,10 +83,12 @@ _EXECUTE = _op(
              "content": {"application/json": {"schema": _ref("ExecutionResult")},
                          "application/x-ndjson": {"schema": _ref("Event")}}},
      "202": _json("detach=true: the sandbox record; the script runs on", _ref("Sandbox")),
-     **BAD_REQUEST, **TOO_LARGE, **AT_CAPACITY, **RUNTIME_FAILED},
+     **BAD_REQUEST, **TOO_LARGE, **NO_PACKAGES, **AT_CAPACITY, **RUNTIME_FAILED},
     (_query("language", LANGUAGE, "the script's language", required=True), TIMEOUT,
      _query("memory_mb", {"type": "integer", "minimum": 16}, "memory limit in MiB"),
-     STREAM, _query("detach", _FLAG, "answer 202 at once; the script runs on")),
+     STREAM, _query("detach", _FLAG, "answer 202 at once; the script runs on"),
+     _query("packages", {"type": "string"},
+            "comma-separated requirements (Python only), installed as wheels: a,b==1.2")),
     _SCRIPT_BODY,
 )
 _LIST = _op("List the sandboxes this service knows",
@@ -101,7 +104,7 @@ _DELETE = _op("Delete a sandbox and everything it left on disk",
 _CREATE = _op(
     "Create a long-lived sandbox",
     {"201": _json("the sandbox record", _ref("Sandbox")), **BAD_REQUEST, **TOO_LARGE,
-     **AT_CAPACITY, **RUNTIME_FAILED},
+     **NO_PACKAGES, **AT_CAPACITY, **RUNTIME_FAILED},
     body={"required": False,
           "content": {"application/json": {"schema": _ref("CreateSandbox")}}},
 )
@@ -193,7 +196,9 @@ SCHEMAS: Schema = {
                 "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
                 "additionalProperties": {"type": "string"}},
         "idle_timeout": {"type": "number",
-                         "description": "seconds without calls before it is suspended"}}},
+                         "description": "seconds without calls before it is suspended"},
+        "packages": {"type": "array", "items": {"type": "string"}, "maxItems": 100,
+                     "description": "requirements (Python only) installed for every exec"}}},
     "ExecRequest": {"type": "object", "additionalProperties": False, "properties": {
         "language": LANGUAGE, "code": {"type": "string"},
         "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1,

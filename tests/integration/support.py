@@ -18,6 +18,7 @@ import pytest
 from sandbox.adapters.file_output_log import FileOutputLog
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
+from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
 from sandbox.settings import Settings
 
@@ -64,24 +65,34 @@ def runtime_settings(state_dir: Path, **overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def started_runtime(settings: Settings) -> AsyncIterator[RunscSandboxRuntime]:
+async def started_runtime(
+    settings: Settings, clean_up: bool = True
+) -> AsyncIterator[RunscSandboxRuntime]:
+    """A started runtime. Sandboxes outlive a runtime's close, so on the way out (after the
+    leak check has had its say) whatever is left in its state folder is destroyed, unless
+    another runtime on the same folder stays in charge of it (clean_up=False)."""
     runtime = RunscSandboxRuntime(settings)
     await runtime.start()
     try:
         yield runtime
     finally:
         await runtime.close()
-        _remove_cgroup_parent(settings.cgroup_parent)
+        if clean_up:
+            # A runtime that cannot run runsc has nothing to clean up.
+            with contextlib.suppress(OSError, RuntimeFailure):
+                for sandbox_id in await runtime.leftover_ids():
+                    await runtime.destroy(sandbox_id)
+            _remove_cgroup_parent(settings.cgroup_parent)
 
 
 @contextlib.asynccontextmanager
 async def managed_sandboxes(
-    runtime: RunscSandboxRuntime, settings: Settings
+    runtime: RunscSandboxRuntime, settings: Settings, policy: LifecyclePolicy | None = None
 ) -> AsyncIterator[SandboxService]:
     """The lifecycle service as the server builds it, on this runtime and state folder."""
     store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
     service = SandboxService(
-        runtime, store, FileOutputLog(settings.state_dir / "outputs"), LifecyclePolicy()
+        runtime, store, FileOutputLog(settings.state_dir / "outputs"), policy or LifecyclePolicy()
     )
     try:
         yield service

@@ -229,7 +229,8 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     def _has_container_state(self, sandbox_id: str) -> bool:
         # runsc keeps one state file per container in its root, named after the id.
-        return any(entry.name.startswith(sandbox_id) for entry in os.scandir(self._runsc_root))
+        with os.scandir(self._runsc_root) as entries:
+            return any(entry.name.startswith(sandbox_id) for entry in entries)
 
     async def _runsc_quietly(self, *args: str) -> tuple[int, str]:
         process = await asyncio.create_subprocess_exec(

@@ -14,14 +14,15 @@ from sandbox.domain import services
 from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.limits import LimitPolicy
-from sandbox.domain.ports import SandboxRuntime
+from sandbox.domain.packages import PackagePolicy, package_layers, split_packages_param
+from sandbox.domain.ports import PackageInstaller, SandboxRuntime
 from sandbox.entrypoints.body import read_capped_body
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.query import checked_query, flag, optional_float, optional_int
 from sandbox.entrypoints.streaming import ExecutionStream
 from sandbox.settings import Settings
 
-PARAMETERS = ("language", "timeout", "memory_mb", "stream", "detach")
+PARAMETERS = ("language", "timeout", "memory_mb", "stream", "detach", "packages")
 
 
 @inject
@@ -31,6 +32,8 @@ async def execute_script(
     service: SandboxService = Provide[Container.sandbox_service],
     policy: LimitPolicy = Provide[Container.limit_policy],
     settings: Settings = Provide[Container.settings],
+    installer: PackageInstaller = Provide[Container.package_installer],
+    package_policy: PackagePolicy = Provide[Container.package_policy],
 ) -> Response:
     query = checked_query(request.query_params, PARAMETERS)
     language = parse_language(query.get("language"))
@@ -47,12 +50,18 @@ async def execute_script(
     source = await read_capped_body(request, settings.max_body_bytes)
     if not source:
         raise InvalidRequest("the body is empty: send the script as the request body")
+    # Installed (or found in the cache) before the sandbox starts: a 422 costs no sandbox.
+    layers = await package_layers(installer, language, source,
+                                  split_packages_param(query.get("packages", "")),
+                                  package_policy)
 
     if detach:
-        sandbox = await service.run_detached(language, source, limits)
+        sandbox = await service.run_detached(language, source, limits, layers)
         return JSONResponse(sandbox.to_dict(), 202,
                             {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
     if stream:
-        return ExecutionStream(partial(services.execute_script, runtime, language, source, limits))
-    result = await services.execute_script(runtime, language, source, limits)
+        return ExecutionStream(partial(services.execute_script, runtime, language, source, limits,
+                                       package_dirs=layers))
+    result = await services.execute_script(runtime, language, source, limits,
+                                           package_dirs=layers)
     return JSONResponse(result.to_dict())

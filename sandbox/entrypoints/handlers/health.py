@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
-from sandbox.domain.ports import SandboxRuntime
+from sandbox.domain.ports import PackageInstaller, SandboxRuntime
 
 log = structlog.get_logger(__name__)
 
@@ -19,9 +19,11 @@ async def report_liveness(request: Request) -> Response:
 
 @inject
 async def report_readiness(
-    request: Request, runtime: SandboxRuntime = Provide[Container.runtime]
+    request: Request,
+    runtime: SandboxRuntime = Provide[Container.runtime],
+    installer: PackageInstaller = Provide[Container.package_installer],
 ) -> Response:
-    problems = await runtime.readiness()
+    problems = [*await runtime.readiness(), *await installer.readiness()]
     if problems:
         log.warning("runtime.not_ready", problems=problems)
         return JSONResponse({"status": "not_ready", "problems": problems}, status_code=503)

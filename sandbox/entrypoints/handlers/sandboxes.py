@@ -13,14 +13,16 @@ from sandbox.containers import Container
 from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.limits import LimitPolicy
-from sandbox.domain.model import SandboxState
+from sandbox.domain.model import Language, SandboxState
+from sandbox.domain.packages import PackagePolicy, package_layers
+from sandbox.domain.ports import PackageInstaller
 from sandbox.entrypoints.json_body import read_json_fields
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.paths import sandbox_id_of
 from sandbox.entrypoints.query import checked_query
 from sandbox.settings import Settings
 
-CREATE_FIELDS = ("language", "timeout", "memory_mb", "env", "idle_timeout")
+CREATE_FIELDS = ("language", "timeout", "memory_mb", "env", "idle_timeout", "packages")
 STATES = ", ".join(state.value for state in SandboxState)
 ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_ENV = 64
@@ -32,6 +34,8 @@ async def create_sandbox(
     service: SandboxService = Provide[Container.sandbox_service],
     policy: LimitPolicy = Provide[Container.limit_policy],
     settings: Settings = Provide[Container.settings],
+    installer: PackageInstaller = Provide[Container.package_installer],
+    package_policy: PackagePolicy = Provide[Container.package_policy],
 ) -> Response:
     checked_query(request.query_params, ())
     # An empty body asks for every default, so `curl -X POST /sandboxes` is enough.
@@ -43,8 +47,13 @@ async def create_sandbox(
                             memory_mb=fields.integer("memory_mb"))
     env = _env(fields.text_mapping("env") or {})
     idle_timeout = _idle_timeout(fields.number("idle_timeout"), settings)
+    packages = fields.texts("packages") or []
+    if packages and language is not Language.PYTHON:
+        raise InvalidRequest("packages can only be installed for Python")
+    # A running sandbox cannot gain mounts: its packages are installed now, for all its execs.
+    layers = await package_layers(installer, None, b"", packages, package_policy)
 
-    sandbox = await service.create_session(language, limits, env, idle_timeout)
+    sandbox = await service.create_session(language, limits, env, idle_timeout, layers)
     return JSONResponse(sandbox.to_dict(), 201, {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
 
 

@@ -1,0 +1,418 @@
+"""Sandboxes that live: detached scripts and sessions on real gVisor, suspended to disk and
+restored, across a restart of the service too."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from integration.support import (
+    leftovers,
+    managed_sandboxes,
+    processes_mentioning,
+    started_runtime,
+)
+from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.domain.errors import CheckpointMismatch, RuntimeFailure, SandboxNotFound
+from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
+from sandbox.domain.model import FileEntry, Language, Limits, Program, SandboxState
+from sandbox.settings import Settings
+
+pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
+
+LIMITS = Limits(timeout_s=120)
+EXEC_TIMEOUT_S = 30.0
+COUNTER = b"""\
+import time
+n = 0
+while True:
+    print(n, flush=True)
+    n += 1
+    time.sleep(0.1)
+"""
+# Counts into a file, for a session whose background process must outlive its exec.
+FILE_COUNTER = b"""\
+import time
+n = 0
+while True:
+    with open("/tmp/count.txt", "a") as out:
+        out.write(f"{n}\\n")
+    n += 1
+    time.sleep(0.1)
+"""
+
+SLEEPERS = """\
+for cmdline in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < "$cmdline"; echo; done \\
+    | grep -c '^sleep 600 $' || true
+"""
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 30.0) -> None:
+    """Poll until check() holds; a bound against hangs, not a timing claim."""
+    async with asyncio.timeout(within_s):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def counted(service: SandboxService, sandbox_id: str, offset: int = 0) -> list[int]:
+    _, stdout, _ = await service.read_output(sandbox_id)
+    return [int(word) for word in stdout.data[offset:].split()]
+
+
+async def counted_past(service: SandboxService, sandbox_id: str, number: int) -> list[int]:
+    async def past() -> bool:
+        return len(await counted(service, sandbox_id)) > number
+
+    await eventually(past)
+    return await counted(service, sandbox_id)
+
+
+async def bash(service: SandboxService, sandbox_id: str, source: str, stdin: bytes = b"") -> str:
+    result = await service.exec(sandbox_id, Program.script(Language.BASH, source.encode()),
+                                stdin, EXEC_TIMEOUT_S)
+    assert (result.outcome.exit_code, result.stderr.text) == (0, ""), result
+    return result.stdout.text
+
+
+async def file_lines(service: SandboxService, sandbox_id: str, path: str) -> list[str]:
+    return (await service.read_file(sandbox_id, path)).decode().splitlines()
+
+
+async def start_file_counter(service: SandboxService, sandbox_id: str) -> None:
+    await service.write_file(sandbox_id, "/workspace/count.py", FILE_COUNTER)
+    await bash(service, sandbox_id, "nohup python3 /workspace/count.py >/dev/null 2>&1 &\n")
+
+    async def counting() -> bool:
+        return len(await file_lines(service, sandbox_id, "/tmp/count.txt")) >= 3
+
+    await eventually(counting)
+
+
+def is_kept(settings: Settings, folder: str, sandbox_id: str) -> bool:
+    return (settings.state_dir / folder / sandbox_id).exists()
+
+
+# Detached scripts -------------------------------------------------------------------------
+
+
+async def test_a_suspended_counter_leaves_no_process_and_restored_continues_where_it_stopped(
+    service: SandboxService, settings: Settings
+) -> None:
+    sandbox = await service.run_detached(Language.PYTHON, COUNTER, LIMITS)
+    sandbox_id = sandbox.sandbox_id
+    first = await counted_past(service, sandbox_id, 3)
+    grown = await counted_past(service, sandbox_id, len(first))
+    processes_while_running = processes_mentioning(sandbox_id)
+
+    suspended = await service.suspend(sandbox_id)
+    _, at_suspend, _ = await service.read_output(sandbox_id)
+    last_before = int(at_suspend.data.split()[-1])
+    processes_while_suspended = processes_mentioning(sandbox_id)
+
+    assert grown[: len(first)] == first
+    assert processes_while_running != []
+    assert suspended.state is SandboxState.SUSPENDED
+    assert processes_while_suspended == []
+    assert suspended.checkpoint is not None
+    assert stat.S_IMODE(os.stat(suspended.checkpoint).st_mode) == 0o700
+
+    restored = await service.restore(sandbox_id)
+    await counted_past(service, sandbox_id, last_before + 5)
+    after_restore = await counted(service, sandbox_id, offset=at_suspend.size)
+    everything = await counted(service, sandbox_id)
+    await service.delete(sandbox_id)
+
+    assert restored.state is SandboxState.RUNNING
+    assert after_restore[0] == last_before + 1
+    assert everything == list(range(len(everything)))
+
+
+async def test_deleting_a_suspended_sandbox_removes_its_record_output_checkpoint_and_bundle(
+    service: SandboxService, settings: Settings
+) -> None:
+    sandbox = await service.run_detached(Language.PYTHON, COUNTER, LIMITS)
+    await counted_past(service, sandbox.sandbox_id, 1)
+    suspended = await service.suspend(sandbox.sandbox_id)
+    kept = [is_kept(settings, folder, sandbox.sandbox_id)
+            for folder in ("outputs", "checkpoints", "bundles")]
+
+    await service.delete(sandbox.sandbox_id)
+
+    assert suspended.state is SandboxState.SUSPENDED
+    assert kept == [True, True, True]
+    with pytest.raises(SandboxNotFound):
+        await service.get(sandbox.sandbox_id)
+    assert leftovers(settings) == []
+
+
+async def test_detached_output_is_capped_at_its_limit_and_flagged_truncated(
+    service: SandboxService,
+) -> None:
+    limits = dataclasses.replace(LIMITS, output_bytes=1000)
+    source = b"import sys\nsys.stdout.write('0123456789' * 500)\n"
+    sandbox = await service.run_detached(Language.PYTHON, source, limits)
+
+    async def exited() -> bool:
+        return (await service.get(sandbox.sandbox_id)).state is SandboxState.EXITED
+
+    await eventually(exited)
+    record, stdout, stderr = await service.read_output(sandbox.sandbox_id)
+    await service.delete(sandbox.sandbox_id)
+
+    assert record.exit_code == 0
+    assert stdout.data == b"0123456789" * 100
+    assert (stdout.size, stdout.truncated) == (1000, True)
+    assert (stderr.data, stderr.truncated) == (b"", False)
+
+
+async def test_a_detached_script_past_its_time_limit_exits_with_that_reason(
+    service: SandboxService,
+) -> None:
+    limits = dataclasses.replace(LIMITS, timeout_s=1)
+    sandbox = await service.run_detached(Language.BASH, b"echo started\nsleep 600\n", limits)
+
+    async def ended() -> bool:
+        return (await service.get(sandbox.sandbox_id)).state is not SandboxState.RUNNING
+
+    await eventually(ended)
+    record, stdout, _ = await service.read_output(sandbox.sandbox_id)
+    processes = processes_mentioning(sandbox.sandbox_id)
+    await service.delete(sandbox.sandbox_id)
+
+    assert record.state is SandboxState.EXITED
+    assert (record.exit_code, record.reason) == (None, "timed out after 1 s")
+    assert stdout.data == b"started\n"
+    assert processes == []
+
+
+# Sessions ---------------------------------------------------------------------------------
+
+
+async def test_files_written_by_one_exec_are_read_by_the_next_in_another_language(
+    service: SandboxService,
+) -> None:
+    session = await service.create_session(Language.PYTHON, LIMITS)
+    write = Program.script(Language.PYTHON, b"open('note.txt', 'w').write('from python')\n")
+
+    written = await service.exec(session.sandbox_id, write, b"", EXEC_TIMEOUT_S)
+    read_back = await bash(service, session.sandbox_id, "cat /workspace/note.txt\n")
+    await service.delete(session.sandbox_id)
+
+    assert written.outcome.exit_code == 0
+    assert read_back == "from python"
+
+
+async def test_binary_files_round_trip_and_are_listed(service: SandboxService) -> None:
+    session = await service.create_session(Language.PYTHON, LIMITS)
+    data = bytes(range(256)) * 300 + b"\x00\xff\r\n"
+
+    await service.write_file(session.sandbox_id, "/workspace/nested/blob.bin", data)
+    read = await service.read_file(session.sandbox_id, "/workspace/nested/blob.bin")
+    listed = await service.list_files(session.sandbox_id, "/workspace/nested")
+    await service.delete(session.sandbox_id)
+
+    assert read == data
+    assert [(entry.name, entry.kind, entry.size) for entry in listed] == [
+        ("blob.bin", "file", len(data))]
+    assert all(isinstance(entry, FileEntry) for entry in listed)
+
+
+async def test_exec_feeds_its_stdin_to_the_program(service: SandboxService) -> None:
+    session = await service.create_session(Language.PYTHON, LIMITS)
+    program = Program.script(Language.PYTHON, b"import sys\nprint(sys.stdin.read()[::-1])\n")
+
+    result = await service.exec(session.sandbox_id, program, b"stressed", EXEC_TIMEOUT_S)
+    await service.delete(session.sandbox_id)
+
+    assert (result.outcome.exit_code, result.stdout.text) == (0, "desserts\n")
+
+
+async def test_an_exec_past_its_timeout_is_killed_and_the_session_answers_the_next(
+    service: SandboxService,
+) -> None:
+    session = await service.create_session(Language.PYTHON, LIMITS)
+    slow = Program.script(
+        Language.PYTHON,
+        b"import os, time\nopen('/tmp/slow.pid', 'w').write(str(os.getpid()))\ntime.sleep(600)\n",
+    )
+
+    result = await service.exec(session.sandbox_id, slow, b"", 1)
+    pid = (await service.read_file(session.sandbox_id, "/tmp/slow.pid")).decode()
+    answer = await bash(service, session.sandbox_id,
+                        f"echo alive; if test -e /proc/{pid}; then echo slow-lives; fi\n")
+    record = await service.get(session.sandbox_id)
+    await service.delete(session.sandbox_id)
+
+    assert (result.outcome.timed_out, result.outcome.exit_code) == (True, None)
+    assert answer == "alive\n"
+    assert record.state is SandboxState.RUNNING
+
+
+async def test_a_background_process_does_not_hold_up_the_exec_that_started_it(
+    service: SandboxService,
+) -> None:
+    session = await service.create_session(Language.PYTHON, LIMITS)
+    # The background sleep inherits the exec's stdout and stderr and keeps them open.
+    starter = Program.script(Language.BASH, b"sleep 600 &\necho started\n")
+
+    result = await service.exec(session.sandbox_id, starter, b"", EXEC_TIMEOUT_S)
+    still_there = await bash(service, session.sandbox_id, SLEEPERS)
+    await service.delete(session.sandbox_id)
+
+    assert (result.outcome.timed_out, result.outcome.exit_code) == (False, 0)
+    assert result.stdout.text == "started\n"
+    assert still_there == "1\n"
+
+
+async def test_a_restored_session_keeps_its_files_and_its_background_process_counts_on(
+    service: SandboxService,
+) -> None:
+    session = await service.create_session(Language.PYTHON, LIMITS)
+    sandbox_id = session.sandbox_id
+    await bash(service, sandbox_id, "echo work > /workspace/work.txt; echo scratch > /tmp/t.txt\n")
+    await start_file_counter(service, sandbox_id)
+    before = await file_lines(service, sandbox_id, "/tmp/count.txt")
+
+    suspended = await service.suspend(sandbox_id)
+    restored = await service.restore(sandbox_id)
+
+    async def counted_on() -> bool:
+        return len(await file_lines(service, sandbox_id, "/tmp/count.txt")) > len(before) + 5
+
+    await eventually(counted_on)
+    lines = await file_lines(service, sandbox_id, "/tmp/count.txt")
+    kept = await bash(service, sandbox_id, "cat /workspace/work.txt /tmp/t.txt\n")
+    await service.delete(sandbox_id)
+
+    assert (suspended.state, restored.state) == (SandboxState.SUSPENDED, SandboxState.RUNNING)
+    assert lines == [str(n) for n in range(len(lines))]
+    assert kept == "work\nscratch\n"
+
+
+# Restarts of the service ------------------------------------------------------------------
+
+
+async def test_counters_suspended_by_request_and_by_a_graceful_stop_continue_after_it(
+    runtime: RunscSandboxRuntime, settings: Settings
+) -> None:
+    async with managed_sandboxes(runtime, settings) as before:
+        by_request = await before.run_detached(Language.PYTHON, COUNTER, LIMITS)
+        by_stop = await before.run_detached(Language.PYTHON, COUNTER, LIMITS)
+        await counted_past(before, by_request.sandbox_id, 3)
+        await before.suspend(by_request.sandbox_id)
+        last = {by_request.sandbox_id: (await counted(before, by_request.sandbox_id))[-1]}
+    await runtime.close()
+    last[by_stop.sandbox_id] = (await counted(before, by_stop.sandbox_id))[-1]
+
+    async with started_runtime(settings) as restarted, \
+            managed_sandboxes(restarted, settings) as after:
+        await after.reconcile()
+        reconciled = [await after.get(sandbox_id) for sandbox_id in last]
+        restored = [await after.restore(sandbox_id) for sandbox_id in last]
+        numbers = [await counted_past(after, sandbox_id, number + 5)
+                   for sandbox_id, number in last.items()]
+        for sandbox_id in last:
+            await after.delete(sandbox_id)
+
+    assert [(sandbox.state, sandbox.reason) for sandbox in reconciled] == [
+        (SandboxState.SUSPENDED, "suspended on request"),
+        (SandboxState.SUSPENDED, "suspended when the server stopped"),
+    ]
+    assert [sandbox.state for sandbox in restored] == [SandboxState.RUNNING] * 2
+    assert [sequence == list(range(len(sequence))) for sequence in numbers] == [True, True]
+
+
+async def test_after_a_crash_reconcile_ends_running_scripts_and_suspends_running_sessions(
+    runtime: RunscSandboxRuntime, settings: Settings
+) -> None:
+    # A crash: the service goes without suspending anything; its sandboxes run on.
+    crashing = LifecyclePolicy(suspend_on_shutdown=False)
+    async with managed_sandboxes(runtime, settings, crashing) as before:
+        script = await before.run_detached(Language.PYTHON, COUNTER, LIMITS)
+        session = await before.create_session(Language.PYTHON, LIMITS)
+        await bash(before, session.sandbox_id, "echo kept > /workspace/kept.txt\n")
+        await counted_past(before, script.sandbox_id, 1)
+    await runtime.close()
+    running_across = processes_mentioning(script.sandbox_id)
+
+    async with started_runtime(settings) as restarted, \
+            managed_sandboxes(restarted, settings) as after:
+        await after.reconcile()
+        ended = await after.get(script.sandbox_id)
+        script_processes = processes_mentioning(script.sandbox_id)
+        suspended = await after.get(session.sandbox_id)
+        await after.restore(session.sandbox_id)
+        kept = await bash(after, session.sandbox_id, "cat /workspace/kept.txt\n")
+        _, output, _ = await after.read_output(script.sandbox_id)
+        for sandbox in (script, session):
+            await after.delete(sandbox.sandbox_id)
+
+    assert running_across != []
+    assert ended.state is SandboxState.EXITED
+    assert ended.reason == "ended: the server restarted while it ran (its output so far is kept)"
+    assert script_processes == []
+    assert output.data.startswith(b"0\n1\n")
+    assert suspended.state is SandboxState.SUSPENDED
+    assert suspended.reason == "suspended when the server restarted"
+    assert kept == "kept\n"
+
+
+# Checkpoints that cannot be restored ------------------------------------------------------
+
+
+async def test_a_checkpoint_made_with_another_rootfs_is_refused_and_kept(
+    service: SandboxService, settings: Settings, tmp_path: Path
+) -> None:
+    sandbox = await service.run_detached(Language.PYTHON, COUNTER, LIMITS)
+    await counted_past(service, sandbox.sandbox_id, 1)
+    await service.suspend(sandbox.sandbox_id)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "rootfs").symlink_to(settings.rootfs_dir, target_is_directory=True)
+    (other / "rootfs.identity").write_text("another-rootfs\n")
+    elsewhere = dataclasses.replace(settings, rootfs_dir=other / "rootfs")
+
+    async with started_runtime(elsewhere, clean_up=False) as other_runtime, \
+            managed_sandboxes(other_runtime, settings) as other_service:
+        with pytest.raises(CheckpointMismatch, match="another-rootfs"):
+            await other_service.restore(sandbox.sandbox_id)
+    record = await service.get(sandbox.sandbox_id)
+    restored_here = await service.restore(sandbox.sandbox_id)
+    await service.delete(sandbox.sandbox_id)
+
+    assert record.state is SandboxState.SUSPENDED
+    assert record.checkpoint is not None
+    assert Path(record.checkpoint, "checkpoint.img").is_file()
+    assert restored_here.state is SandboxState.RUNNING
+
+
+async def test_a_corrupt_checkpoint_fails_the_restore_and_leaves_nothing_on_the_host(
+    service: SandboxService, settings: Settings
+) -> None:
+    sandbox = await service.run_detached(Language.PYTHON, COUNTER, LIMITS)
+    await counted_past(service, sandbox.sandbox_id, 1)
+    suspended = await service.suspend(sandbox.sandbox_id)
+    assert suspended.checkpoint is not None
+    image = Path(suspended.checkpoint, "checkpoint.img")
+    os.truncate(image, image.stat().st_size // 2)
+
+    with pytest.raises(RuntimeFailure):
+        await service.restore(sandbox.sandbox_id)
+    record = await service.get(sandbox.sandbox_id)
+    left = leftovers(settings)
+    await service.delete(sandbox.sandbox_id)
+
+    assert record.state is SandboxState.FAILED
+    assert record.reason.startswith("restore failed: runsc restore failed: ")
+    assert "goroutine" not in record.reason
+    assert left == [f"record {sandbox.sandbox_id}", f"outputs/{sandbox.sandbox_id}"]
+    assert processes_mentioning(sandbox.sandbox_id) == []
+
