@@ -37,6 +37,9 @@ RUN python3 -m venv /opt/sandbox/venv \
  && rm -rf build ./*.egg-info \
  && install -d -m 0700 /var/lib/gvisor-sandbox/state
 
+# Serving beyond loopback needs SANDBOX_API_TOKENS (bearer tokens) at run time, or
+# SANDBOX_ALLOW_UNAUTHENTICATED=true where something in front (Cloud Run IAM) authenticates
+# every request: without either the server refuses to start.
 ENV SANDBOX_HOST=0.0.0.0 \
     SANDBOX_ROOTFS_DIR=/opt/sandbox/rootfs \
     SANDBOX_STATE_DIR=/var/lib/gvisor-sandbox/state \

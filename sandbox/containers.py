@@ -13,9 +13,12 @@ from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.adapters.fake_packages import FakePackageInstaller
 from sandbox.adapters.file_output_log import FileOutputLog
 from sandbox.adapters.pip_installer import PipPackageInstaller
+from sandbox.adapters.prometheus_metrics import PrometheusMetrics
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
+from sandbox.domain.capacity import Capacity
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
 from sandbox.domain.limits import LimitPolicy
+from sandbox.domain.metrics import Metrics
 from sandbox.domain.packages import PackagePolicy
 from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
 from sandbox.settings import Settings
@@ -34,12 +37,14 @@ def _package_policy(settings: Settings) -> PackagePolicy:
     return settings.package_policy()
 
 
-def _pip_installer(settings: Settings, store: SandboxStore) -> PackageInstaller:
+def _pip_installer(
+    settings: Settings, store: SandboxStore, metrics: Metrics
+) -> PackageInstaller:
     async def layers_in_use() -> list[str]:
         # A suspended sandbox needs its layers to restore: the cache must never evict them.
         return [layer for sandbox in await store.list() for layer in sandbox.package_dirs]
 
-    return PipPackageInstaller(settings, in_use=layers_in_use)
+    return PipPackageInstaller(settings, in_use=layers_in_use, metrics=metrics)
 
 
 async def _started_installer(installer: PackageInstaller) -> AsyncIterator[PackageInstaller]:
@@ -85,10 +90,12 @@ async def _served(
     outputs: OutputLog,
     policy: LifecyclePolicy,
     reap_interval_s: float,
+    capacity: Capacity,
+    metrics: Metrics,
 ) -> AsyncIterator[SandboxService]:
     """The lifecycle service, reconciled with the host before the first request and reaped in
     the background until shutdown."""
-    service = SandboxService(runtime, store, outputs, policy)
+    service = SandboxService(runtime, store, outputs, policy, capacity=capacity, metrics=metrics)
     reconciled = await _reconciled(service)
     reaper = asyncio.create_task(_reap_forever(service, reap_interval_s, reconciled))
     try:
@@ -143,6 +150,19 @@ class Container(containers.DeclarativeContainer):
         shutdown_grace_s=settings.provided.shutdown_grace_s,
     )
 
+    # One registry per container, so that apps built side by side (tests) never share series.
+    metrics = providers.Singleton(PrometheusMetrics)
+
+    # One admission for ephemeral executions and managed sandboxes alike: they share the
+    # host's memory.
+    capacity = providers.Singleton(
+        Capacity,
+        max_executions=settings.provided.max_concurrent_executions,
+        memory_budget_mb=settings.provided.max_total_memory_mb,
+        wait_s=settings.provided.capacity_wait_s,
+        metrics=metrics,
+    )
+
     # Singletons, not Resources: a Resource branch would be initialised even when not chosen.
     runtime_adapter = providers.Selector(
         settings.provided.runtime,
@@ -162,8 +182,8 @@ class Container(containers.DeclarativeContainer):
         _started_installer,
         providers.Selector(
             settings.provided.runtime,
-            fake=providers.Singleton(FakePackageInstaller),
-            runsc=providers.Singleton(_pip_installer, settings, store),
+            fake=providers.Singleton(FakePackageInstaller, metrics=metrics),
+            runsc=providers.Singleton(_pip_installer, settings, store, metrics),
         ),
     )
 
@@ -178,4 +198,6 @@ class Container(containers.DeclarativeContainer):
         outputs=outputs,
         policy=lifecycle_policy,
         reap_interval_s=settings.provided.reap_interval_s,
+        capacity=capacity,
+        metrics=metrics,
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,38 @@ class SettingsError(ValueError):
     pass
 
 
+MIN_TOKEN_CHARS = 16
+
+
+def default_memory_budget_mb() -> int:
+    """75% of the host's memory (MemTotal), leaving the rest to the server and the system."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(total * 0.75) // (1024 * 1024)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
+    # SANDBOX_API_TOKENS: comma-separated bearer tokens. Only their SHA-256 digests are kept
+    # (in api_token_digests), so the tokens appear in no repr, log line or memory dump.
+    api_tokens: InitVar[str] = ""
+    api_token_digests: tuple[bytes, ...] = field(default=(), repr=False,
+                                                 metadata={"from_env": False})
+    # Without tokens, only a loopback host is served, unless something in front (Cloud Run
+    # IAM, an authenticating proxy) checks every request: then set this.
+    allow_unauthenticated: bool = False
+    # Passed to uvicorn as limit_concurrency: connections beyond it are answered 503.
+    max_connections: int = 256
     runtime: str = "runsc"
     state_dir: Path = Path("/var/lib/gvisor-sandbox/state")
     rootfs_dir: Path = Path("/var/lib/gvisor-sandbox/rootfs")
@@ -46,6 +76,12 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     request_read_timeout_s: float = 30.0
     max_running_sandboxes: int = 32
+    # Synchronous and streamed /execute runs at once; over it a request waits up to
+    # capacity_wait_s for a place, then gets a 429 (as does one that finds no memory).
+    max_concurrent_executions: int = 8
+    capacity_wait_s: float = 10.0
+    # The sum of the memory limits of all running sandboxes, ephemeral and managed.
+    max_total_memory_mb: int = field(default_factory=default_memory_budget_mb)
     default_idle_timeout_s: float = 900.0
     max_idle_timeout_s: float = 7 * 24 * 3600.0
     retention_s: float = 24 * 3600.0
@@ -68,8 +104,8 @@ class Settings:
     packages_allow: str = ""
     packages_deny: str = ""
 
-    def __post_init__(self) -> None:
-        problems = []
+    def __post_init__(self, api_tokens: str) -> None:
+        problems = self._auth_problems(api_tokens)
         if self.runtime not in ("runsc", "fake"):
             problems.append("SANDBOX_RUNTIME must be runsc or fake")
         if self.log_format not in ("json", "console"):
@@ -84,16 +120,50 @@ class Settings:
                      "output_limit_bytes", "max_body_bytes", "max_running_sandboxes",
                      "default_idle_timeout_s", "max_idle_timeout_s", "retention_s",
                      "suspended_retention_s", "max_file_bytes", "reap_interval_s",
-                     "shutdown_grace_s"):
+                     "shutdown_grace_s", "max_connections", "max_concurrent_executions",
+                     "max_total_memory_mb"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
         if self.cpus <= 0 or self.request_read_timeout_s <= 0:
             problems.append("SANDBOX_CPUS and SANDBOX_REQUEST_READ_TIMEOUT_S must be positive")
         if self.default_idle_timeout_s > self.max_idle_timeout_s:
             problems.append("need SANDBOX_DEFAULT_IDLE_TIMEOUT_S <= SANDBOX_MAX_IDLE_TIMEOUT_S")
+        if self.capacity_wait_s < 0:
+            problems.append("SANDBOX_CAPACITY_WAIT_S must not be negative")
+        if self.default_memory_mb > self.max_total_memory_mb:
+            problems.append("need SANDBOX_DEFAULT_MEMORY_MB <= SANDBOX_MAX_TOTAL_MEMORY_MB")
         problems.extend(self._package_problems())
         if problems:
             raise SettingsError("; ".join(problems))
+
+    def _auth_problems(self, api_tokens: str) -> list[str]:
+        problems = []
+        tokens = [token.strip() for token in api_tokens.split(",") if token.strip()]
+        if api_tokens.strip() and not tokens:
+            problems.append("SANDBOX_API_TOKENS is set but names no token")
+        if any(len(token) < MIN_TOKEN_CHARS for token in tokens):
+            # Which one is never said: the message may end up in a log.
+            problems.append(f"each of SANDBOX_API_TOKENS must be at least {MIN_TOKEN_CHARS} "
+                            "characters long")
+        digests = {hashlib.sha256(token.encode()).digest() for token in tokens}
+        # Added to those given (dataclasses.replace passes the digests, not the tokens).
+        object.__setattr__(self, "api_token_digests",
+                           tuple(sorted(digests | set(self.api_token_digests))))
+        if self.auth_mode == "unauthenticated-allowed" and not self.allow_unauthenticated:
+            problems.append(
+                f"SANDBOX_HOST={self.host} is not a loopback address and SANDBOX_API_TOKENS "
+                "is not set: anyone who reaches the port could run code. Set "
+                "SANDBOX_API_TOKENS, or SANDBOX_ALLOW_UNAUTHENTICATED=true when something in "
+                "front (such as Cloud Run IAM) authenticates every request"
+            )
+        return problems
+
+    @property
+    def auth_mode(self) -> str:
+        """`tokens`, `unauthenticated-loopback` or `unauthenticated-allowed`."""
+        if self.api_token_digests:
+            return "tokens"
+        return "unauthenticated-loopback" if is_loopback(self.host) else "unauthenticated-allowed"
 
     def _package_problems(self) -> list[str]:
         problems = []
@@ -125,10 +195,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = environ.get(f"SANDBOX_{field.name.upper()}")
-            if raw is not None:
-                values[field.name] = _parse(field, raw)
+        for setting in fields(cls):
+            raw = environ.get(f"SANDBOX_{setting.name.upper()}")
+            if raw is not None and setting.metadata.get("from_env", True):
+                values[setting.name] = _parse(setting, raw)
+        tokens = environ.get("SANDBOX_API_TOKENS")
+        if tokens is not None:
+            values["api_tokens"] = tokens
         return cls(**values)
 
     @property

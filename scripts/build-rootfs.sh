@@ -10,7 +10,12 @@ dest="${1:-${SANDBOX_ROOTFS_DIR:-/var/lib/gvisor-sandbox/rootfs}}"
 requirements="$here/rootfs/requirements.txt"
 identity=$(cat "$0" "$requirements" | sha256sum | cut -c1-16)
 
-if [ -d "$dest" ] && [ "$(cat "$dest.identity" 2>/dev/null || true)" = "$identity" ]; then
+# Up to date: complete (an interrupted swap or a half-removed folder is not) and of this recipe.
+up_to_date() {
+    [ -x "$dest/usr/bin/python3" ] && [ "$(cat "$dest.identity" 2>/dev/null || true)" = "$identity" ]
+}
+
+if up_to_date; then
     echo "rootfs $dest is up to date ($identity)"
     exit 0
 fi
@@ -24,7 +29,7 @@ mkdir -p "$(dirname "$dest")"
 # One build at a time: a second caller waits, then finds the rootfs up to date.
 exec 9>"$dest.lock"
 flock 9
-if [ -d "$dest" ] && [ "$(cat "$dest.identity" 2>/dev/null || true)" = "$identity" ]; then
+if up_to_date; then
     echo "rootfs $dest is up to date ($identity)"
     exit 0
 fi
@@ -42,7 +47,8 @@ printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' >"$work/etc/hosts"
 chroot "$work" useradd --uid 1000 --user-group --home-dir /workspace --no-create-home \
     --shell /bin/bash sandbox
 install -d -o 1000 -g 1000 -m 0755 "$work/workspace"
-install -d -m 0755 "$work/sandbox"
+# Every mount point a sandbox uses exists beforehand: runsc would otherwise make it here.
+install -d -m 0755 "$work/sandbox" "$work/sandbox/input" "$work/sandbox/packages/0"
 
 # Wheels only, installed by the host's pip for the sandbox's Python: no package code runs.
 # PIP_PYTHON is the project's venv when make calls it; any pip that takes --target will do.
@@ -75,7 +81,12 @@ PYTHON
 rm -rf "$work/var/cache/apt/archives"/*.deb "$work/var/lib/apt/lists"/* "$work/root/.cache"
 rm -f "$work.log"
 
-rm -rf "$dest"
+# The swap: the identity goes first and comes back last, so that an interrupted build is
+# rebuilt next time and the service is not ready meanwhile; the folder moves by renames.
+rm -f "$dest.identity"
+rm -rf "$dest.old"
+if [ -e "$dest" ]; then mv "$dest" "$dest.old"; fi
 mv "$work" "$dest"
 echo "$identity" >"$dest.identity"
+rm -rf "$dest.old"
 du -sh "$dest"

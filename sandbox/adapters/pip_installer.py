@@ -28,6 +28,7 @@ from pathlib import Path
 import structlog
 
 from sandbox.domain.errors import PackageResolutionFailed
+from sandbox.domain.metrics import Metrics, NoMetrics
 from sandbox.domain.packages import RequirementSet
 from sandbox.domain.ports import PackageInstaller
 from sandbox.settings import Settings
@@ -71,6 +72,7 @@ class PipPackageInstaller(PackageInstaller):
         settings: Settings,
         in_use: InUse | None = None,
         pip: Sequence[str] = (sys.executable, "-I", "-m", "pip"),
+        metrics: Metrics | None = None,
     ) -> None:
         self._root = settings.state_dir / "packages"
         self._used = self._root / ".used"
@@ -83,6 +85,7 @@ class PipPackageInstaller(PackageInstaller):
         self._builds: dict[str, asyncio.Task[str]] = {}
         self._slots = asyncio.Semaphore(MAX_PARALLEL_BUILDS)
         self._pip_problem: str | None = None
+        self._metrics = metrics or NoMetrics()
 
     async def start(self) -> None:
         """Make the cache folder and remove what a crash left half-built."""
@@ -118,14 +121,21 @@ class PipPackageInstaller(PackageInstaller):
         layer = self._root / key
         if layer.is_dir():
             self._touch(key)
+            self._metrics.package_layer_requested("hit")
             return str(layer)
         task = self._builds.get(key)
         if task is None:
             task = asyncio.create_task(self._build(key, requirements))
             self._builds[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
-        # Shielded: one caller giving up does not stop the build the others wait for.
-        return await asyncio.shield(task)
+        try:
+            # Shielded: one caller giving up does not stop the build the others wait for.
+            built = await asyncio.shield(task)
+        except PackageResolutionFailed:
+            self._metrics.package_layer_requested("failed")
+            raise
+        self._metrics.package_layer_requested("built")
+        return built
 
     def _forget(self, key: str, task: asyncio.Task[str]) -> None:
         self._builds.pop(key, None)

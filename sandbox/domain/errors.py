@@ -46,6 +46,12 @@ class AtCapacity(SandboxError):
 
 
 class RuntimeFailure(SandboxError):
-    """The runtime (runsc) itself failed; not the script."""
+    """The runtime (runsc) itself failed; not the script. Its message (the runtime's own
+    words, host paths and all) is for the log; `public_message`, when given, is what a client
+    is told instead of the general sentence."""
 
     code = "runtime_failure"
+
+    def __init__(self, message: str, public_message: str | None = None) -> None:
+        super().__init__(message)
+        self.public_message = public_message

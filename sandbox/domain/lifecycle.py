@@ -11,6 +11,7 @@ import asyncio
 import codecs
 import contextlib
 import dataclasses
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -18,14 +19,15 @@ from dataclasses import dataclass
 
 import structlog
 
+from sandbox.domain.capacity import Capacity
 from sandbox.domain.errors import (
-    AtCapacity,
     CheckpointMismatch,
     InvalidState,
     RuntimeFailure,
     SandboxNotFound,
 )
 from sandbox.domain.ids import checked_sandbox_id, new_sandbox_id
+from sandbox.domain.metrics import Metrics, NoMetrics, verdict_of
 from sandbox.domain.model import (
     ExecutionResult,
     FileEntry,
@@ -66,6 +68,8 @@ class SandboxService:
         outputs: OutputLog,
         policy: LifecyclePolicy,
         clock: Callable[[], float] = time.time,
+        capacity: Capacity | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._runtime = runtime
         self._store = store
@@ -79,6 +83,10 @@ class SandboxService:
         # records say running, so concurrent starts cannot together pass the limit.
         self._admission = asyncio.Lock()
         self._starting = 0
+        # Shared with the ephemeral executions: a running sandbox holds its memory limit
+        # there from admission until it stops running (see `_save`) or is deleted.
+        self._capacity = capacity or Capacity(sys.maxsize, sys.maxsize, 0.0)
+        self._metrics = metrics or NoMetrics()
 
     # Creating -------------------------------------------------------------------------
 
@@ -122,7 +130,7 @@ class SandboxService:
             idle_timeout_s=idle_timeout_s, last_activity_at=now, package_dirs=package_dirs,
         )
         structlog.contextvars.bind_contextvars(sandbox_id=sandbox.sandbox_id)
-        async with self._admitted(), self._lock(sandbox.sandbox_id):
+        async with self._admitted(sandbox), self._lock(sandbox.sandbox_id):
             await self._store.add(sandbox)
             sink = self._outputs.sink(sandbox.sandbox_id, limits.output_bytes)
             try:
@@ -142,19 +150,27 @@ class SandboxService:
         return sandbox
 
     @contextlib.asynccontextmanager
-    async def _admitted(self) -> AsyncIterator[None]:
-        """Hold a place under max_running while a sandbox starts; AtCapacity when none is left."""
+    async def _admitted(self, sandbox: Sandbox) -> AsyncIterator[None]:
+        """Hold a place under max_running while a sandbox starts, and its memory in the shared
+        budget (waited for a bounded time); AtCapacity when there is no room. If the start
+        fails, the memory is given back; if it succeeds, the sandbox keeps it."""
         async with self._admission:
             running = len(await self._store.list(SandboxState.RUNNING)) + self._starting
             if running >= self._policy.max_running:
-                raise AtCapacity(
+                raise self._capacity.refusal(
+                    "running_sandboxes",
                     f"{running} sandboxes are running, the most this server allows; "
                     "suspend or delete one, or retry later",
                     retry_after_s=5,
                 )
             self._starting += 1
         try:
-            yield
+            await self._capacity.reserve(sandbox.sandbox_id, sandbox.limits.memory_mb)
+            try:
+                yield
+            except BaseException:
+                self._capacity.release(sandbox.sandbox_id)
+                raise
         finally:
             self._starting -= 1
 
@@ -215,6 +231,7 @@ class SandboxService:
                 sandbox.sandbox_id, program, capture, stdin, timeout_s or sandbox.limits.timeout_s
             )
             await capture.close()
+        self._metrics.execution_finished("exec", verdict_of(outcome), outcome.duration_ms / 1000)
         language = program.language.value if program.language else "argv"
         log.info("sandbox.exec_finished", exit_code=outcome.exit_code,
                  timed_out=outcome.timed_out, duration_ms=outcome.duration_ms)
@@ -288,9 +305,9 @@ class SandboxService:
         try:
             image = await self._runtime.checkpoint(sandbox.sandbox_id)
         except RuntimeFailure as failure:
-            # A failed checkpoint leaves the sandbox as it was: still running.
             log.error("sandbox.suspend_failed", message=failure.message)
-            raise
+            await self._fail_if_ended(sandbox, failure)
+            raise  # it runs on as it was
         now = self._clock()
         sandbox = await self._save(
             sandbox, SandboxState.SUSPENDED, reason=reason, checkpoint=image,
@@ -298,13 +315,28 @@ class SandboxService:
             run_seconds=sandbox.run_seconds + now - (sandbox.running_since or now),
             running_since=None,
         )
-        log.info("sandbox.suspended", reason=reason, ms=int((time.monotonic() - started) * 1000))
+        seconds = time.monotonic() - started
+        self._metrics.sandbox_suspended(seconds)
+        log.info("sandbox.suspended", reason=reason, ms=int(seconds * 1000))
         return sandbox
+
+    async def _fail_if_ended(self, sandbox: Sandbox, failure: RuntimeFailure) -> None:
+        """A checkpoint that fails half-way (a full disk) ends the sandbox: record it as
+        failed, saying why, rather than let its supervisor call it an exit."""
+        if sandbox.sandbox_id in await self._runtime.running_ids():
+            return
+        await self._runtime.destroy(sandbox.sandbox_id)
+        await self._save(sandbox, SandboxState.FAILED, running_since=None,
+                         reason=f"suspend failed and the sandbox ended: {failure.message}")
+        raise RuntimeFailure(failure.message, public_message=(
+            "the suspend failed and the sandbox has ended (a checkpoint that cannot be "
+            "written ends it); it is now failed: its record says why, and it can only be deleted"
+        )) from None
 
     async def restore(self, sandbox_id: str) -> Sandbox:
         async with self._lock(checked_sandbox_id(sandbox_id)):
             sandbox = await self._require(sandbox_id, SandboxState.SUSPENDED, "restore")
-            async with self._admitted():
+            async with self._admitted(sandbox):
                 sandbox = await self._restore_locked(sandbox)
         return sandbox
 
@@ -323,14 +355,19 @@ class SandboxService:
         except RuntimeFailure as failure:
             await self._save(sandbox, SandboxState.FAILED,
                              reason=f"restore failed: {failure.message}")
-            raise
+            raise RuntimeFailure(failure.message, public_message=(
+                "the sandbox could not be restored (its checkpoint is unusable, or the runtime "
+                "failed); it is now failed: its record says why, and it can only be deleted"
+            )) from None
         await self._runtime.discard_checkpoint(sandbox.checkpoint)
         now = self._clock()
         sandbox = await self._save(sandbox, SandboxState.RUNNING, reason="restored",
                                    checkpoint=None, checkpoint_identity=(),
                                    running_since=now, last_activity_at=now)
         self._supervise(sandbox)
-        log.info("sandbox.restored", ms=int((time.monotonic() - started) * 1000))
+        seconds = time.monotonic() - started
+        self._metrics.sandbox_restored(seconds)
+        log.info("sandbox.restored", ms=int(seconds * 1000))
         return sandbox
 
     async def delete(self, sandbox_id: str, reason: str = "deleted on request") -> None:
@@ -341,6 +378,7 @@ class SandboxService:
         await self._runtime.destroy(sandbox.sandbox_id)
         await self._outputs.remove(sandbox.sandbox_id)
         await self._store.remove(sandbox.sandbox_id)
+        self._capacity.release(sandbox.sandbox_id)
         self._locks.pop(sandbox.sandbox_id, None)
         log.info("sandbox.deleted", sandbox_id=sandbox.sandbox_id, reason=reason)
 
@@ -445,6 +483,8 @@ class SandboxService:
             with contextlib.suppress(RuntimeFailure):
                 await self._suspend_locked(sandbox, "suspended when the server restarted")
                 return
+            if (await self.get(sandbox_id)).state is SandboxState.FAILED:
+                return  # the failed suspend ended it, and its record says so
         await self._runtime.destroy(sandbox_id)
         reason = ("ended: the server restarted while it ran (its output so far is kept)"
                   if running else "ended: it was not running when the server restarted")
@@ -505,6 +545,8 @@ class SandboxService:
         updated = dataclasses.replace(sandbox, state=state, updated_at=self._clock(),
                                       **changes)  # type: ignore[arg-type]
         await self._store.save(updated)
+        if state not in (SandboxState.CREATING, SandboxState.RUNNING):
+            self._capacity.release(sandbox.sandbox_id)  # it no longer runs: its memory is free
         return updated
 
 

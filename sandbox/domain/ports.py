@@ -73,7 +73,11 @@ class SandboxRuntime(abc.ABC):
 
     @abc.abstractmethod
     async def checkpoint(self, sandbox_id: str) -> str:
-        """Save the sandbox (memory and all) and end it; return where the image is."""
+        """Save the sandbox (memory and all) and end it; return where the image is.
+
+        On a RuntimeFailure no part of the image is left, and the sandbox either runs on or
+        has ended (runsc ends it when the image cannot be written, on a full disk):
+        `running_ids` tells which."""
 
     @abc.abstractmethod
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import structlog
 
+from sandbox.domain.capacity import Capacity
 from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.metrics import Metrics, NoMetrics, verdict_of
 from sandbox.domain.model import ExecutionResult, Language, Limits, Program, SandboxSpec, Stream
 from sandbox.domain.output import OutputCapture, TextListener
 from sandbox.domain.ports import SandboxRuntime
@@ -29,21 +33,34 @@ async def execute_script(
     limits: Limits,
     events: ExecutionEvents | None = None,
     package_dirs: tuple[str, ...] = (),
+    *,
+    capacity: Capacity | None = None,
+    metrics: Metrics | None = None,
 ) -> ExecutionResult:
-    """Run a script in a fresh sandbox that is gone afterwards, and return its result."""
+    """Run a script in a fresh sandbox that is gone afterwards, and return its result.
+
+    With `capacity`, waits (boundedly) for a place first: AtCapacity is raised before
+    `events.started`, and the place is freed as soon as the sandbox has ended, even while a
+    slow listener still holds its last output."""
     events = events or ExecutionEvents()
+    metrics = metrics or NoMetrics()
     sandbox_id = new_sandbox_id()
-    structlog.contextvars.bind_contextvars(sandbox_id=sandbox_id)
     listener: TextListener = events.output
     capture = OutputCapture(limits.output_bytes, listener)
-    await events.started(sandbox_id)
-    log.info("execution.started", language=language.value, timeout_s=limits.timeout_s,
-             memory_mb=limits.memory_mb, script_bytes=len(source))
-    outcome = await runtime.run(
-        SandboxSpec(sandbox_id=sandbox_id, limits=limits, package_dirs=package_dirs),
-        Program.script(language, source),
-        capture,
+    admitted: contextlib.AbstractAsyncContextManager[None] = (
+        capacity.execution(limits.memory_mb) if capacity else contextlib.nullcontext()
     )
+    async with admitted:
+        structlog.contextvars.bind_contextvars(sandbox_id=sandbox_id)
+        await events.started(sandbox_id)
+        log.info("execution.started", language=language.value, timeout_s=limits.timeout_s,
+                 memory_mb=limits.memory_mb, script_bytes=len(source))
+        outcome = await runtime.run(
+            SandboxSpec(sandbox_id=sandbox_id, limits=limits, package_dirs=package_dirs),
+            Program.script(language, source),
+            capture,
+        )
+    metrics.execution_finished("execute", verdict_of(outcome), outcome.duration_ms / 1000)
     await capture.close()
     result = ExecutionResult(
         sandbox_id=sandbox_id,

@@ -11,8 +11,18 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from sandbox.containers import Container
+from sandbox.entrypoints.auth import BearerTokenMiddleware
 from sandbox.entrypoints.errors import EXCEPTION_HANDLERS
-from sandbox.entrypoints.handlers import commands, execute, files, health, output, sandboxes
+from sandbox.entrypoints.handlers import (
+    commands,
+    execute,
+    files,
+    health,
+    metrics,
+    output,
+    sandboxes,
+)
+from sandbox.entrypoints.http_metrics import HttpMetricsMiddleware
 from sandbox.entrypoints.middleware import (
     InternalErrorMiddleware,
     RequestBodyDeadlineMiddleware,
@@ -46,10 +56,11 @@ routes = [
     route(f"{_ID}/files/{{path:path}}", GET=files.download_file, PUT=files.upload_file),
     route("/healthz", GET=health.report_liveness),
     route("/readyz", GET=health.report_readiness),
+    route("/metrics", GET=metrics.serve_metrics),
     route("/openapi.json", GET=serve_openapi),
 ]
 
-HANDLER_MODULES = (commands, execute, files, health, output, sandboxes)
+HANDLER_MODULES = (commands, execute, files, health, metrics, output, sandboxes)
 
 
 def create_app(settings: Settings, container: Container | None = None) -> Starlette:
@@ -63,6 +74,9 @@ def create_app(settings: Settings, container: Container | None = None) -> Starle
         container.wire(modules=HANDLER_MODULES)
         try:
             await _completed(container.init_resources())
+            # Says how requests are authenticated, never with what; loudly when they are not.
+            say = log.warning if settings.auth_mode == "unauthenticated-allowed" else log.info
+            say("auth.mode", mode=settings.auth_mode, tokens=len(settings.api_token_digests))
             log.info("app.started", runtime=settings.runtime)
             try:
                 yield
@@ -72,16 +86,29 @@ def create_app(settings: Settings, container: Container | None = None) -> Starle
         finally:
             container.unwire()
 
-    return Starlette(
+    # Outermost first. Refusals (401, body deadline) still get a request id, a log line and
+    # a count; the token is checked before anything reads a body or changes a thing.
+    middleware = [
+        Middleware(RequestIdMiddleware),
+        Middleware(HttpMetricsMiddleware, metrics=container.metrics(), routes=routes),
+    ]
+    if settings.api_token_digests:
+        middleware.append(Middleware(BearerTokenMiddleware, digests=settings.api_token_digests))
+    middleware += [
+        Middleware(InternalErrorMiddleware),
+        Middleware(RequestBodyDeadlineMiddleware, timeout_s=settings.request_read_timeout_s),
+    ]
+    app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(InternalErrorMiddleware),
-            Middleware(RequestBodyDeadlineMiddleware, timeout_s=settings.request_read_timeout_s),
-        ],
+        middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # A path the routes do not know is a 404, never a redirect to a guess: `/sandboxes/x/`
+    # (or an id like `--root=/`) would otherwise answer 307 with a Location built from the
+    # client's own Host header.
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _completed(pending: Awaitable[Any] | None) -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import structlog
 import uvicorn
 
 from sandbox.entrypoints.app import create_app
+from sandbox.entrypoints.server import SERVER_OPTIONS, server_config
 from sandbox.logs import configure_logging
 from sandbox.settings import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
+
+# SERVER_OPTIONS is re-exported for the tests that serve the app as this command does.
+__all__ = ["SERVER_OPTIONS", "main"]
 
 
 def main() -> None:
@@ -22,19 +27,10 @@ def main() -> None:
         _fail(str(error))
     except ValueError as error:  # from configure_logging: the level is checked there
         _fail(f"SANDBOX_LOG_LEVEL: {error}")
+    # Only the digests are kept; the tokens must not reach the processes we start (pip, runsc).
+    os.environ.pop("SANDBOX_API_TOKENS", None)
     log.info("server.starting", host=settings.host, port=settings.port, runtime=settings.runtime)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep the logging configured above
-        access_log=False,  # the app logs `http.request` with the request id and duration
-        # h11 bounds the request head it buffers (httptools does not); its speed is irrelevant
-        # next to the start of a sandbox.
-        http="h11",
-        h11_max_incomplete_event_size=16 * 1024,
-        timeout_keep_alive=5,
-    )
+    uvicorn.Server(server_config(create_app(settings), settings)).run()
 
 
 def _fail(message: str) -> None:

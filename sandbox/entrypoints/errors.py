@@ -53,7 +53,7 @@ def public_error(error: SandboxError) -> dict[str, str]:
     """The error as a client may see it; the runtime's own words (host paths) stay in our log."""
     if isinstance(error, RuntimeFailure):
         log.error("runtime.failed", detail=error.message)
-        return {"code": error.code, "message": RUNTIME_FAILURE_MESSAGE}
+        return {"code": error.code, "message": error.public_message or RUNTIME_FAILURE_MESSAGE}
     if error.code not in STATUS_BY_CODE:
         log.error("sandbox_error.unmapped", code=error.code, detail=error.message)
         return {"code": "internal", "message": INTERNAL_MESSAGE}

@@ -32,7 +32,12 @@ async def read_json_fields(
 
 def parse_object(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        # JSON over a network is UTF-8 (RFC 8259); json.loads would also guess UTF-16 or -32.
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not valid JSON: it is not UTF-8 text") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
         raise InvalidRequest(f"the body is not valid JSON: {str(error)[:200]}") from None
     if not isinstance(data, dict):
@@ -41,6 +46,9 @@ def parse_object(body: bytes) -> dict[str, Any]:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    for name, _ in pairs:
+        # An escaped lone surrogate ("\\ud800") is valid JSON but no text: not a field name.
+        checked_text("a field name", name)
     data = dict(pairs)
     if len(data) != len(pairs):
         raise ValueError("a field is given more than once")

@@ -40,7 +40,12 @@ BAD_REQUEST = {"400": _error("bad input: an unknown, repeated or malformed param
 NOT_FOUND = {"404": _error("no sandbox with this id (a malformed id names none)")}
 WRONG_STATE = {"409": _error("the sandbox is not in a state that allows this call")}
 TOO_LARGE = {"413": _error("the request body or the file is larger than allowed")}
-AT_CAPACITY = {"429": _error("too many sandboxes are running", _RETRY_AFTER)}
+AT_CAPACITY = {"429": _error(
+    "at capacity (running sandboxes, executions at once, or their total memory), after a "
+    "bounded wait for room", _RETRY_AFTER)}
+UNAUTHORIZED = _error(
+    "no bearer token, or not one the server accepts (only when it is configured with tokens)",
+    {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}})
 RUNTIME_FAILED = {"503": _error("the sandbox runtime failed (not the script)")}
 RECORD = {"200": _json("the sandbox record", _ref("Sandbox"))}
 NO_PACKAGES = {"422": _error("the packages asked for could not be installed (pip's reason)")}
@@ -94,12 +99,15 @@ _EXECUTE = _op(
 _LIST = _op("List the sandboxes this service knows",
             {"200": _json("the sandboxes", _ref("SandboxList")), **BAD_REQUEST}, (STATE,))
 _SUSPEND = _op("Suspend a running sandbox to disk",
-               {**RECORD, **NOT_FOUND, **WRONG_STATE, **RUNTIME_FAILED}, (SANDBOX_ID,))
+               {**RECORD, **BAD_REQUEST, **NOT_FOUND, **WRONG_STATE, **RUNTIME_FAILED},
+               (SANDBOX_ID,))
 _RESTORE = _op("Restore a suspended sandbox; its processes continue",
-               {**RECORD, **NOT_FOUND, **WRONG_STATE, **AT_CAPACITY, **RUNTIME_FAILED},
+               {**RECORD, **BAD_REQUEST, **NOT_FOUND, **WRONG_STATE, **AT_CAPACITY,
+                **RUNTIME_FAILED},
                (SANDBOX_ID,))
 _DELETE = _op("Delete a sandbox and everything it left on disk",
-              {"200": _json("deleted", _ref("Deleted")), **NOT_FOUND, **RUNTIME_FAILED},
+              {"200": _json("deleted", _ref("Deleted")), **BAD_REQUEST, **NOT_FOUND,
+               **RUNTIME_FAILED},
               (SANDBOX_ID,))
 _CREATE = _op(
     "Create a long-lived sandbox",
@@ -231,7 +239,8 @@ DOCUMENT: Schema = {
         "/delete/{sandbox_id}": {"get": _DELETE, "post": _DELETE},
         "/sandboxes": {"get": _LIST, "post": _CREATE},
         "/sandboxes/{sandbox_id}": {
-            "get": _op("Inspect a sandbox", {**RECORD, **NOT_FOUND}, (SANDBOX_ID,)),
+            "get": _op("Inspect a sandbox", {**RECORD, **BAD_REQUEST, **NOT_FOUND},
+                       (SANDBOX_ID,)),
             "delete": _DELETE},
         "/sandboxes/{sandbox_id}/exec": {"post": _EXEC},
         "/sandboxes/{sandbox_id}/suspend": {"post": _SUSPEND},
@@ -243,11 +252,32 @@ DOCUMENT: Schema = {
         "/readyz": {"get": _op("Readiness: the runtime can run sandboxes now", {
             "200": _json("ready", _ref("Status")),
             "503": _json("not ready, with the problems", _ref("Status"))})},
+        "/metrics": {"get": _op("Metrics in Prometheus's text format", {"200": {
+            "description": "the exposition", "content": {"text/plain": {}}}, **BAD_REQUEST})},
         "/openapi.json": {"get": _op("This document", {"200": {
             "description": "OpenAPI 3.1", "content": {"application/json": {}}}})},
     },
-    "components": {"schemas": SCHEMAS},
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "one of the server's SANDBOX_API_TOKENS, when it has any"}},
+    },
+    "security": [{"bearer": []}],
 }
+
+
+def _secure(document: Schema) -> None:
+    """Every call but the liveness probe needs the token: each may answer 401."""
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            if path == "/healthz":
+                operation["security"] = []
+            else:
+                operation["responses"]["401"] = UNAUTHORIZED
+
+
+_secure(DOCUMENT)
 
 
 async def serve_openapi(request: Request) -> Response:

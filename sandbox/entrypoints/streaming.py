@@ -1,4 +1,8 @@
-"""An execution as NDJSON: `start`, `stdout`/`stderr` as output arrives, then `exit` or `error`."""
+"""An execution as NDJSON: `start`, `stdout`/`stderr` as output arrives, then `exit` or `error`.
+
+The answer starts only with the first event: an execution refused before it started (at
+capacity, wrong state) is a plain error answer with its status, not a 200 with an error event.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ QUEUE_EVENTS = 256
 class _QueuedEvents(ExecutionEvents):
     def __init__(self, queue: asyncio.Queue[Event | None]) -> None:
         self._queue = queue
+        self.has_started = False
 
     async def started(self, sandbox_id: str) -> None:
+        self.has_started = True
         await self._queue.put({"type": "start", "sandbox_id": sandbox_id})
 
     async def output(self, stream: Stream, text: str) -> None:
@@ -40,6 +46,8 @@ class ExecutionStream(StreamingResponse):
     def __init__(self, execution: Execution) -> None:
         self._execution = execution
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=QUEUE_EVENTS)
+        self._first: Event | None = None
+        self._refusal: SandboxError | None = None
         super().__init__(self._lines(), media_type="application/x-ndjson")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -47,24 +55,34 @@ class ExecutionStream(StreamingResponse):
         # that however the response ends (done, client gone, error) it is ended and awaited.
         producer = asyncio.create_task(self._produce())
         try:
+            self._first = await self._queue.get()
+            if self._refusal is not None:
+                raise self._refusal  # answered by the exception handlers, as without stream
             await super().__call__(scope, receive, send)
         finally:
             producer.cancel()  # when the client left early: the runtime destroys the sandbox
             await asyncio.wait({producer})
 
     async def _lines(self) -> AsyncIterator[bytes]:
-        while (event := await self._queue.get()) is not None:
+        event = self._first
+        while event is not None:
             yield json.dumps(event, ensure_ascii=False).encode() + b"\n"
+            event = await self._queue.get()
 
     async def _produce(self) -> None:
         final: Event
+        events = _QueuedEvents(self._queue)
         try:
-            result = await self._execution(_QueuedEvents(self._queue))
+            result = await self._execution(events)
             final = {"type": "exit", **result.summary()}
         except asyncio.CancelledError:
             log.info("execution.cancelled")  # the response ended first: the client left
             raise
         except SandboxError as error:
+            if not events.has_started:
+                self._refusal = error
+                await self._queue.put(None)
+                return
             log.warning("execution.failed", code=error.code)
             final = {"type": "error", "error": public_error(error)}
         except Exception:

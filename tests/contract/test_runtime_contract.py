@@ -85,7 +85,7 @@ async def test_a_script_past_its_timeout_is_timed_out_with_no_exit_code(
 
     assert result.outcome.timed_out is True
     assert result.outcome.exit_code is None
-    assert 500 <= result.outcome.duration_ms < 4500  # ended by the timer, not by the script
+    assert result.outcome.duration_ms < 4500  # ended by the timer, not after the 5 s sleep
     assert result.stdout.text == "before\n"  # what it printed before the end is kept
 
 

@@ -1,15 +1,19 @@
-"""Starting the app on the fake runtime, through TestClient or as a bare ASGI app."""
+"""Starting the app on the fake runtime: through TestClient, as a bare ASGI app, or served by
+uvicorn in a thread."""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from dependency_injector import providers
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -18,6 +22,7 @@ from starlette.types import Scope
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.containers import Container
 from sandbox.entrypoints.app import create_app
+from sandbox.entrypoints.server import server_config
 from sandbox.settings import Settings
 
 
@@ -47,6 +52,29 @@ async def running(settings: Settings) -> AsyncIterator[tuple[Starlette, FakeSand
     app = create_app(settings, container)
     async with app.router.lifespan_context(app):
         yield app, fake_runtime_of(container)
+
+
+@contextmanager
+def uvicorn_serving(
+    settings: Settings, container: Container | None = None
+) -> Iterator[tuple[str, int]]:
+    """The app served by uvicorn in a thread, as `python -m sandbox` serves it, for clients
+    that TestClient cannot play (raw bytes on a socket)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    config = server_config(create_app(settings, container), settings)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield listener.getsockname()
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        listener.close()
 
 
 def post_scope(path: str, query: bytes) -> Scope:

@@ -5,18 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import anyio
 import pytest
-import uvicorn
 from starlette.types import Message
 from structlog.typing import EventDict
 
-from e2e.support import post_scope, running
-from sandbox.entrypoints.app import create_app
+from e2e.support import post_scope, running, uvicorn_serving
 from sandbox.settings import Settings
 
 
@@ -76,25 +71,6 @@ async def test_a_body_that_arrives_too_slowly_is_a_408(settings: Settings) -> No
     assert start["status"] == 408
     assert (b"connection", b"close") in start["headers"]
     assert json.loads(body["body"])["error"]["code"] == "request_timeout"
-
-
-@contextmanager
-def uvicorn_serving(settings: Settings) -> Iterator[tuple[str, int]]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        create_app(settings), log_config=None, http="h11", ws="none", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
-    thread.start()
-    try:
-        while not server.started:
-            threading.Event().wait(0.01)
-        yield listener.getsockname()
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        listener.close()
 
 
 def test_uvicorn_cuts_off_a_client_that_stops_sending_its_body(settings: Settings) -> None:

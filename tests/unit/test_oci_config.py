@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from sandbox.adapters.runsc import oci
 from sandbox.adapters.runsc.oci import build_config
 from sandbox.domain.model import Language, Limits, Program, SandboxSpec
 
@@ -124,12 +125,28 @@ def test_the_pids_cgroup_limit_is_only_a_high_backstop() -> None:
     [
         (Program.script(Language.PYTHON, b""), ["python3", "/sandbox/input/main.py"]),
         (Program.script(Language.BASH, b""), ["bash", "/sandbox/input/main.sh"]),
-        (Program(language=None, argv=("ls", "-l", "/")), ["ls", "-l", "/"]),
+        # An argv init (a session's idle one) ignores SIGCHLD, so orphans are reaped.
+        (Program(language=None, argv=("ls", "-l", "/")),
+         ["env", "--ignore-signal=CHLD", "ls", "-l", "/"]),
     ],
     ids=["python", "bash", "argv"],
 )
 def test_the_process_runs_the_program(program: Program, argv: list[str]) -> None:
     assert config_of(program)["process"]["args"] == argv
+
+
+def test_the_group_killer_is_root_with_cap_kill_alone_and_a_bare_environment() -> None:
+    process = oci.group_kill_process(42)
+
+    assert process["user"] == {"uid": 0, "gid": 0}
+    assert process["capabilities"] == {
+        "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+        "inheritable": [], "ambient": [],
+    }
+    assert process["env"] == ["PATH=/usr/bin:/bin"]
+    assert process["noNewPrivileges"] is True
+    assert process["args"][:4] == ["bash", "--norc", "--noprofile", "-c"]
+    assert "kill -KILL -- -42 " in process["args"][4]
 
 
 def test_the_environment_is_built_from_scratch_not_inherited(

@@ -21,6 +21,7 @@ from sandbox.adapters.pip_installer import (
     _pip_environment,
 )
 from sandbox.domain.errors import PackageResolutionFailed
+from sandbox.domain.metrics import LayerResult, NoMetrics
 from sandbox.domain.packages import RequirementSet, parse_requirements
 from sandbox.settings import Settings, SettingsError
 
@@ -339,3 +340,23 @@ def test_package_settings_are_read_from_the_environment() -> None:
     assert settings.find_links() == ["/srv/a", "/srv/b"]
     assert settings.package_policy().max_count == 3
     assert settings.package_policy().deny == frozenset({"evil-pkg"})
+
+
+async def test_each_request_is_counted_as_built_hit_or_failed(
+    tmp_path: Path, fake_pip: Path
+) -> None:
+    results: list[str] = []
+
+    class Recording(NoMetrics):
+        def package_layer_requested(self, result: LayerResult) -> None:
+            results.append(result)
+
+    installer = PipPackageInstaller(make_settings(tmp_path), pip=(sys.executable, str(fake_pip)),
+                                    metrics=Recording())
+
+    await installer.layer_for(reqs("alpha==1"))
+    await installer.layer_for(reqs("alpha==1"))
+    with pytest.raises(PackageResolutionFailed):
+        await installer.layer_for(reqs("broken"))
+
+    assert results == ["built", "hit", "failed"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,77 @@ def test_every_problem_is_reported_at_once() -> None:
 
     assert "SANDBOX_RUNTIME" in str(raised.value)
     assert "SANDBOX_LOG_FORMAT" in str(raised.value)
+
+
+TOKEN = "t0ken-with-enough-characters"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "sandbox.example"])
+def test_a_non_loopback_host_without_tokens_is_refused(host: str) -> None:
+    with pytest.raises(SettingsError, match="SANDBOX_API_TOKENS"):
+        Settings.from_env({"SANDBOX_HOST": host})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost"])
+def test_a_loopback_host_needs_no_tokens(host: str) -> None:
+    assert Settings(host=host).auth_mode == "unauthenticated-loopback"
+
+
+def test_unauthenticated_serving_beyond_loopback_can_be_allowed_explicitly() -> None:
+    settings = Settings.from_env(
+        {"SANDBOX_HOST": "0.0.0.0", "SANDBOX_ALLOW_UNAUTHENTICATED": "true"}
+    )
+
+    assert settings.auth_mode == "unauthenticated-allowed"
+
+
+def test_tokens_are_kept_only_as_digests() -> None:
+    settings = Settings.from_env(
+        {"SANDBOX_HOST": "0.0.0.0", "SANDBOX_API_TOKENS": f" {TOKEN} ,second-token-0123456789"}
+    )
+
+    assert settings.auth_mode == "tokens"
+    assert len(settings.api_token_digests) == 2
+    assert TOKEN not in repr(settings)
+    assert not any(TOKEN in repr(value) for value in vars(settings).values())
+
+
+def test_replacing_a_setting_keeps_the_tokens() -> None:
+    settings = Settings(api_tokens=TOKEN)
+
+    assert dataclasses.replace(settings, port=9000).api_token_digests == (
+        settings.api_token_digests
+    )
+
+
+@pytest.mark.parametrize("tokens", ["tiny-secret", f"{TOKEN},tiny-secret", " , "])
+def test_short_or_empty_tokens_are_refused_without_showing_them(tokens: str) -> None:
+    with pytest.raises(SettingsError, match="SANDBOX_API_TOKENS") as raised:
+        Settings.from_env({"SANDBOX_API_TOKENS": tokens})
+
+    assert "tiny-secret" not in str(raised.value)
+    assert TOKEN not in str(raised.value)
+
+
+def test_the_memory_budget_defaults_to_most_of_the_host_memory() -> None:
+    total_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemTotal:"))
+
+    budget = Settings().max_total_memory_mb
+
+    assert abs(budget - total_kb * 3 // 4 // 1024) <= 1
+    assert Settings.from_env({"SANDBOX_MAX_TOTAL_MEMORY_MB": "2048"}).max_total_memory_mb == 2048
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SANDBOX_MAX_CONCURRENT_EXECUTIONS", "0"),
+        ("SANDBOX_CAPACITY_WAIT_S", "-1"),
+        ("SANDBOX_MAX_TOTAL_MEMORY_MB", "100"),  # less than one default sandbox
+        ("SANDBOX_MAX_CONNECTIONS", "0"),
+    ],
+)
+def test_capacity_settings_are_checked(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: value})

@@ -42,6 +42,38 @@ def program_argv(program: Program) -> list[str]:
     return list(program.argv)
 
 
+def init_argv(program: Program) -> list[str]:
+    """The sandbox's first process. Orphans are reparented to it; a script's shell reaps
+    them, but a session's idle `sleep` never would, and every zombie counts against
+    RLIMIT_NPROC until the session cannot start a process. With SIGCHLD ignored (inherited
+    across exec) the kernel reaps them instead."""
+    if program.language is None:
+        return ["env", "--ignore-signal=CHLD", *program.argv]
+    return program_argv(program)
+
+
+def group_kill_process(pgid: int) -> dict[str, Any]:
+    """A process that SIGKILLs one process group from inside the sandbox: `runsc kill` only
+    signals single processes, and a fork bomb's children share its group. gVisor signals a
+    group one member at a time, so children forked meanwhile survive a single kill: repeat
+    until the group is gone (bounded). It runs as root with CAP_KILL alone, since the
+    sandbox user may have no process left to start, and with a bare environment, so that
+    nothing the sandbox wrote (BASH_ENV, rc files) is read. Only bash builtins: no forks."""
+    only_kill = ["CAP_KILL"]
+    repeat = (f"n=0; while kill -KILL -- -{int(pgid)} 2>/dev/null && [ $n -lt 1000 ]; "
+              "do n=$((n+1)); done")
+    return {
+        "terminal": False,
+        "user": {"uid": 0, "gid": 0},
+        "args": ["bash", "--norc", "--noprofile", "-c", repeat],
+        "env": ["PATH=/usr/bin:/bin"],
+        "cwd": "/",
+        "capabilities": {"bounding": only_kill, "effective": only_kill,
+                         "permitted": only_kill, "inheritable": [], "ambient": []},
+        "noNewPrivileges": True,
+    }
+
+
 def environment(spec: SandboxSpec, program: Program) -> list[str]:
     env = dict(_BASE_ENV)
     if spec.package_dirs:
@@ -101,7 +133,7 @@ def build_config(
         "process": {
             "terminal": False,
             "user": {"uid": SANDBOX_UID, "gid": SANDBOX_UID},
-            "args": program_argv(program),
+            "args": init_argv(program),
             "env": environment(spec, program),
             "cwd": WORKDIR,
             "capabilities": no_capabilities,

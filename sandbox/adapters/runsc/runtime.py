@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from sandbox.adapters.runsc import cgroups, files, oci
+from sandbox.adapters.runsc import cgroups, files, memory, oci
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
@@ -30,6 +30,9 @@ KILL_GRACE_S = 5.0
 EXEC_DRAIN_GRACE_S = 0.3
 START_POLLS = 3000
 STOP_POLLS = 200
+# After a failed checkpoint: long enough for an ended sandbox to show as stopped, short enough
+# not to hold up one that runs on.
+FAILED_CHECKPOINT_POLLS = 40
 FILE_CALL_TIMEOUT_S = 60.0
 RUNSC_ERROR_EXIT = 128
 NO_MESSAGE = "no message from runsc"
@@ -56,6 +59,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._live: set[str] = set()
         # The runsc processes (and their pipes' readers) of long-lived sandboxes, by id.
         self._supervised: dict[str, _Supervised] = {}
+        # Holds the memory limit where no cgroup does (started only without cgroups).
+        self._memory_watch = memory.MemoryWatch(self._memory_usage, self._kill_all)
 
     async def start(self) -> None:
         for folder in (self._runsc_root, self._bundles):
@@ -78,6 +83,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         """Sandboxes outlive the runtime object: the service suspends what it manages before
         this, an ephemeral run cleans up after itself, and the next start reconciles the
         rest. Only the readers of the pipes end here."""
+        self._memory_watch.close()
         for sandbox_id in list(self._supervised):
             supervised = self._supervised.pop(sandbox_id)
             for task in supervised.pumps:
@@ -170,12 +176,14 @@ class RunscSandboxRuntime(SandboxRuntime):
             asyncio.create_task(pump(stderr, Stream.STDERR, sink)),
         ]
         timed_out = False
+        self._watch_memory(spec.sandbox_id, spec.limits.memory_mb * 1024 * 1024)
         try:
             async with asyncio.timeout(spec.limits.timeout_s):
                 await process.wait()
         except TimeoutError:
             timed_out = True
         finally:
+            self._memory_watch.stop(spec.sandbox_id)
             if process.returncode is None:
                 # Time is up (or the caller went away): end every process of the sandbox.
                 # `kill --all ... KILL` cannot be ignored, and `delete --force` of a running
@@ -190,7 +198,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         assert exit_code is not None
         self._raise_on_runsc_error(spec.sandbox_id, exit_code)
         limit = spec.limits.memory_mb * 1024 * 1024
-        oom = exit_code != 0 and self._cgroups.out_of_memory(spec.sandbox_id, limit)
+        oom = exit_code != 0 and self._out_of_memory(spec.sandbox_id, limit)
         return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
 
     def _raise_on_runsc_error(self, sandbox_id: str, exit_code: int) -> None:
@@ -212,9 +220,11 @@ class RunscSandboxRuntime(SandboxRuntime):
         await self._end_supervision(sandbox_id)
         self.remove_bundle(sandbox_id)
         shutil.rmtree(self._checkpoints / sandbox_id, ignore_errors=True)
+        self._memory_watch.forget(sandbox_id)
         self._live.discard(sandbox_id)
 
     async def _end_supervision(self, sandbox_id: str) -> None:
+        self._memory_watch.stop(sandbox_id)
         supervised = self._supervised.pop(sandbox_id, None)
         if supervised is not None:
             await wait_or_kill(supervised.process, KILL_GRACE_S)
@@ -300,6 +310,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             asyncio.create_task(pump(stdout, Stream.STDOUT, sink)),
             asyncio.create_task(pump(stderr, Stream.STDERR, sink)),
         ])
+        self._watch_memory(sandbox_id, self._memory_bytes(sandbox_id))
         for _poll in range(START_POLLS):
             if process.returncode is not None or await self._is_running(sandbox_id):
                 break
@@ -316,12 +327,13 @@ class RunscSandboxRuntime(SandboxRuntime):
             return Outcome(exit_code=None)
         started = time.monotonic()
         await supervised.process.wait()
+        self._memory_watch.stop(sandbox_id)
         await finish_pumps(supervised.pumps)
         duration_ms = int((time.monotonic() - started) * 1000)
         exit_code = supervised.process.returncode
         assert exit_code is not None
         limit = self._memory_bytes(sandbox_id)
-        oom = exit_code != 0 and limit > 0 and self._cgroups.out_of_memory(sandbox_id, limit)
+        oom = exit_code != 0 and limit > 0 and self._out_of_memory(sandbox_id, limit)
         return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
 
     async def exec(
@@ -397,14 +409,23 @@ class RunscSandboxRuntime(SandboxRuntime):
         if exit_code == RUNSC_ERROR_EXIT and not await self._is_running(sandbox_id):
             raise RuntimeFailure(f"sandbox {sandbox_id} is not running")
         limit = self._memory_bytes(sandbox_id)
-        oom = exit_code != 0 and limit > 0 and self._cgroups.out_of_memory(sandbox_id, limit)
+        oom = exit_code != 0 and limit > 0 and self._out_of_memory(sandbox_id, limit)
         return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
 
     async def _kill_exec(self, sandbox_id: str, pid_file: Path) -> None:
+        """End a timed-out exec with its process group (an exec is its group's leader), so
+        that what it forked does not run on in the session; what it moved to a session of
+        its own (setsid) stays, as a daemon would."""
         try:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             return
+        killer = pid_file.with_suffix(".kill.json")
+        killer.write_text(json.dumps(oci.group_kill_process(pid)))
+        try:
+            await self._runsc_quietly("exec", "--process", str(killer), sandbox_id)
+        finally:
+            killer.unlink(missing_ok=True)
         await self._runsc_quietly("kill", "--pid", str(pid), sandbox_id, "KILL")
 
     async def checkpoint(self, sandbox_id: str) -> str:
@@ -418,15 +439,15 @@ class RunscSandboxRuntime(SandboxRuntime):
         )
         if code != 0:
             shutil.rmtree(image, ignore_errors=True)
+            # runsc ends a sandbox whose image it could not write (a full disk), and may show
+            # it as running for a moment: let it settle, so that `running_ids` tells the truth.
+            await self._wait_until_stopped(sandbox_id, FAILED_CHECKPOINT_POLLS)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
         for entry in image.iterdir():
             entry.chmod(0o600)
         # checkpoint can return while the container still shows as running; the same id is
         # reused by restore, so wait for it to stop, then delete it.
-        for _poll in range(STOP_POLLS):
-            if not await self._is_running(sandbox_id):
-                break
-            await asyncio.sleep(0.05)
+        await self._wait_until_stopped(sandbox_id, STOP_POLLS)
         await self._end_container(sandbox_id)
         await self._end_supervision(sandbox_id)
         self._cgroups.remove(sandbox_id)
@@ -434,6 +455,12 @@ class RunscSandboxRuntime(SandboxRuntime):
         log.info("runsc.checkpointed", ms=int((time.monotonic() - started) * 1000),
                  image_bytes=sum(entry.stat().st_size for entry in image.iterdir()))
         return str(image)
+
+    async def _wait_until_stopped(self, sandbox_id: str, polls: int) -> None:
+        for _poll in range(polls):
+            if not await self._is_running(sandbox_id):
+                return
+            await asyncio.sleep(0.05)
 
     async def discard_checkpoint(self, image: str) -> None:
         path = Path(image)
@@ -492,6 +519,26 @@ class RunscSandboxRuntime(SandboxRuntime):
         code, output = await self._runsc_quietly("state", sandbox_id)
         return code == 0 and json.loads(output).get("status") == "running"
 
+    def _watch_memory(self, sandbox_id: str, limit_bytes: int) -> None:
+        if not self._cgroups.enabled and limit_bytes > 0:
+            self._memory_watch.start(sandbox_id, limit_bytes)
+
+    def _out_of_memory(self, sandbox_id: str, limit_bytes: int) -> bool:
+        return self._memory_watch.killed(sandbox_id) or self._cgroups.out_of_memory(
+            sandbox_id, limit_bytes
+        )
+
+    async def _memory_usage(self, sandbox_id: str) -> int | None:
+        """gVisor's own count of the sandbox's memory, in bytes (None when it cannot tell)."""
+        _, output = await self._runsc_quietly("events", "--stats", sandbox_id)
+        try:
+            return int(json.loads(output)["data"]["memory"]["usage"]["usage"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def _kill_all(self, sandbox_id: str) -> None:
+        await self._runsc_quietly("kill", "--all", sandbox_id, "KILL")
+
     def _memory_bytes(self, sandbox_id: str) -> int:
         """The memory limit the sandbox was made with (0 when unknown)."""
         try:
@@ -519,13 +566,17 @@ def _first_error(text: str) -> str | None:
             end = index + 1
         else:
             if isinstance(record, dict) and record.get("level") == "error":
-                return str(record.get("msg", ""))
+                # A panic in the sandbox appends every goroutine's stack: keep the sentence.
+                return str(record.get("msg", "")).split("\n", 1)[0].rstrip(": ")[:500]
         index = text.find("{", end)
     return None
 
 
 async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
-    if writer is None:
+    """Give a process its stdin, then close it. One that ended first no longer wants it: its
+    stdin may be closed already (uvloop closes it as soon as the process has exited, and a
+    write then raises RuntimeError, not a ConnectionError)."""
+    if writer is None or writer.is_closing():
         return
     with contextlib.suppress(ConnectionError):
         writer.write(data)

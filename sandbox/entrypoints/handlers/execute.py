@@ -11,9 +11,11 @@ from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
 from sandbox.domain import services
+from sandbox.domain.capacity import Capacity
 from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.limits import LimitPolicy
+from sandbox.domain.metrics import Metrics
 from sandbox.domain.packages import PackagePolicy, package_layers, split_packages_param
 from sandbox.domain.ports import PackageInstaller, SandboxRuntime
 from sandbox.entrypoints.body import read_capped_body
@@ -34,6 +36,8 @@ async def execute_script(
     settings: Settings = Provide[Container.settings],
     installer: PackageInstaller = Provide[Container.package_installer],
     package_policy: PackagePolicy = Provide[Container.package_policy],
+    capacity: Capacity = Provide[Container.capacity],
+    metrics: Metrics = Provide[Container.metrics],
 ) -> Response:
     query = checked_query(request.query_params, PARAMETERS)
     language = parse_language(query.get("language"))
@@ -59,9 +63,8 @@ async def execute_script(
         sandbox = await service.run_detached(language, source, limits, layers)
         return JSONResponse(sandbox.to_dict(), 202,
                             {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
+    run = partial(services.execute_script, runtime, language, source, limits,
+                  package_dirs=layers, capacity=capacity, metrics=metrics)
     if stream:
-        return ExecutionStream(partial(services.execute_script, runtime, language, source, limits,
-                                       package_dirs=layers))
-    result = await services.execute_script(runtime, language, source, limits,
-                                           package_dirs=layers)
-    return JSONResponse(result.to_dict())
+        return ExecutionStream(run)
+    return JSONResponse((await run()).to_dict())

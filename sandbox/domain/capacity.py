@@ -1,0 +1,128 @@
+"""Admission of sandboxes: at most so many ephemeral executions at once, and a memory budget
+shared by every running sandbox (the sum of their memory limits), so that the host is never
+promised more memory than it has and cannot be pushed into its own out-of-memory killer.
+
+A request over capacity waits a bounded time for room, then is refused with AtCapacity: never
+a hang. Waiters are not queued in order; whoever fits when room is freed goes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+from collections.abc import AsyncIterator
+
+import structlog
+
+from sandbox.domain.errors import AtCapacity, InvalidRequest
+from sandbox.domain.metrics import CapacityLimit, Metrics, NoMetrics
+
+log = structlog.get_logger(__name__)
+
+
+class Capacity:
+    def __init__(
+        self,
+        max_executions: int,
+        memory_budget_mb: int,
+        wait_s: float,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.max_executions = max_executions
+        self.memory_budget_mb = memory_budget_mb
+        self._wait_s = wait_s
+        self._metrics = metrics or NoMetrics()
+        self._memory: dict[str, int] = {}
+        self._executions: set[str] = set()
+        self._tokens = itertools.count()
+        # Woken at every release, to look again whether they fit now.
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    @property
+    def executions(self) -> int:
+        return len(self._executions)
+
+    @property
+    def memory_mb(self) -> int:
+        return sum(self._memory.values())
+
+    @contextlib.asynccontextmanager
+    async def execution(self, memory_mb: int) -> AsyncIterator[None]:
+        """A place for one ephemeral execution and its memory while the block runs; released
+        however it ends (error and cancellation included)."""
+        holder = f"execution-{next(self._tokens)}"
+        await self._admit(holder, memory_mb, execution=True)
+        try:
+            yield
+        finally:
+            self.release(holder)
+
+    async def reserve(self, holder: str, memory_mb: int) -> None:
+        """Memory for a managed sandbox, held until `release(holder)`: it outlives requests."""
+        self.release(holder)
+        await self._admit(holder, memory_mb, execution=False)
+
+    def release(self, holder: str) -> None:
+        """Idempotent: releasing what is not held does nothing."""
+        if self._memory.pop(holder, None) is None:
+            return
+        self._executions.discard(holder)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    def refusal(
+        self, limit: CapacityLimit, message: str, retry_after_s: int | None = None
+    ) -> AtCapacity:
+        """The error for a refusal at `limit`, logged and counted."""
+        log.warning("capacity.rejected", limit=limit, executions=self.executions,
+                    memory_mb=self.memory_mb)
+        self._metrics.capacity_rejected(limit)
+        if retry_after_s is None:
+            # The server just waited this long without room being freed: sooner is unlikely
+            # to help.
+            retry_after_s = max(1, math.ceil(self._wait_s))
+        return AtCapacity(message, retry_after_s)
+
+    async def _admit(self, holder: str, memory_mb: int, execution: bool) -> None:
+        if memory_mb > self.memory_budget_mb:
+            raise InvalidRequest(
+                f"memory_mb={memory_mb} is more than the {self.memory_budget_mb} MiB this "
+                "server gives all its sandboxes together"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s
+        while (full := self._full(memory_mb, execution)) is not None:
+            freed = loop.create_future()
+            self._waiters.add(freed)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await freed
+            except TimeoutError:
+                pass
+            finally:
+                self._waiters.discard(freed)
+            if loop.time() >= deadline and (full := self._full(memory_mb, execution)):
+                raise self.refusal(full, self._message(full, memory_mb))
+        self._memory[holder] = memory_mb
+        if execution:
+            self._executions.add(holder)
+
+    def _full(self, memory_mb: int, execution: bool) -> CapacityLimit | None:
+        if execution and self.executions >= self.max_executions:
+            return "executions"
+        if self.memory_mb + memory_mb > self.memory_budget_mb:
+            return "memory"
+        return None
+
+    def _message(self, limit: CapacityLimit, memory_mb: int) -> str:
+        waited = f"waited {self._wait_s:g} s"
+        if limit == "executions":
+            return (f"{self.executions} executions are running, the most this server runs at "
+                    f"once; {waited} for one to end; retry later")
+        return (f"the running sandboxes hold {self.memory_mb} of the {self.memory_budget_mb} "
+                f"MiB this server gives sandboxes, and this one asks for {memory_mb} MiB; "
+                f"{waited} for memory to be freed; retry later, or ask for less memory")

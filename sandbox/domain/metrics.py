@@ -1,0 +1,60 @@
+"""The port through which the use cases report what monitoring counts. The domain knows no
+metrics library; `NoMetrics` is the default wherever nobody listens."""
+
+from __future__ import annotations
+
+import abc
+from typing import Literal
+
+from sandbox.domain.model import Outcome
+
+ExecutionKind = Literal["execute", "exec"]
+Verdict = Literal["ok", "failed", "timed_out", "oom"]
+CapacityLimit = Literal["executions", "memory", "running_sandboxes"]
+LayerResult = Literal["hit", "built", "failed"]
+
+
+class Metrics(abc.ABC):
+    """Contract: every method is cheap, never blocks and never raises."""
+
+    @abc.abstractmethod
+    def execution_finished(self, kind: ExecutionKind, verdict: Verdict, seconds: float) -> None:
+        ...
+
+    @abc.abstractmethod
+    def capacity_rejected(self, limit: CapacityLimit) -> None: ...
+
+    @abc.abstractmethod
+    def sandbox_suspended(self, seconds: float) -> None: ...
+
+    @abc.abstractmethod
+    def sandbox_restored(self, seconds: float) -> None: ...
+
+    @abc.abstractmethod
+    def package_layer_requested(self, result: LayerResult) -> None: ...
+
+
+class NoMetrics(Metrics):
+    def execution_finished(self, kind: ExecutionKind, verdict: Verdict, seconds: float) -> None:
+        return None
+
+    def capacity_rejected(self, limit: CapacityLimit) -> None:
+        return None
+
+    def sandbox_suspended(self, seconds: float) -> None:
+        return None
+
+    def sandbox_restored(self, seconds: float) -> None:
+        return None
+
+    def package_layer_requested(self, result: LayerResult) -> None:
+        return None
+
+
+def verdict_of(outcome: Outcome) -> Verdict:
+    """How an execution ended, from the supervisor's own verdicts (never from its output)."""
+    if outcome.timed_out:
+        return "timed_out"
+    if outcome.oom_killed:
+        return "oom"
+    return "ok" if outcome.exit_code == 0 else "failed"

@@ -1,0 +1,33 @@
+"""GET /metrics: Prometheus's text format. Gauges are read from the store and the capacity
+at scrape time, so they are never stale."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from dependency_injector.wiring import Provide, inject
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sandbox.adapters.prometheus_metrics import PrometheusMetrics
+from sandbox.containers import Container
+from sandbox.domain.capacity import Capacity
+from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.model import SandboxState
+from sandbox.entrypoints.query import checked_query
+
+
+@inject
+async def serve_metrics(
+    request: Request,
+    metrics: PrometheusMetrics = Provide[Container.metrics],
+    service: SandboxService = Provide[Container.sandbox_service],
+    capacity: Capacity = Provide[Container.capacity],
+) -> Response:
+    checked_query(request.query_params, ())
+    counted = Counter(sandbox.state.value for sandbox in await service.list_sandboxes())
+    # Every state, zero included, so a series does not vanish when its last sandbox leaves.
+    sandboxes = {state.value: counted[state.value] for state in SandboxState}
+    body = metrics.exposition(sandboxes, capacity.executions, capacity.memory_mb)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,37 @@
+"""Scripts and readings the fault tests share."""
+
+from __future__ import annotations
+
+import httpx
+from integration.server import ok
+
+# Prints once, then sleeps without a word: it still runs when its server is killed (a script
+# that printed then would die of the closed pipe).
+SILENT = b'import time\nprint("started", flush=True)\ntime.sleep(600)\n'
+COUNTER = b"""\
+import time
+n = 0
+while True:
+    print(n, flush=True)
+    n += 1
+    time.sleep(0.1)
+"""
+DETACH = "/execute?language=python&detach=true&timeout=300"
+
+
+def stdout(client: httpx.Client, sandbox_id: str) -> str:
+    text: str = ok(client.get(f"/sandboxes/{sandbox_id}/output"))["stdout"]
+    return text
+
+
+def numbers(client: httpx.Client, sandbox_id: str) -> list[int]:
+    return [int(word) for word in stdout(client, sandbox_id).split()]
+
+
+def bash(client: httpx.Client, sandbox_id: str, code: str) -> str:
+    result = ok(client.post(f"/sandboxes/{sandbox_id}/exec",
+                            json={"language": "bash", "code": code}))
+    assert result["exit_code"] == 0, result
+    text: str = result["stdout"]
+    return text
+
