@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import structlog
+from handmade_wheel import write_wheel
 
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.ids import new_sandbox_id
@@ -35,6 +36,7 @@ from sandbox.settings import Settings
 
 WARMUP = 3
 GOAL_P50_RATIO = 1.15
+GOAL_LAYER_EXTRA_MS = 10.0
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 60.0
@@ -97,13 +99,16 @@ def bench_environ(state_dir: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_server(state_dir: Path, log_path: Path) -> Iterator[str]:
+def running_server(state_dir: Path, log_path: Path, wheels: Path) -> Iterator[str]:
     port = free_port()
     env = {
         **bench_environ(state_dir),
         "SANDBOX_HOST": "127.0.0.1",
         "SANDBOX_PORT": str(port),
         "SANDBOX_LOG_FORMAT": "json",
+        # Packages come from a local folder of handmade wheels: no index, no network.
+        "SANDBOX_PIP_FIND_LINKS": str(wheels),
+        "SANDBOX_PIP_NO_INDEX": "true",
     }
     with log_path.open("wb") as log:
         server = subprocess.Popen(
@@ -139,15 +144,17 @@ def wait_ready(server: subprocess.Popen[bytes], base_url: str) -> None:
     raise BenchError(f"the server was not ready within {READY_TIMEOUT_S:.0f} s")
 
 
-def service_work(base_url: str, language: Language) -> Callable[[int], list[float]]:
+def service_work(
+    base_url: str, language: Language, packages: str | None = None
+) -> Callable[[int], list[float]]:
+    params = {"language": language.value, **({"packages": packages} if packages else {})}
+
     def work(calls: int) -> list[float]:
         latencies = []
         with httpx.Client(base_url=base_url, timeout=CALL_TIMEOUT_S) as client:
             for _ in range(calls):
                 started = time.perf_counter()
-                response = client.post(
-                    "/execute", params={"language": language.value}, content=SCRIPTS[language]
-                )
+                response = client.post("/execute", params=params, content=SCRIPTS[language])
                 latencies.append(time.perf_counter() - started)
                 if response.status_code != 200 or response.json().get("stdout") != EXPECTED:
                     raise BenchError(f"POST /execute answered {response.status_code}: "
@@ -240,6 +247,38 @@ def report(cases: list[Case], runs: int, settings: Settings, version: str) -> No
         print(line)
 
 
+# Packages: what a cached layer adds to a call, and what a first install costs.
+
+BENCH_PACKAGES = [f"benchpkg{index}" for index in range(5)]
+
+
+def write_bench_wheels(folder: Path) -> None:
+    folder.mkdir()
+    for name in BENCH_PACKAGES:
+        write_wheel(folder, name, {f"{name}/__init__.py": "VALUE = 1\n"})
+
+
+def measure_packages(base_url: str, runs: int) -> None:
+    first = [service_work(base_url, Language.PYTHON, name)(1)[0] for name in BENCH_PACKAGES]
+    cached_layer = service_work(base_url, Language.PYTHON, BENCH_PACKAGES[0])
+    no_packages = service_work(base_url, Language.PYTHON)
+    with_layer: list[float] = []
+    without: list[float] = []
+    for _ in range(runs):  # interleaved, so that drift on a shared machine hits both alike
+        with_layer += cached_layer(1)
+        without += no_packages(1)
+    cached = Sample(with_layer, sum(with_layer)).percentile_ms(0.5)
+    plain = Sample(without, sum(without)).percentile_ms(0.5)
+    installs = Sample(first, sum(first))
+    print()
+    print(f"packages (a handmade wheel from a local folder, {runs} calls each, interleaved):")
+    print(f"  first install of a new set: p50 {installs.percentile_ms(0.5):.0f} ms "
+          f"(max {installs.percentile_ms(1.0):.0f}) over {len(first)} sets, pip included")
+    print(f"  cached layer: p50 {cached:.0f} ms, no packages: p50 {plain:.0f} ms, "
+          f"extra {cached - plain:+.1f} ms   goal under {GOAL_LAYER_EXTRA_MS:.0f} ms: "
+          f"{'met' if cached - plain < GOAL_LAYER_EXTRA_MS else 'not met'}")
+
+
 def runsc_version(runtime: RunscSandboxRuntime) -> str:
     done = subprocess.run(runtime.command("--version"), capture_output=True, text=True,
                           timeout=CALL_TIMEOUT_S, check=False)
@@ -280,7 +319,10 @@ def main() -> int:
             # Started before the server, so that whichever clears leftovers when it starts
             # meets no live sandbox of the other.
             asyncio.run(runtime.start())
-            with running_server(Path(tmp, "server"), Path(tmp, "server.log")) as base_url:
+            wheels = Path(tmp, "wheels")
+            write_bench_wheels(wheels)
+            with running_server(Path(tmp, "server"), Path(tmp, "server.log"),
+                                wheels) as base_url:
                 for concurrency in (1, args.concurrency):
                     for language in SCRIPTS:
                         service = service_work(base_url, language)
@@ -293,13 +335,14 @@ def main() -> int:
                         cases.append(Case(language, concurrency,
                                           measure(service, args.runs, concurrency),
                                           measure(raw, args.runs, concurrency)))
+                report(cases, args.runs, settings, runsc_version(runtime))
+                measure_packages(base_url, args.runs)
         except BenchError as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1
         finally:
             asyncio.run(runtime.close())
             remove_cgroups()
-    report(cases, args.runs, settings, runsc_version(runtime))
     return 0
 
 

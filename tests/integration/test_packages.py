@@ -4,18 +4,16 @@ imported inside real gVisor sandboxes; and the preinstalled set of the rootfs.""
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import hashlib
 import io
 import os
 import sys
 import tarfile
-import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from handmade_wheel import write_wheel
 
 from sandbox.adapters.pip_installer import PipPackageInstaller
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
@@ -36,32 +34,6 @@ pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
 PURE = "sbxtest_pure"
 DEPENDENT = "sbxtest_dep"
 SDIST_ONLY = "sbxtest_sdist"
-
-
-def write_wheel(folder: Path, name: str, files: dict[str, str], requires: tuple[str, ...] = (),
-                version: str = "1.0") -> None:
-    """A real wheel, made by hand: a zip of the package, METADATA, WHEEL and RECORD."""
-    info = f"{name}-{version}.dist-info"
-    metadata = "".join(
-        [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-         *(f"Requires-Dist: {requirement}\n" for requirement in requires)]
-    )
-    contents = {
-        **files,
-        f"{info}/METADATA": metadata,
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: handmade\nRoot-Is-Purelib: true\n"
-                         "Tag: py3-none-any\n",
-    }
-    record = [f"{path},sha256={_digest(text)},{len(text.encode())}"
-              for path, text in contents.items()]
-    contents[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
-    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
-        for path, text in contents.items():
-            wheel.writestr(path, text)
-
-
-def _digest(text: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
 
 
 def write_sdist(folder: Path, name: str, marker: Path) -> None:
