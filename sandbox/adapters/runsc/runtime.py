@@ -7,16 +7,16 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from sandbox.adapters.runsc import cgroups, files, memory, oci
+from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
+from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
@@ -34,8 +34,6 @@ STOP_POLLS = 200
 # not to hold up one that runs on.
 FAILED_CHECKPOINT_POLLS = 40
 FILE_CALL_TIMEOUT_S = 60.0
-RUNSC_ERROR_EXIT = 128
-NO_MESSAGE = "no message from runsc"
 # The init of a long-lived sandbox: it idles until the sandbox is suspended or deleted.
 IDLE = Program(language=None, argv=("sleep", "infinity"))
 
@@ -49,25 +47,25 @@ class _Supervised:
 class RunscSandboxRuntime(SandboxRuntime):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._runsc = settings.runsc_path
-        self._runsc_root = settings.state_dir / "runsc"
-        self._bundles = settings.state_dir / "bundles"
+        self._runsc = Runsc(settings.runsc_path, settings.state_dir / "runsc",
+                            settings.runsc_platform)
+        self._bundles = Bundles(settings.state_dir / "bundles", settings.rootfs_dir)
         self._rootfs = settings.rootfs_dir
+        self._checkpoints = settings.checkpoints
         self._cgroups: cgroups.SandboxCgroups = cgroups.NoCgroups()
         self._version = ""
-        self._checkpoints = settings.checkpoints
         self._live: set[str] = set()
         # The runsc processes (and their pipes' readers) of long-lived sandboxes, by id.
         self._supervised: dict[str, _Supervised] = {}
         # Holds the memory limit where no cgroup does (started only without cgroups).
-        self._memory_watch = memory.MemoryWatch(self._memory_usage, self._kill_all)
+        self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
 
     async def start(self) -> None:
-        for folder in (self._runsc_root, self._bundles):
+        for folder in (self._runsc.root, self._bundles.root, self._checkpoints):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._cgroups = cgroups.detect(self._cgroup_parent())
-        self._checkpoints.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._version = await self._read_version()
+        self._runsc.ignore_cgroups = not self._cgroups.enabled
+        self._version = await self._runsc.version()
         log.info("runsc.ready", version=self._version, cgroups=type(self._cgroups).__name__,
                  rootfs=str(self._rootfs), rootfs_identity=self._rootfs_identity())
 
@@ -93,53 +91,39 @@ class RunscSandboxRuntime(SandboxRuntime):
     def identity(self) -> dict[str, str]:
         return {"runtime": "runsc", "version": self._version, "rootfs": self._rootfs_identity()}
 
+    def _rootfs_identity(self) -> str:
+        try:
+            return Path(f"{self._rootfs}.identity").read_text().strip()
+        except OSError:
+            return ""
+
     async def readiness(self) -> list[str]:
         problems = []
         if not self._version:
-            problems.append(f"runsc at {self._runsc!r} did not answer --version")
+            problems.append(f"runsc at {self._runsc.path!r} did not answer --version")
         if not (self._rootfs / "usr/bin/python3").exists():
             problems.append(f"rootfs {self._rootfs} has no usr/bin/python3 (run make rootfs)")
         if not self._rootfs_identity():
             problems.append(f"rootfs {self._rootfs} has no identity file beside it")
-        if not os.access(self._bundles, os.W_OK):
-            problems.append(f"state folder {self._bundles} is not writable")
+        if not os.access(self._bundles.root, os.W_OK):
+            problems.append(f"state folder {self._bundles.root} is not writable")
         return problems
 
+    # What the benchmark times as bare runsc: the same bundle, the same flags.
+
     def command(self, *args: str, log_file: Path | None = None) -> list[str]:
-        """The full runsc argument list: global flags first, never through a shell."""
-        argv = [
-            self._runsc,
-            f"--root={self._runsc_root}",
-            "--network=none",
-            "--overlay2=root:memory",
-            f"--platform={self._settings.runsc_platform}",
-        ]
-        if not self._cgroups.enabled:
-            argv.append("--ignore-cgroups")
-        if log_file is not None:
-            argv.append(f"--log={log_file}")
-        return [*argv, *args]
+        return self._runsc.command(*args, log_file=log_file)
 
     def write_bundle(self, spec: SandboxSpec, program: Program) -> Path:
-        sandbox_id = _checked(spec.sandbox_id)
-        bundle = self._bundles / sandbox_id
-        input_dir = bundle / "input"
-        bundle.mkdir(mode=0o711)
-        input_dir.mkdir(mode=0o755)
-        if program.language is not None:
-            script = input_dir / oci.script_name(program.language)
-            script.write_bytes(program.source)
-            script.chmod(0o644)
         memory_bytes = spec.limits.memory_mb * 1024 * 1024
-        cgroups_path = self._cgroups.create(sandbox_id, memory_bytes)
-        config = oci.build_config(spec, program, self._rootfs, input_dir, cgroups_path)
-        (bundle / "config.json").write_text(json.dumps(config))
-        (bundle / "limits.json").write_text(json.dumps({"memory_bytes": memory_bytes}))
-        return bundle
+        cgroups_path = self._cgroups.create(checked(spec.sandbox_id), memory_bytes)
+        return self._bundles.write(spec, program, cgroups_path)
 
     def remove_bundle(self, sandbox_id: str) -> None:
-        shutil.rmtree(self._bundles / _checked(sandbox_id), ignore_errors=True)
+        self._bundles.remove(sandbox_id)
         self._cgroups.remove(sandbox_id)
+
+    # One script in a sandbox made for it and gone afterwards ---------------------------
 
     async def run(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> Outcome:
         sandbox_id = spec.sandbox_id
@@ -148,10 +132,10 @@ class RunscSandboxRuntime(SandboxRuntime):
         try:
             bundle = self.write_bundle(spec, program)
             started = time.monotonic()
-            process, stdout, stderr = await spawn(
-                self.command("run", "--bundle", str(bundle), sandbox_id,
-                             log_file=bundle / "runsc.log")
-            )
+            process, stdout, stderr = await spawn(self._runsc.command(
+                "run", "--bundle", str(bundle), sandbox_id,
+                log_file=self._bundles.log_file(sandbox_id),
+            ))
             return await self._supervise(spec, process, stdout, stderr, sink, started)
         finally:
             cleanup = asyncio.ensure_future(self._destroy(sandbox_id, process))
@@ -186,9 +170,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             self._memory_watch.stop(spec.sandbox_id)
             if process.returncode is None:
                 # Time is up (or the caller went away): end every process of the sandbox.
-                # `kill --all ... KILL` cannot be ignored, and `delete --force` of a running
-                # container stalls for seconds here.
-                await self._runsc_quietly("kill", "--all", spec.sandbox_id, "KILL")
+                await self._runsc.kill_all(spec.sandbox_id)
                 await wait_or_kill(process, KILL_GRACE_S)
             await finish_pumps(pumps)
         duration_ms = int((time.monotonic() - started) * 1000)
@@ -197,24 +179,30 @@ class RunscSandboxRuntime(SandboxRuntime):
         exit_code = process.returncode
         assert exit_code is not None
         self._raise_on_runsc_error(spec.sandbox_id, exit_code)
-        limit = spec.limits.memory_mb * 1024 * 1024
-        oom = exit_code != 0 and self._out_of_memory(spec.sandbox_id, limit)
-        return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
+        return self._ended(spec.sandbox_id, exit_code, duration_ms)
 
     def _raise_on_runsc_error(self, sandbox_id: str, exit_code: int) -> None:
-        """runsc reports its own failures with exit code 128 and a line in its log."""
+        """Exit code 128 is runsc's own failure when its log says so; else the script's."""
         if exit_code != RUNSC_ERROR_EXIT:
             return
-        message = self._logged_error(sandbox_id)
+        message = self._bundles.logged_error(sandbox_id)
         if message != NO_MESSAGE:
             log.error("runsc.failed", message=message)
             raise RuntimeFailure(f"runsc failed: {message}")
 
+    def _ended(self, sandbox_id: str, exit_code: int, duration_ms: int) -> Outcome:
+        limit = self._bundles.memory_bytes(sandbox_id)
+        oom = exit_code != 0 and limit > 0 and (
+            self._memory_watch.killed(sandbox_id)
+            or self._cgroups.out_of_memory(sandbox_id, limit)
+        )
+        return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
+
     async def _destroy(
         self, sandbox_id: str, process: asyncio.subprocess.Process | None = None
     ) -> None:
-        """Leave nothing behind: container, processes, pipes, cgroups, bundle."""
-        await self._end_container(sandbox_id)
+        """Leave nothing behind: container, processes, pipes, cgroups, bundle, checkpoint."""
+        await self._runsc.end(sandbox_id)
         if process is not None and process.returncode is None:
             await wait_or_kill(process, KILL_GRACE_S)
         await self._end_supervision(sandbox_id)
@@ -223,48 +211,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._memory_watch.forget(sandbox_id)
         self._live.discard(sandbox_id)
 
-    async def _end_supervision(self, sandbox_id: str) -> None:
-        self._memory_watch.stop(sandbox_id)
-        supervised = self._supervised.pop(sandbox_id, None)
-        if supervised is not None:
-            await wait_or_kill(supervised.process, KILL_GRACE_S)
-            await finish_pumps(supervised.pumps)
-
-    async def _end_container(self, sandbox_id: str) -> None:
-        if not self._has_container_state(sandbox_id):
-            return
-        # `delete --force` of a running container stalls for seconds; kill everything first.
-        await self._runsc_quietly("kill", "--all", sandbox_id, "KILL")
-        await self._runsc_quietly("delete", "--force", sandbox_id)
-
-    def _has_container_state(self, sandbox_id: str) -> bool:
-        # runsc keeps one state file per container in its root, named after the id.
-        with os.scandir(self._runsc_root) as entries:
-            return any(entry.name.startswith(sandbox_id) for entry in entries)
-
-    async def _runsc_quietly(self, *args: str) -> tuple[int, str]:
-        process = await asyncio.create_subprocess_exec(
-            *self.command(*args),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await process.communicate()
-        return process.returncode or 0, output.decode(errors="replace")
-
-    async def _read_version(self) -> str:
-        try:
-            code, output = await self._runsc_quietly("--version")
-        except OSError:
-            return ""
-        first = output.splitlines()[0] if output else ""
-        return first.removeprefix("runsc version ").strip() if code == 0 else ""
-
-    def _rootfs_identity(self) -> str:
-        try:
-            return Path(f"{self._rootfs}.identity").read_text().strip()
-        except OSError:
-            return ""
+    async def destroy(self, sandbox_id: str) -> None:
+        await self._destroy(checked(sandbox_id))
 
     # Long-lived sandboxes ---------------------------------------------------------------
 
@@ -281,11 +229,10 @@ class RunscSandboxRuntime(SandboxRuntime):
             raise
 
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
-        sandbox_id = spec.sandbox_id
-        bundle = self._bundles / _checked(sandbox_id)
+        sandbox_id = checked(spec.sandbox_id)
         self._live.add(sandbox_id)
         try:
-            if not (bundle / "config.json").exists():
+            if not self._bundles.exists(sandbox_id):
                 # Restored on another instance, or after the state folder was lost: the
                 # process comes from the image, the bundle only gives mounts and limits.
                 self.write_bundle(spec, IDLE)
@@ -293,7 +240,7 @@ class RunscSandboxRuntime(SandboxRuntime):
                 self._cgroups.create(sandbox_id, spec.limits.memory_mb * 1024 * 1024)
             await self._start_supervised(
                 sandbox_id, sink, "restore", "--image-path", image,
-                "--bundle", str(bundle), sandbox_id,
+                "--bundle", str(self._bundles.path(sandbox_id)), sandbox_id,
             )
         except BaseException:
             await self._destroy(sandbox_id)
@@ -303,70 +250,54 @@ class RunscSandboxRuntime(SandboxRuntime):
         """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor: its
         exit code is the init's own, which `runsc wait` loses when the init ends quickly.
         Returns once the sandbox runs (or already ended)."""
-        log_file = self._bundles / sandbox_id / "runsc.log"
+        log_file = self._bundles.log_file(sandbox_id)
         log_file.unlink(missing_ok=True)
-        process, stdout, stderr = await spawn(self.command(*args, log_file=log_file))
+        process, stdout, stderr = await spawn(self._runsc.command(*args, log_file=log_file))
         self._supervised[sandbox_id] = _Supervised(process, [
             asyncio.create_task(pump(stdout, Stream.STDOUT, sink)),
             asyncio.create_task(pump(stderr, Stream.STDERR, sink)),
         ])
-        self._watch_memory(sandbox_id, self._memory_bytes(sandbox_id))
+        self._watch_memory(sandbox_id, self._bundles.memory_bytes(sandbox_id))
         for _poll in range(START_POLLS):
-            if process.returncode is not None or await self._is_running(sandbox_id):
+            if process.returncode is not None or await self._runsc.is_running(sandbox_id):
                 break
             await asyncio.sleep(0.02)
         else:
             raise RuntimeFailure(f"runsc {args[0]} did not start the sandbox in time")
-        message = self._logged_error(sandbox_id)
+        message = self._bundles.logged_error(sandbox_id)
         if process.returncode == RUNSC_ERROR_EXIT and message != NO_MESSAGE:
             raise RuntimeFailure(f"runsc {args[0]} failed: {message}")
 
     async def wait(self, sandbox_id: str) -> Outcome:
-        supervised = self._supervised.get(_checked(sandbox_id))
+        supervised = self._supervised.get(checked(sandbox_id))
         if supervised is None:
             return Outcome(exit_code=None)
         started = time.monotonic()
         await supervised.process.wait()
         self._memory_watch.stop(sandbox_id)
         await finish_pumps(supervised.pumps)
-        duration_ms = int((time.monotonic() - started) * 1000)
         exit_code = supervised.process.returncode
         assert exit_code is not None
-        limit = self._memory_bytes(sandbox_id)
-        oom = exit_code != 0 and limit > 0 and self._out_of_memory(sandbox_id, limit)
-        return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
+        return self._ended(sandbox_id, exit_code, int((time.monotonic() - started) * 1000))
+
+    async def _end_supervision(self, sandbox_id: str) -> None:
+        self._memory_watch.stop(sandbox_id)
+        supervised = self._supervised.pop(sandbox_id, None)
+        if supervised is not None:
+            await wait_or_kill(supervised.process, KILL_GRACE_S)
+            await finish_pumps(supervised.pumps)
 
     async def exec(
         self, sandbox_id: str, program: Program, sink: OutputSink, stdin: bytes, timeout_s: float
     ) -> Outcome:
-        bundle = self._bundles / _checked(sandbox_id)
-        token = secrets.token_hex(8)
-        process_file = bundle / f"exec-{token}.json"
-        pid_file = bundle / f"exec-{token}.pid"
-        script = None
-        try:
-            process_spec = json.loads((bundle / "config.json").read_text())["process"]
-        except (OSError, ValueError, KeyError):
-            raise RuntimeFailure(f"sandbox {sandbox_id} has no bundle on this host") from None
-        if program.language is not None:
-            script = bundle / "input" / f"exec-{token}-{oci.script_name(program.language)}"
-            script.write_bytes(program.source)
-            script.chmod(0o644)
-            argv = [oci.program_argv(program)[0], f"{oci.INPUT_DIR}/{script.name}"]
-        else:
-            argv = list(program.argv)
-        process_spec["args"] = argv
-        process_spec["env"] = [*process_spec["env"], *(f"{k}={v}" for k, v in program.env)]
-        process_file.write_text(json.dumps(process_spec))
-        started = time.monotonic()
+        process_file, pid_file, *script = self._bundles.exec_files(checked(sandbox_id), program)
         try:
             return await self._supervise_exec(
-                sandbox_id, process_file, pid_file, sink, stdin, timeout_s, started
+                sandbox_id, process_file, pid_file, sink, stdin, timeout_s
             )
         finally:
-            for leftover in (process_file, pid_file, script):
-                if leftover is not None:
-                    leftover.unlink(missing_ok=True)
+            for made in (process_file, pid_file, *script):
+                made.unlink(missing_ok=True)
 
     async def _supervise_exec(
         self,
@@ -376,11 +307,11 @@ class RunscSandboxRuntime(SandboxRuntime):
         sink: OutputSink,
         stdin: bytes,
         timeout_s: float,
-        started: float,
     ) -> Outcome:
+        started = time.monotonic()
         process, stdout, stderr = await spawn(
-            self.command("exec", "--process", str(process_file),
-                         "--internal-pid-file", str(pid_file), sandbox_id),
+            self._runsc.command("exec", "--process", str(process_file),
+                                "--internal-pid-file", str(pid_file), sandbox_id),
             stdin=asyncio.subprocess.PIPE,
         )
         pumps = [
@@ -406,11 +337,9 @@ class RunscSandboxRuntime(SandboxRuntime):
             return Outcome(exit_code=None, timed_out=True, duration_ms=duration_ms)
         exit_code = process.returncode
         assert exit_code is not None
-        if exit_code == RUNSC_ERROR_EXIT and not await self._is_running(sandbox_id):
+        if exit_code == RUNSC_ERROR_EXIT and not await self._runsc.is_running(sandbox_id):
             raise RuntimeFailure(f"sandbox {sandbox_id} is not running")
-        limit = self._memory_bytes(sandbox_id)
-        oom = exit_code != 0 and limit > 0 and self._out_of_memory(sandbox_id, limit)
-        return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
+        return self._ended(sandbox_id, exit_code, duration_ms)
 
     async def _kill_exec(self, sandbox_id: str, pid_file: Path) -> None:
         """End a timed-out exec with its process group (an exec is its group's leader), so
@@ -423,32 +352,32 @@ class RunscSandboxRuntime(SandboxRuntime):
         killer = pid_file.with_suffix(".kill.json")
         killer.write_text(json.dumps(oci.group_kill_process(pid)))
         try:
-            await self._runsc_quietly("exec", "--process", str(killer), sandbox_id)
+            await self._runsc.quietly("exec", "--process", str(killer), sandbox_id)
         finally:
             killer.unlink(missing_ok=True)
-        await self._runsc_quietly("kill", "--pid", str(pid), sandbox_id, "KILL")
+        await self._runsc.quietly("kill", "--pid", str(pid), sandbox_id, "KILL")
 
     async def checkpoint(self, sandbox_id: str) -> str:
-        image = self._checkpoints / _checked(sandbox_id)
+        image = self._checkpoints / checked(sandbox_id)
         shutil.rmtree(image, ignore_errors=True)
         # The image holds the sandbox's memory: only root may read it.
         image.mkdir(mode=0o700, parents=True)
         started = time.monotonic()
-        code, output = await self._runsc_quietly(
+        code, output = await self._runsc.quietly(
             "checkpoint", "--image-path", str(image), sandbox_id
         )
         if code != 0:
             shutil.rmtree(image, ignore_errors=True)
             # runsc ends a sandbox whose image it could not write (a full disk), and may show
             # it as running for a moment: let it settle, so that `running_ids` tells the truth.
-            await self._wait_until_stopped(sandbox_id, FAILED_CHECKPOINT_POLLS)
+            await self._runsc.wait_until_stopped(sandbox_id, FAILED_CHECKPOINT_POLLS)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
         for entry in image.iterdir():
             entry.chmod(0o600)
         # checkpoint can return while the container still shows as running; the same id is
         # reused by restore, so wait for it to stop, then delete it.
-        await self._wait_until_stopped(sandbox_id, STOP_POLLS)
-        await self._end_container(sandbox_id)
+        await self._runsc.wait_until_stopped(sandbox_id, STOP_POLLS)
+        await self._runsc.end(sandbox_id)
         await self._end_supervision(sandbox_id)
         self._cgroups.remove(sandbox_id)
         self._live.discard(sandbox_id)
@@ -456,19 +385,12 @@ class RunscSandboxRuntime(SandboxRuntime):
                  image_bytes=sum(entry.stat().st_size for entry in image.iterdir()))
         return str(image)
 
-    async def _wait_until_stopped(self, sandbox_id: str, polls: int) -> None:
-        for _poll in range(polls):
-            if not await self._is_running(sandbox_id):
-                return
-            await asyncio.sleep(0.05)
-
     async def discard_checkpoint(self, image: str) -> None:
         path = Path(image)
         if path.parent == self._checkpoints and ID_PATTERN.match(path.name):
             shutil.rmtree(path, ignore_errors=True)
 
-    async def destroy(self, sandbox_id: str) -> None:
-        await self._destroy(_checked(sandbox_id))
+    # Files, by small programs run in the sandbox (its files live in its memory) ---------
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         capture = files.BytesCapture(4096)
@@ -496,80 +418,24 @@ class RunscSandboxRuntime(SandboxRuntime):
             for name, kind, size, modified in json.loads(capture.stdout)
         ]
 
+    # What is on the host, for reconciling ------------------------------------------------
+
     async def running_ids(self) -> set[str]:
         return {
-            entry["id"] for entry in await self._list_containers()
+            entry["id"] for entry in await self._runsc.containers()
             if entry.get("status") == "running"
         }
 
     async def leftover_ids(self) -> set[str]:
-        found = {entry["id"] for entry in await self._list_containers()}
-        for folder in (self._bundles, self._checkpoints):
-            found.update(entry.name for entry in os.scandir(folder))
+        found = {entry["id"] for entry in await self._runsc.containers()}
+        found.update(self._bundles.ids())
+        found.update(entry.name for entry in self._checkpoints.iterdir())
         found.update(self._cgroups.leftovers())
         return {sandbox_id for sandbox_id in found if ID_PATTERN.match(sandbox_id)}
-
-    async def _list_containers(self) -> list[dict[str, Any]]:
-        code, output = await self._runsc_quietly("list", "--format=json")
-        if code != 0:
-            raise RuntimeFailure(f"runsc list failed: {output.strip()[-300:]}")
-        return list(json.loads(output) or [])
-
-    async def _is_running(self, sandbox_id: str) -> bool:
-        code, output = await self._runsc_quietly("state", sandbox_id)
-        return code == 0 and json.loads(output).get("status") == "running"
 
     def _watch_memory(self, sandbox_id: str, limit_bytes: int) -> None:
         if not self._cgroups.enabled and limit_bytes > 0:
             self._memory_watch.start(sandbox_id, limit_bytes)
-
-    def _out_of_memory(self, sandbox_id: str, limit_bytes: int) -> bool:
-        return self._memory_watch.killed(sandbox_id) or self._cgroups.out_of_memory(
-            sandbox_id, limit_bytes
-        )
-
-    async def _memory_usage(self, sandbox_id: str) -> int | None:
-        """gVisor's own count of the sandbox's memory, in bytes (None when it cannot tell)."""
-        _, output = await self._runsc_quietly("events", "--stats", sandbox_id)
-        try:
-            return int(json.loads(output)["data"]["memory"]["usage"]["usage"])
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    async def _kill_all(self, sandbox_id: str) -> None:
-        await self._runsc_quietly("kill", "--all", sandbox_id, "KILL")
-
-    def _memory_bytes(self, sandbox_id: str) -> int:
-        """The memory limit the sandbox was made with (0 when unknown)."""
-        try:
-            config = json.loads((self._bundles / sandbox_id / "limits.json").read_text())
-            return int(config["memory_bytes"])
-        except (OSError, ValueError, KeyError):
-            return 0
-
-    def _logged_error(self, sandbox_id: str) -> str:
-        try:
-            text = (self._bundles / sandbox_id / "runsc.log").read_text(errors="replace")
-        except OSError:
-            return NO_MESSAGE
-        return _first_error(text) or NO_MESSAGE
-
-
-def _first_error(text: str) -> str | None:
-    """The first error in a runsc log, whose JSON records often run on with no newline."""
-    decoder = json.JSONDecoder()
-    index = text.find("{")
-    while index != -1:
-        try:
-            record, end = decoder.raw_decode(text, index)
-        except ValueError:
-            end = index + 1
-        else:
-            if isinstance(record, dict) and record.get("level") == "error":
-                # A panic in the sandbox appends every goroutine's stack: keep the sentence.
-                return str(record.get("msg", "")).split("\n", 1)[0].rstrip(": ")[:500]
-        index = text.find("{", end)
-    return None
 
 
 async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
@@ -582,9 +448,3 @@ async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
         writer.write(data)
         await writer.drain()
     writer.close()
-
-
-def _checked(sandbox_id: str) -> str:
-    if not ID_PATTERN.match(sandbox_id):
-        raise ValueError(f"not a sandbox id: {sandbox_id!r}")
-    return sandbox_id
