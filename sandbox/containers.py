@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
 
 import structlog
 from dependency_injector import containers, providers
@@ -24,6 +25,8 @@ from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, Sa
 from sandbox.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 def _runsc_runtime(settings: Settings) -> SandboxRuntime:
@@ -47,27 +50,16 @@ def _pip_installer(
     return PipPackageInstaller(settings, in_use=layers_in_use, metrics=metrics)
 
 
-async def _started_installer(installer: PackageInstaller) -> AsyncIterator[PackageInstaller]:
-    start = getattr(installer, "start", None)
+async def _opened(adapter: T) -> AsyncIterator[T]:
+    """Starts the chosen adapter (runtime or installer) with the app and closes it on
+    shutdown; the fakes need neither."""
+    start = getattr(adapter, "start", None)
     if start is not None:
         await start()
     try:
-        yield installer
+        yield adapter
     finally:
-        close = getattr(installer, "close", None)
-        if close is not None:
-            await close()
-
-
-async def _opened(runtime: SandboxRuntime) -> AsyncIterator[SandboxRuntime]:
-    """Starts the chosen runtime with the app and closes it on shutdown (the fake needs neither)."""
-    start = getattr(runtime, "start", None)
-    if start is not None:
-        await start()
-    try:
-        yield runtime
-    finally:
-        close = getattr(runtime, "close", None)
+        close = getattr(adapter, "close", None)
         if close is not None:
             await close()
 
@@ -179,7 +171,7 @@ class Container(containers.DeclarativeContainer):
 
     # Packages install with pip on the host for the real runtime; the fake installs nothing.
     package_installer = providers.Resource(
-        _started_installer,
+        _opened,
         providers.Selector(
             settings.provided.runtime,
             fake=providers.Singleton(FakePackageInstaller, metrics=metrics),
