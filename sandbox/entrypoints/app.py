@@ -14,7 +14,7 @@ from sandbox.containers import Container
 from sandbox.entrypoints.auth import BearerTokenMiddleware
 from sandbox.entrypoints.errors import EXCEPTION_HANDLERS
 from sandbox.entrypoints.handlers import (
-    commands,
+    execs,
     execute,
     files,
     health,
@@ -48,7 +48,7 @@ routes = [
           GET=sandboxes.delete_sandbox, POST=sandboxes.delete_sandbox),
     route("/sandboxes", GET=sandboxes.list_sandboxes, POST=sandboxes.create_sandbox),
     route(_ID, GET=sandboxes.inspect_sandbox, DELETE=sandboxes.delete_sandbox),
-    route(f"{_ID}/exec", POST=commands.exec_in_sandbox),
+    route(f"{_ID}/exec", POST=execs.exec_in_sandbox),
     route(f"{_ID}/suspend", POST=sandboxes.suspend_sandbox),
     route(f"{_ID}/restore", POST=sandboxes.restore_sandbox),
     route(f"{_ID}/output", GET=output.read_output),
@@ -60,7 +60,7 @@ routes = [
     route("/openapi.json", GET=serve_openapi),
 ]
 
-HANDLER_MODULES = (commands, execute, files, health, metrics, output, sandboxes)
+HANDLER_MODULES = (execs, execute, files, health, metrics, output, sandboxes)
 
 
 def create_app(settings: Settings, container: Container | None = None) -> Starlette:

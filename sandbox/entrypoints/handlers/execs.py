@@ -12,7 +12,7 @@ from sandbox.containers import Container
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.limits import LimitPolicy
 from sandbox.entrypoints.body import read_capped_body
-from sandbox.entrypoints.commands import command_from_json, command_from_script
+from sandbox.entrypoints.exec_request import command_from_json, command_from_script
 from sandbox.entrypoints.json_body import is_json
 from sandbox.entrypoints.paths import sandbox_id_of
 from sandbox.entrypoints.precheck import require_running
