@@ -122,3 +122,16 @@ def test_detach_counts_against_the_running_limit(start_service: StartService) ->
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "at_capacity"
     assert response.headers["Retry-After"] == "5"
+
+
+def test_a_detached_script_without_a_timeout_may_run_as_long_as_the_server_allows(
+    start_service: StartService,
+) -> None:
+    client = start_service(default_timeout_s=5, max_timeout_s=120).client
+
+    detached = client.post("/execute?language=python&detach=true", content=b'print("hi")')
+    limited = client.post("/execute?language=python&detach=true&timeout=7",
+                          content=b'print("hi")')
+
+    assert detached.json()["limits"]["timeout_s"] == 120
+    assert limited.json()["limits"]["timeout_s"] == 7

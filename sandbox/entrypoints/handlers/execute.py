@@ -41,11 +41,13 @@ async def execute_script(
 ) -> Response:
     query = checked_query(request.query_params, PARAMETERS)
     language = parse_language(query.get("language"))
-    limits = policy.resolve(
-        timeout_s=optional_float(query, "timeout", "seconds"),
-        memory_mb=optional_int(query, "memory_mb", "MiB"),
-    )
     stream, detach = flag(query, "stream"), flag(query, "detach")
+    timeout_s = optional_float(query, "timeout", "seconds")
+    if detach and timeout_s is None:
+        # Nobody waits on a detached script: it may run as long as the server allows.
+        timeout_s = settings.max_timeout_s
+    limits = policy.resolve(timeout_s=timeout_s,
+                            memory_mb=optional_int(query, "memory_mb", "MiB"))
     if stream and detach:
         raise InvalidRequest(
             "stream=true and detach=true do not go together; follow a detached script with "
