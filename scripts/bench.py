@@ -29,6 +29,7 @@ import httpx
 import structlog
 from handmade_wheel import write_wheel
 
+from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.model import Language, Program, SandboxSpec
@@ -41,7 +42,6 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 60.0
 CGROUP_PARENT = "gvisor-sandbox-bench"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 KEPT_SETTINGS = ("SANDBOX_ROOTFS_DIR", "SANDBOX_RUNSC_PATH", "SANDBOX_RUNSC_PLATFORM")
 SCRIPTS = {Language.PYTHON: b'print("hello")\n', Language.BASH: b"echo hello\n"}
 EXPECTED = "hello\n"
@@ -199,18 +199,6 @@ def raw_work(runtime: RunscSandboxRuntime, settings: Settings, language: Languag
     return work
 
 
-def remove_cgroups() -> None:
-    """Remove the cgroup parent of the benchmark's sandboxes, with any empty cgroup a failed
-    run left in it (a cgroup that still holds processes stays)."""
-    for parent in (CGROUP_ROOT / CGROUP_PARENT, *CGROUP_ROOT.glob(f"*/{CGROUP_PARENT}")):
-        if not parent.is_dir():
-            continue
-        deepest_first = sorted(parent.rglob("*/"), key=lambda path: -len(path.parts))
-        for folder in (*deepest_first, parent):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
 # The report.
 
 
@@ -342,7 +330,7 @@ def main() -> int:
             return 1
         finally:
             asyncio.run(runtime.close())
-            remove_cgroups()
+            cgroups.remove_parent(CGROUP_PARENT)
     return 0
 
 

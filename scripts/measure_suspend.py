@@ -26,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from sandbox.adapters.file_output_log import FileOutputLog
+from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
@@ -33,7 +34,6 @@ from sandbox.domain.model import Language, Limits, SandboxState
 from sandbox.settings import Settings
 
 CGROUP_PARENT = "gvisor-sandbox-measure"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 READY_TIMEOUT_S = 120.0
 MIB = 2**20
 
@@ -142,17 +142,6 @@ async def lifecycle(
             await runtime.destroy(sandbox_id)
 
 
-def remove_cgroups() -> None:
-    """Remove the cgroup parent of the measured sandboxes (a cgroup with processes stays)."""
-    for parent in (CGROUP_ROOT / CGROUP_PARENT, *CGROUP_ROOT.glob(f"*/{CGROUP_PARENT}")):
-        if not parent.is_dir():
-            continue
-        deepest_first = sorted(parent.rglob("*/"), key=lambda path: -len(path.parts))
-        for folder in (*deepest_first, parent):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
 def report(results: list[Result], rounds: int, version: str) -> None:
     print()
     print(f"through SandboxService; {os.cpu_count()} cores; runsc {version}; "
@@ -204,7 +193,7 @@ def main() -> int:
         try:
             results, version = asyncio.run(run())
         finally:
-            remove_cgroups()
+            cgroups.remove_parent(CGROUP_PARENT)
     report(results, args.rounds, version)
     return 0
 

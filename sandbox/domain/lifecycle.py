@@ -29,6 +29,7 @@ from sandbox.domain.errors import (
 from sandbox.domain.ids import checked_sandbox_id, new_sandbox_id
 from sandbox.domain.metrics import Metrics, NoMetrics, verdict_of
 from sandbox.domain.model import (
+    IDLE,
     ExecutionResult,
     FileEntry,
     Language,
@@ -45,10 +46,6 @@ from sandbox.domain.ports import OutputLog, SandboxRuntime, SandboxStore, Stored
 from sandbox.domain.services import ExecutionEvents
 
 log = structlog.get_logger(__name__)
-
-# The init of a session: it idles; work arrives with exec.
-IDLE = Program(language=None, argv=("sleep", "infinity"))
-
 
 @dataclass(frozen=True)
 class LifecyclePolicy:
@@ -274,10 +271,12 @@ class SandboxService:
             await self._end_work(sandbox.sandbox_id)
 
     async def _begin_work(self, sandbox_id: str, verb: str) -> Sandbox:
+        # No activity is recorded here: while work runs the reaper leaves the sandbox alone
+        # (see `_execs`), and its idle time counts from when the work ends.
         async with self._lock(checked_sandbox_id(sandbox_id)):
             sandbox = await self._require(sandbox_id, SandboxState.RUNNING, verb)
             self._execs[sandbox.sandbox_id] += 1
-            return await self._touch(sandbox)
+            return sandbox
 
     async def _end_work(self, sandbox_id: str) -> None:
         self._execs[sandbox_id] -= 1

@@ -51,6 +51,10 @@ class Program:
         return cls(language=language, source=source)
 
 
+# The init of a long-lived sandbox: it idles; work arrives with exec.
+IDLE = Program(language=None, argv=("sleep", "infinity"))
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """Everything the runtime needs to create one sandbox."""
@@ -165,8 +169,8 @@ class Sandbox:
             "kind": self.kind.value,
             "state": self.state.value,
             "language": self.language.value if self.language else None,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "created_at": iso_time(self.created_at),
+            "updated_at": iso_time(self.updated_at),
             "exit_code": self.exit_code,
             "reason": self.reason,
             "idle_timeout_s": self.idle_timeout_s,
@@ -181,5 +185,5 @@ class Sandbox:
         }
 
 
-def _iso(timestamp: float) -> str:
+def iso_time(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()

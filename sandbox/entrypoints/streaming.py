@@ -29,6 +29,11 @@ Execution = Callable[[ExecutionEvents], Awaitable[ExecutionResult]]
 QUEUE_EVENTS = 256
 
 
+def ndjson_line(event: Event) -> bytes:
+    """One event of an `application/x-ndjson` answer."""
+    return json.dumps(event, ensure_ascii=False).encode() + b"\n"
+
+
 class _QueuedEvents(ExecutionEvents):
     def __init__(self, queue: asyncio.Queue[Event | None]) -> None:
         self._queue = queue
@@ -66,7 +71,7 @@ class ExecutionStream(StreamingResponse):
     async def _lines(self) -> AsyncIterator[bytes]:
         event = self._first
         while event is not None:
-            yield json.dumps(event, ensure_ascii=False).encode() + b"\n"
+            yield ndjson_line(event)
             event = await self._queue.get()
 
     async def _produce(self) -> None:

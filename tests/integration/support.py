@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from sandbox.adapters.file_output_log import FileOutputLog
+from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.errors import RuntimeFailure
@@ -82,7 +83,7 @@ async def started_runtime(
             with contextlib.suppress(OSError, RuntimeFailure):
                 for sandbox_id in await runtime.leftover_ids():
                     await runtime.destroy(sandbox_id)
-            _remove_cgroup_parent(settings.cgroup_parent)
+            cgroups.remove_parent(settings.cgroup_parent)
 
 
 @contextlib.asynccontextmanager
@@ -143,16 +144,6 @@ def _cgroup_parents(parent: str) -> list[Path]:
 def _cgroup_children(parent: str) -> list[Path]:
     return [child for path in _cgroup_parents(parent)
             for child in path.iterdir() if child.is_dir()]
-
-
-def _remove_cgroup_parent(parent: str) -> None:
-    """Best effort: cgroup folders go with rmdir, deepest first; leaks were reported already."""
-    for path in _cgroup_parents(parent):
-        for folder in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        with contextlib.suppress(OSError):
-            path.rmdir()
 
 
 def processes_mentioning(text: str) -> list[str]:

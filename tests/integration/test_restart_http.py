@@ -4,16 +4,25 @@ counter restores on the new server and counts on from where it stopped."""
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from integration.server import eventually, ok, records, serving
+from integration.server import destroy_leftovers, eventually, ok, records, serving
 from integration.support import leftovers
 from sandbox.settings import Settings
 
 pytestmark = pytest.mark.runsc
+
+
+@pytest.fixture(autouse=True)
+def cleaned_up(settings: Settings) -> Iterator[None]:
+    """Servers come and go here without a runtime fixture: what they left (their cgroup
+    parent included) goes afterwards."""
+    yield
+    destroy_leftovers(settings)
 
 COUNTER = b"""\
 import time

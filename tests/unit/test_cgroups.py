@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.adapters.runsc.cgroups import CgroupsV1, CgroupsV2, NoCgroups, detect
+from sandbox.adapters.runsc.cgroups import CgroupsV1, CgroupsV2, NoCgroups, detect, remove_parent
 
 SANDBOX = "0123456789abcdef01234567"
 OTHER = "fedcba9876543210fedcba98"
@@ -166,3 +166,21 @@ def test_a_host_without_a_memory_controller_gets_no_cgroups(tmp_path: Path) -> N
 def test_the_cgroups_in_use_are_enabled() -> None:
     assert CgroupsV1("owned").enabled is True
     assert CgroupsV2("owned").enabled is True
+
+
+def test_remove_parent_takes_the_parent_from_every_hierarchy_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    folders(
+        tmp_path / "memory" / "owned" / SANDBOX / "sandbox",
+        tmp_path / "pids" / "owned",
+        tmp_path / "owned" / OTHER,
+        tmp_path / "memory" / "someone-else" / OTHER,
+    )
+
+    remove_parent("owned", root=tmp_path)
+
+    assert not (tmp_path / "memory" / "owned").exists()
+    assert not (tmp_path / "pids" / "owned").exists()
+    assert not (tmp_path / "owned").exists()
+    assert (tmp_path / "memory" / "someone-else" / OTHER).is_dir()

@@ -153,6 +153,23 @@ async def test_reap_leaves_a_session_with_an_exec_in_progress(
     assert (await service.get(sandbox.sandbox_id)).state is SandboxState.RUNNING
 
 
+async def test_idle_time_counts_from_the_end_of_a_long_exec(
+    service: SandboxService, clock: ManualClock, runtime: ControlledRuntime
+) -> None:
+    sandbox = await session(service, idle_timeout_s=60)
+    runtime.hold_execs()
+    working = asyncio.create_task(service.exec(sandbox.sandbox_id, python(""), b"", None))
+    await runtime.exec_entered.wait()
+    clock.advance(100)
+    runtime.release_execs()
+    await working
+    clock.advance(30)
+
+    await service.reap()
+
+    assert (await service.get(sandbox.sandbox_id)).state is SandboxState.RUNNING
+
+
 class StoreWithStaleList(InMemorySandboxStore):
     """Runs `meanwhile` right after answering its next list: what the caller got is old."""
 

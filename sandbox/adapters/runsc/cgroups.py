@@ -58,6 +58,13 @@ def _remove_tree(path: Path) -> None:
         log.warning("cgroup.remove_failed", path=str(path), error=str(error))
 
 
+def remove_parent(parent: str, root: Path = CGROUP_ROOT) -> None:
+    """Remove a cgroup parent the service made, in every hierarchy (v1 has one per
+    controller, v2 one in all), with whatever empty cgroups are left in it."""
+    for path in (root / parent, *root.glob(f"*/{parent}")):
+        _remove_tree(path)
+
+
 class CgroupsV1(SandboxCgroups):
     def __init__(self, parent: str, root: Path = CGROUP_ROOT) -> None:
         self.parent = parent

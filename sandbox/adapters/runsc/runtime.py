@@ -20,7 +20,7 @@ from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
-from sandbox.domain.model import FileEntry, Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.model import IDLE, FileEntry, Outcome, Program, SandboxSpec, Stream
 from sandbox.domain.ports import OutputSink, SandboxRuntime
 from sandbox.settings import Settings
 
@@ -34,8 +34,6 @@ STOP_POLLS = 200
 # not to hold up one that runs on.
 FAILED_CHECKPOINT_POLLS = 40
 FILE_CALL_TIMEOUT_S = 60.0
-# The init of a long-lived sandbox: it idles until the sandbox is suspended or deleted.
-IDLE = Program(language=None, argv=("sleep", "infinity"))
 
 
 @dataclass

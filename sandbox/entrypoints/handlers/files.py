@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
-
 from dependency_injector.wiring import Provide, inject
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
 from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.model import iso_time
 from sandbox.entrypoints.body import read_capped_body
 from sandbox.entrypoints.paths import WORKSPACE, sandbox_id_of, sandbox_path
 from sandbox.entrypoints.precheck import require_running
@@ -58,12 +57,7 @@ async def list_files(
         "path": path,
         "entries": [
             {"name": entry.name, "kind": entry.kind, "size": entry.size,
-             "modified_at": _iso(entry.modified_at)}
+             "modified_at": iso_time(entry.modified_at)}
             for entry in entries
         ],
     })
-
-
-def _iso(timestamp: float) -> str:
-    # As the sandbox record's timestamps are written.
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from dependency_injector.wiring import Provide, inject
@@ -13,6 +12,7 @@ from sandbox.containers import Container
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.entrypoints.paths import sandbox_id_of
 from sandbox.entrypoints.query import checked_query, flag
+from sandbox.entrypoints.streaming import ndjson_line
 
 
 @inject
@@ -40,4 +40,4 @@ async def read_output(
 
 async def _lines(events: AsyncIterator[dict[str, object]]) -> AsyncIterator[bytes]:
     async for event in events:
-        yield json.dumps(event, ensure_ascii=False).encode() + b"\n"
+        yield ndjson_line(event)
