@@ -19,7 +19,14 @@ from integration.support import (
     started_runtime,
 )
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
-from sandbox.domain.errors import CheckpointMismatch, RuntimeFailure, SandboxNotFound
+from sandbox.domain.errors import (
+    CheckpointMismatch,
+    FileNotFoundInSandbox,
+    InvalidRequest,
+    PayloadTooLarge,
+    RuntimeFailure,
+    SandboxNotFound,
+)
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
 from sandbox.domain.model import FileEntry, Language, Limits, Program, SandboxState
 from sandbox.settings import Settings
@@ -229,6 +236,39 @@ async def test_binary_files_round_trip_and_are_listed(service: SandboxService) -
     assert [(entry.name, entry.kind, entry.size) for entry in listed] == [
         ("blob.bin", "file", len(data))]
     assert all(isinstance(entry, FileEntry) for entry in listed)
+
+
+@pytest.mark.parametrize(("call", "path", "error", "words"), [
+    ("read", "/workspace/missing.txt", FileNotFoundInSandbox, "no such file"),
+    ("read", "/workspace", InvalidRequest, "is a directory"),
+    ("read", "/etc/shadow", InvalidRequest, "may not access"),
+    ("read", "/workspace/big.bin", PayloadTooLarge, "larger than"),
+    ("write", "/etc/passwd", InvalidRequest, "may not access"),
+    ("write", "/workspace/big.bin/inside", InvalidRequest, "not a directory"),
+    ("list", "/workspace/missing", FileNotFoundInSandbox, "no such file"),
+])
+async def test_a_file_call_that_cannot_be_done_says_why(
+    settings: Settings, runtime: RunscSandboxRuntime,
+    call: str, path: str, error: type[Exception], words: str,
+) -> None:
+    policy = LifecyclePolicy(max_file_bytes=1024)
+    async with managed_sandboxes(runtime, settings, policy) as service:
+        session = await service.create_session(Language.PYTHON, LIMITS)
+        await service.write_file(session.sandbox_id, "/workspace/big.bin", b"x" * 2048)
+
+        async def attempt() -> object:
+            if call == "read":
+                return await service.read_file(session.sandbox_id, path)
+            if call == "write":
+                await service.write_file(session.sandbox_id, path, b"data")
+                return None
+            return await service.list_files(session.sandbox_id, path)
+
+        try:
+            with pytest.raises(error, match=words):
+                await attempt()
+        finally:
+            await service.delete(session.sandbox_id)
 
 
 async def test_exec_feeds_its_stdin_to_the_program(service: SandboxService) -> None:

@@ -26,7 +26,7 @@ except FileNotFoundError:
     fail(3, "not found")
 except IsADirectoryError:
     fail(4, "is a directory")
-except NotADirectoryError:
+except (NotADirectoryError, FileExistsError):  # a file where a folder must be
     fail(7, "not a directory")
 except PermissionError:
     fail(6, "permission denied")
