@@ -7,11 +7,11 @@ named releases from its configured index.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 import time
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +20,7 @@ import structlog
 
 from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.model import Language
+from sandbox.domain.pep723 import pep723_dependencies
 
 if TYPE_CHECKING:
     from sandbox.domain.ports import PackageInstaller
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 MAX_REQUIREMENT_CHARS = 200
+# Larger requests are read for a PEP 723 block and checked in a worker thread: a 1 MiB body
+# takes a fraction of a second to scan and parse, which the event loop must not wait for.
+INLINE_CHECK_CHARS = 16 * 1024
 
 NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _OPERATOR = r"~=|==|!=|<=|>=|<|>"
@@ -49,10 +53,6 @@ _REQUIREMENT = re.compile(
 _ONE_SPECIFIER = re.compile(rf"(?P<op>{_OPERATOR}) *(?P<version>{_VERSION})", re.IGNORECASE)
 _STARTS_WITH_OPERATOR = re.compile(rf"(?:{_OPERATOR}|=)")
 _NAME_RUNS = re.compile(r"[-_.]+")
-# The reference regex of PEP 723 (inline script metadata).
-_PEP723_BLOCK = re.compile(
-    r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$"
-)
 
 
 def normalise_name(name: str) -> str:
@@ -183,30 +183,19 @@ def _specifier(found: re.Match[str], shown: str) -> str:
     return f"{operator}{version.lower()}"
 
 
-def pep723_dependencies(source: bytes) -> list[str] | None:
-    """The `dependencies` of a PEP 723 `# /// script` block; None when there is no block."""
-    text = source.decode("utf-8", errors="replace")
-    blocks = [match for match in _PEP723_BLOCK.finditer(text) if match["type"] == "script"]
-    if not blocks:
-        return None
-    if len(blocks) > 1:
-        raise InvalidRequest("the script has more than one '# /// script' metadata block")
-    content = "".join(
-        line[2:] if line.startswith("# ") else line[1:]
-        for line in blocks[0]["content"].splitlines(keepends=True)
+def requested_set(
+    language: Language | None, source: bytes, packages: Sequence[str], policy: PackagePolicy
+) -> RequirementSet:
+    """`packages` merged with the dependencies of a Python script's PEP 723 block, checked.
+    CPU-bound on large input: `package_layers` calls it in a thread then."""
+    if language is Language.BASH:
+        if packages:
+            raise InvalidRequest("packages can only be installed for Python")
+        return RequirementSet()
+    declared = pep723_dependencies(source) if language is Language.PYTHON else None
+    return parse_requirements(
+        [*packages, *(declared or [])], policy.max_count, policy.allow, policy.deny
     )
-    try:
-        metadata = tomllib.loads(content)
-    except tomllib.TOMLDecodeError as error:
-        message = f"the script's '# /// script' block is not valid TOML: {error}"
-        raise InvalidRequest(message) from None
-    dependencies = metadata.get("dependencies", [])
-    if not isinstance(dependencies, list) or not all(
-        isinstance(item, str) for item in dependencies
-    ):
-        raise InvalidRequest("'dependencies' in the script's '# /// script' block must be a "
-                             "list of strings")
-    return dependencies
 
 
 async def package_layers(
@@ -223,14 +212,12 @@ async def package_layers(
     Raises InvalidRequest (a bad requirement, packages for Bash, no installer) and
     PackageResolutionFailed (the installer could not install the set)."""
     packages = list(packages)
-    if language is Language.BASH:
-        if packages:
-            raise InvalidRequest("packages can only be installed for Python")
-        return ()
-    declared = pep723_dependencies(source) if language is Language.PYTHON else None
-    requirements = parse_requirements(
-        [*packages, *(declared or [])], policy.max_count, policy.allow, policy.deny
-    )
+    size = len(source) + sum(len(item) + 1 for item in packages)
+    if size > INLINE_CHECK_CHARS:
+        requirements = await asyncio.to_thread(requested_set, language, source, packages,
+                                               policy)
+    else:
+        requirements = requested_set(language, source, packages, policy)
     if not requirements:
         return ()
     if installer is None:

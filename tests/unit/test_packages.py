@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from sandbox.adapters.fake_packages import FakePackageInstaller
+from sandbox.domain import packages
 from sandbox.domain.errors import InvalidRequest, PackageResolutionFailed
 from sandbox.domain.model import Language
 from sandbox.domain.packages import (
@@ -12,7 +15,6 @@ from sandbox.domain.packages import (
     RequirementSet,
     package_layers,
     parse_requirements,
-    pep723_dependencies,
     split_packages_param,
 )
 
@@ -207,48 +209,6 @@ import six
 """
 
 
-def test_pep723_dependencies_are_read() -> None:
-    assert pep723_dependencies(PEP723) == ["six", "tomli-w==1.0.0"]
-
-
-def test_a_script_without_a_block_has_no_dependencies() -> None:
-    assert pep723_dependencies(b"import six\n# dependencies = ['six']\n") is None
-
-
-def test_a_block_without_dependencies_has_none() -> None:
-    assert pep723_dependencies(b'# /// script\n# requires-python = ">=3.11"\n# ///\n') == []
-
-
-def test_other_block_types_are_ignored() -> None:
-    assert pep723_dependencies(b'# /// tool\n# dependencies = ["six"]\n# ///\n') is None
-
-
-def test_an_unclosed_block_is_no_block() -> None:
-    assert pep723_dependencies(b'# /// script\n# dependencies = ["six"]\nimport six\n') is None
-
-
-def test_a_block_may_hold_empty_comment_lines() -> None:
-    source = b'# /// script\n#\n# dependencies = ["six"]\n#\n# ///\n'
-
-    assert pep723_dependencies(source) == ["six"]
-
-
-@pytest.mark.parametrize(
-    ("source", "reason"),
-    [
-        (b"# /// script\n# dependencies = [\n# ///\n", "not valid TOML"),
-        (b'# /// script\n# dependencies = "six"\n# ///\n', "list of strings"),
-        (b"# /// script\n# dependencies = [1, 2]\n# ///\n", "list of strings"),
-        (b'# /// script\n# dependencies = ["a"]\n# ///\nx = 1\n# /// script\n#\n# ///\n',
-         "more than one"),
-    ],
-    ids=["bad-toml", "not-a-list", "not-strings", "two-blocks"],
-)
-def test_a_malformed_block_is_refused(source: bytes, reason: str) -> None:
-    with pytest.raises(InvalidRequest, match=reason):
-        pep723_dependencies(source)
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -333,3 +293,40 @@ async def test_an_installer_failure_comes_through_with_its_reason() -> None:
 
     with pytest.raises(PackageResolutionFailed, match="no-such==9.9"):
         await package_layers(installer, Language.PYTHON, b"", ["no-such==9.9"], POLICY)
+
+
+def checked_in(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The threads in which scripts are read for a PEP 723 block."""
+    threads = []
+    real = packages.pep723_dependencies
+
+    def recording(source: bytes) -> list[str] | None:
+        threads.append(threading.current_thread())
+        return real(source)
+
+    monkeypatch.setattr(packages, "pep723_dependencies", recording)
+    return threads
+
+
+@pytest.mark.anyio
+async def test_a_large_script_is_read_and_checked_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads = checked_in(monkeypatch)
+    large = PEP723 + b"#\n" * packages.INLINE_CHECK_CHARS
+
+    layers = await package_layers(FakePackageInstaller(), Language.PYTHON, large, [], POLICY)
+
+    assert len(layers) == 1
+    assert len(threads) == 1 and threads[0] is not threading.current_thread()
+
+
+@pytest.mark.anyio
+async def test_a_small_script_is_read_at_once_without_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads = checked_in(monkeypatch)
+
+    await package_layers(FakePackageInstaller(), Language.PYTHON, PEP723, [], POLICY)
+
+    assert threads == [threading.current_thread()]
