@@ -23,7 +23,7 @@ from packaging.specifiers import Specifier
 from packaging.utils import InvalidName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from sandbox.domain.errors import InvalidRequest
+from sandbox.domain.errors import InvalidRequest, PackageResolutionFailed
 from sandbox.domain.model import Language
 from sandbox.domain.pep723 import pep723_dependencies
 
@@ -66,8 +66,34 @@ class RequirementSet:
 
 
 @dataclass(frozen=True)
+class ResolvedSet:
+    """What a requirement set resolved to: `name==version` of every package it installs,
+    dependencies included, names normalised, sorted."""
+
+    pins: tuple[str, ...]
+
+    @classmethod
+    def of(cls, releases: Iterable[tuple[str, str]]) -> ResolvedSet:
+        """From (name, version) pairs; ValueError if one is not a valid name or version."""
+        pins = set()
+        for name, version in releases:
+            pins.add(f"{canonicalize_name(name, validate=True)}=={Version(version)}")
+        return cls(tuple(sorted(pins)))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(pin.partition("==")[0] for pin in self.pins)
+
+    def key(self, python_tag: str, platform: str, index_identity: str) -> str:
+        """The content address of the layer holding exactly these releases."""
+        material = json.dumps(["pins", python_tag, platform, index_identity, *self.pins])
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
 class PackagePolicy:
-    """What a request may ask for. `allow` None means any name not denied."""
+    """What a request may ask for. `allow` None means any name not denied. The lists hold for
+    every package a set resolves to, not only for the names asked for."""
 
     max_count: int = 20
     allow: frozenset[str] | None = None
@@ -82,6 +108,15 @@ class PackagePolicy:
     def allows(self, name: str) -> bool:
         name = canonicalize_name(name)
         return name not in self.deny and (self.allow is None or name in self.allow)
+
+    def check_resolved(self, resolved: ResolvedSet) -> None:
+        """PackageResolutionFailed naming the first package of the set that is not allowed."""
+        for name in resolved.names:
+            if not self.allows(name):
+                raise PackageResolutionFailed(
+                    f"package {name!r} is not allowed on this server, and the requested "
+                    "packages need it"
+                )
 
 
 def _name_list(value: str) -> frozenset[str]:
@@ -217,8 +252,9 @@ async def package_layers(
     a Python script's PEP 723 block, installed by `installer`. Empty when nothing is asked for.
     `language` None is a long-lived sandbox (no script yet): `packages` alone count.
 
-    Raises InvalidRequest (a bad requirement, packages for Bash, no installer) and
-    PackageResolutionFailed (the installer could not install the set)."""
+    Raises InvalidRequest (a bad requirement, packages for Bash, no installer),
+    PackageResolutionFailed (the installer could not install the set, or it needs a package
+    the policy refuses) and AtCapacity (too many builds are waiting)."""
     packages = list(packages)
     size = len(source) + sum(len(item) + 1 for item in packages)
     if size > INLINE_CHECK_CHARS:

@@ -13,6 +13,7 @@ from sandbox.domain.model import Language
 from sandbox.domain.packages import (
     PackagePolicy,
     RequirementSet,
+    ResolvedSet,
     package_layers,
     parse_requirements,
     split_packages_param,
@@ -302,6 +303,60 @@ async def test_an_installer_failure_comes_through_with_its_reason() -> None:
 
     with pytest.raises(PackageResolutionFailed, match="no-such==9.9"):
         await package_layers(installer, Language.PYTHON, b"", ["no-such==9.9"], POLICY)
+
+
+def test_releases_are_pinned_in_their_normal_spelling() -> None:
+    resolved = ResolvedSet.of([("Foo_Bar", "1.0RC1"), ("six", "1.16.0"), ("foo-bar", "1.0rc1")])
+
+    assert resolved.pins == ("foo-bar==1.0rc1", "six==1.16.0")
+    assert resolved.names == ("foo-bar", "six")
+
+
+@pytest.mark.parametrize("release", [("not a name", "1.0"), ("six", "one"), ("", "1.0")])
+def test_a_release_that_is_not_a_name_and_version_cannot_be_pinned(
+    release: tuple[str, str],
+) -> None:
+    with pytest.raises(ValueError):
+        ResolvedSet.of([release])
+
+
+def test_the_layer_key_is_the_releases_and_never_a_requested_sets_key() -> None:
+    pins = ResolvedSet(("six==1.16.0",))
+
+    assert pins.key("cp311", "p", "i") == ResolvedSet(("six==1.16.0",)).key("cp311", "p", "i")
+    assert pins.key("cp311", "p", "i") != ResolvedSet(("six==1.17.0",)).key("cp311", "p", "i")
+    assert pins.key("cp311", "p", "i") != parse("six==1.16.0").key("cp311", "p", "i")
+
+
+def test_the_policy_holds_for_every_resolved_package_and_names_the_one_refused() -> None:
+    policy = PackagePolicy.from_lists(20, deny="Bad_Dep")
+    resolved = ResolvedSet.of([("good", "1"), ("bad-dep", "2")])
+
+    with pytest.raises(PackageResolutionFailed, match="'bad-dep' is not allowed"):
+        policy.check_resolved(resolved)
+    PackagePolicy.from_lists(20, allow="good,bad-dep").check_resolved(resolved)
+    with pytest.raises(PackageResolutionFailed, match="'bad-dep'"):
+        PackagePolicy.from_lists(20, allow="good").check_resolved(resolved)
+
+
+@pytest.mark.anyio
+async def test_a_dependency_the_policy_denies_is_refused_though_not_asked_for() -> None:
+    installer = FakePackageInstaller(dependencies={"tablib": ["bad"]},
+                                     policy=PackagePolicy.from_lists(20, deny="bad"))
+
+    with pytest.raises(PackageResolutionFailed, match="'bad' is not allowed"):
+        await package_layers(installer, Language.PYTHON, b"", ["tablib"], POLICY)
+    assert installer.installed == []
+
+
+@pytest.mark.anyio
+async def test_spellings_that_resolve_alike_share_one_layer() -> None:
+    installer = FakePackageInstaller()
+
+    one = await package_layers(installer, Language.PYTHON, b"", ["numpy!=0.0.1"], POLICY)
+    other = await package_layers(installer, Language.PYTHON, b"", ["NumPy!=0.0.2"], POLICY)
+
+    assert one == other
 
 
 def checked_in(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
