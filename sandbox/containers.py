@@ -21,6 +21,7 @@ from sandbox.domain.capacity import Capacity
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
 from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.metrics import Metrics
+from sandbox.domain.model import SandboxState
 from sandbox.domain.packages import PackagePolicy
 from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
 from sandbox.settings import Settings
@@ -41,10 +42,17 @@ def _package_policy(settings: Settings) -> PackagePolicy:
     return settings.package_policy()
 
 
+# The sandboxes that may still mount their layers: a suspended one needs them to restore.
+# Exited and failed records only wait to be deleted: they hold no layer from eviction.
+LAYER_HOLDING_STATES = frozenset(
+    {SandboxState.CREATING, SandboxState.RUNNING, SandboxState.SUSPENDED}
+)
+
+
 async def layers_held(store: SandboxStore) -> list[str]:
-    """The package layers sandbox records name."""
-    # A suspended sandbox needs its layers to restore: the cache must never evict them.
-    return [layer for sandbox in await store.list() for layer in sandbox.package_dirs]
+    """The package layers of the sandboxes that can still run."""
+    return [layer for sandbox in await store.list() if sandbox.state in LAYER_HOLDING_STATES
+            for layer in sandbox.package_dirs]
 
 
 def _pip_installer(

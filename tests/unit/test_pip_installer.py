@@ -21,6 +21,7 @@ from pip_support import (
     write_fake_pip,
 )
 
+from sandbox.adapters.memory_store import InMemorySandboxStore
 from sandbox.adapters.pip_installer import PipPackageInstaller
 from sandbox.adapters.pip_process import (
     PLATFORMS,
@@ -28,8 +29,10 @@ from sandbox.adapters.pip_process import (
     PipCommand,
     pip_environment,
 )
+from sandbox.containers import layers_held
 from sandbox.domain.errors import PackageResolutionFailed
 from sandbox.domain.metrics import LayerResult, NoMetrics
+from sandbox.domain.model import Limits, Sandbox, SandboxKind, SandboxState
 from sandbox.domain.packages import PackagePolicy, ResolvedSet
 from sandbox.settings import Settings, SettingsError
 
@@ -354,6 +357,22 @@ async def test_layers_in_use_or_used_recently_are_never_evicted(
 
     assert Path(kept).is_dir()
     assert Path(recent).is_dir()
+
+
+def record(state: SandboxState, layer: str) -> Sandbox:
+    return Sandbox(sandbox_id=f"{state.value:0<24}"[:24], kind=SandboxKind.SESSION, state=state,
+                   language=None, limits=Limits(), created_at=0.0, updated_at=0.0,
+                   package_dirs=(layer,))
+
+
+async def test_only_sandboxes_that_can_still_run_hold_their_layers() -> None:
+    store = InMemorySandboxStore()
+    for state in SandboxState:
+        await store.add(record(state, f"/layers/{state.value}"))
+
+    held = await layers_held(store)
+
+    assert sorted(held) == ["/layers/creating", "/layers/running", "/layers/suspended"]
 
 
 async def test_readiness_reports_a_pip_that_cannot_run_or_is_too_old(
