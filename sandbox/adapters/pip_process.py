@@ -41,6 +41,7 @@ PLATFORMS = (
 )
 # `install --dry-run --report` came with pip 22.2.
 MIN_PIP_VERSION = Version("22.2")
+PIP_VERSION_TIMEOUT_S = 30.0
 MESSAGE_CHARS = 1000
 MESSAGE_LINES = 5
 # The size of the build folder is measured at least this often, and the measuring takes at
@@ -159,7 +160,7 @@ class PipCommand:
         except OSError as error:
             return f"pip ({self.pip[0]}) cannot start: {error.strerror}"
         try:
-            output, _ = await asyncio.wait_for(process.communicate(), 30.0)
+            output, _ = await asyncio.wait_for(process.communicate(), PIP_VERSION_TIMEOUT_S)
         except TimeoutError:
             process.kill()
             await process.wait()
