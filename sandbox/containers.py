@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import TypeVar
 
 import structlog
@@ -20,6 +21,7 @@ from sandbox.domain.capacity import Capacity
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
 from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.metrics import Metrics
+from sandbox.domain.model import SandboxState
 from sandbox.domain.packages import PackagePolicy
 from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
 from sandbox.settings import Settings
@@ -40,14 +42,24 @@ def _package_policy(settings: Settings) -> PackagePolicy:
     return settings.package_policy()
 
 
-def _pip_installer(
-    settings: Settings, store: SandboxStore, metrics: Metrics
-) -> PackageInstaller:
-    async def layers_in_use() -> list[str]:
-        # A suspended sandbox needs its layers to restore: the cache must never evict them.
-        return [layer for sandbox in await store.list() for layer in sandbox.package_dirs]
+# The sandboxes that may still mount their layers: a suspended one needs them to restore.
+# Exited and failed records only wait to be deleted: they hold no layer from eviction.
+LAYER_HOLDING_STATES = frozenset(
+    {SandboxState.CREATING, SandboxState.RUNNING, SandboxState.SUSPENDED}
+)
 
-    return PipPackageInstaller(settings, in_use=layers_in_use, metrics=metrics)
+
+async def layers_held(store: SandboxStore) -> list[str]:
+    """The package layers of the sandboxes that can still run."""
+    return [layer for sandbox in await store.list() if sandbox.state in LAYER_HOLDING_STATES
+            for layer in sandbox.package_dirs]
+
+
+def _pip_installer(
+    settings: Settings, store: SandboxStore, metrics: Metrics, capacity: Capacity
+) -> PackageInstaller:
+    return PipPackageInstaller(settings, in_use=partial(layers_held, store), metrics=metrics,
+                               capacity=capacity)
 
 
 async def _opened(adapter: T) -> AsyncIterator[T]:
@@ -169,17 +181,18 @@ class Container(containers.DeclarativeContainer):
 
     outputs = providers.Singleton(_output_log, settings)
 
+    package_policy = providers.Singleton(_package_policy, settings)
+
     # Packages install with pip on the host for the real runtime; the fake installs nothing.
     package_installer = providers.Resource(
         _opened,
         providers.Selector(
             settings.provided.runtime,
-            fake=providers.Singleton(FakePackageInstaller, metrics=metrics),
-            runsc=providers.Singleton(_pip_installer, settings, store, metrics),
+            fake=providers.Singleton(FakePackageInstaller, metrics=metrics,
+                                     policy=package_policy),
+            runsc=providers.Singleton(_pip_installer, settings, store, metrics, capacity),
         ),
     )
-
-    package_policy = providers.Singleton(_package_policy, settings)
 
     # Resources are started after the resources they depend on and shut down before them, so
     # the service has a started runtime and an open store for as long as it lives.

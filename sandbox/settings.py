@@ -95,9 +95,16 @@ class Settings:
     # Comma-separated folders or URLs of wheels, passed to pip as --find-links.
     pip_find_links: str = ""
     pip_no_index: bool = False
+    # One build (resolving and installing) may take this long.
     pip_timeout_s: float = 300.0
+    # A build may write at most this much (the layer, pip's downloads and temporary files).
     max_layer_mb: int = 1024
     package_cache_mb: int = 10240
+    # Builds beyond the two that run at once may wait up to this many; more are a 429.
+    max_queued_builds: int = 4
+    # Each running build holds this much of SANDBOX_MAX_TOTAL_MEMORY_MB, and pip is held to
+    # it (RLIMIT_DATA).
+    pip_memory_mb: int = 512
     # At most this many requirements per request; 0 turns per-request packages off.
     max_packages: int = 20
     # Comma-separated package names; an empty allow list allows every name not denied.
@@ -167,11 +174,14 @@ class Settings:
 
     def _package_problems(self) -> list[str]:
         problems = []
-        for name in ("pip_timeout_s", "max_layer_mb", "package_cache_mb"):
+        for name in ("pip_timeout_s", "max_layer_mb", "package_cache_mb", "pip_memory_mb"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
-        if self.max_packages < 0:
-            problems.append("SANDBOX_MAX_PACKAGES must not be negative")
+        for name in ("max_packages", "max_queued_builds"):
+            if getattr(self, name) < 0:
+                problems.append(f"SANDBOX_{name.upper()} must not be negative")
+        if self.pip_memory_mb > self.max_total_memory_mb:
+            problems.append("need SANDBOX_PIP_MEMORY_MB <= SANDBOX_MAX_TOTAL_MEMORY_MB")
         if self.max_layer_mb > self.package_cache_mb:
             problems.append("need SANDBOX_MAX_LAYER_MB <= SANDBOX_PACKAGE_CACHE_MB")
         for name, values in (("pip_index_url", [self.pip_index_url]),

@@ -27,12 +27,15 @@ from pathlib import Path
 
 import httpx
 import structlog
+import uvicorn
 from handmade_wheel import write_wheel
 
 from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.model import Language, Program, SandboxSpec
+from sandbox.entrypoints.app import create_app
+from sandbox.entrypoints.server import server_config
 from sandbox.settings import Settings
 
 WARMUP = 3
@@ -267,6 +270,87 @@ def measure_packages(base_url: str, runs: int) -> None:
           f"{'met' if cached - plain < GOAL_LAYER_EXTRA_MS else 'not met'}")
 
 
+# The event loop while a hostile body is read: the server's own loop, measured from inside.
+
+LAG_PROBE_S = 0.001
+# Each body ends with a block asking for a package the server denies: the server reads and
+# checks the whole body, then answers 400 without running it (the fake runtime's own
+# reading of a script would be measured too otherwise).
+DENIED_PACKAGE = "benchdenied"
+DENIED_BLOCK = f'x = 1\n# /// script\n# dependencies = ["{DENIED_PACKAGE}"]\n# ///\n'.encode()
+
+
+def crafted_pep723_body(size: int) -> bytes:
+    """`# /// a` lines then `#` lines (the body that froze the server: a backtracking search
+    of it took minutes at 1 MiB), then the denied block."""
+    size -= len(DENIED_BLOCK)
+    return b"# /// a\n" * (size // 16) + b"#\n" * (size // 4) + DENIED_BLOCK
+
+
+async def worst_loop_lag(work: Callable[[], object]) -> tuple[float, float]:
+    """The worst lateness (s) of a task sleeping LAG_PROBE_S in a loop on this event loop,
+    while `work` runs in a thread; and how long `work` took."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    finished = asyncio.Event()
+
+    async def probe() -> None:
+        nonlocal worst
+        while not finished.is_set():
+            before = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            worst = max(worst, loop.time() - before - LAG_PROBE_S)
+
+    prober = asyncio.create_task(probe())
+    started = time.perf_counter()
+    try:
+        await asyncio.to_thread(work)
+    finally:
+        took = time.perf_counter() - started
+        finished.set()
+        await prober
+    return worst, took
+
+
+async def served(server: uvicorn.Server, listener: socket.socket) -> asyncio.Task[None]:
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    async with asyncio.timeout(READY_TIMEOUT_S):
+        while True:
+            if server.started:
+                return serving
+            await asyncio.sleep(0.01)
+
+
+async def measure_loop_lag(state_dir: Path) -> None:
+    """The app on the fake runtime, served by uvicorn on this loop; the client in a thread."""
+    settings = Settings(runtime="fake", state_dir=state_dir, packages_deny=DENIED_PACKAGE)
+    body = crafted_pep723_body(settings.max_body_bytes)
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(server_config(create_app(settings), settings))
+    serving = await served(server, listener)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/execute?language=python"
+
+    def post(content: bytes) -> None:
+        response = httpx.post(url, content=content, timeout=CALL_TIMEOUT_S)
+        if DENIED_PACKAGE not in response.text:
+            raise BenchError(f"POST /execute answered {response.status_code}: "
+                             f"{response.text[:300]}")
+
+    try:
+        plain_lag, plain_took = await worst_loop_lag(lambda: post(DENIED_BLOCK))
+        lag, took = await worst_loop_lag(lambda: post(body))
+    finally:
+        server.should_exit = True
+        await serving
+        listener.close()
+    print()
+    print(f"event loop (a task sleeping {LAG_PROBE_S * 1000:.0f} ms in a loop, worst lateness):")
+    print(f"  while a crafted {len(body) // 1024} KiB PEP 723 body is read and checked: "
+          f"{lag * 1000:.1f} ms (the request took {took * 1000:.0f} ms)")
+    print(f"  while a short script is: {plain_lag * 1000:.1f} ms "
+          f"(the request took {plain_took * 1000:.0f} ms)")
+
+
 def runsc_version(runtime: RunscSandboxRuntime) -> str:
     done = subprocess.run(runtime.command("--version"), capture_output=True, text=True,
                           timeout=CALL_TIMEOUT_S, check=False)
@@ -325,6 +409,7 @@ def main() -> int:
                                           measure(raw, args.runs, concurrency)))
                 report(cases, args.runs, settings, runsc_version(runtime))
                 measure_packages(base_url, args.runs)
+            asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
         except BenchError as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1

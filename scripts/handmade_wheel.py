@@ -10,8 +10,9 @@ from pathlib import Path
 
 
 def write_wheel(folder: Path, name: str, files: dict[str, str], requires: tuple[str, ...] = (),
-                version: str = "1.0") -> None:
-    """A real wheel, made by hand: a zip of the package, METADATA, WHEEL and RECORD."""
+                version: str = "1.0", compressed: bool = False) -> None:
+    """A real wheel, made by hand: a zip of the package, METADATA, WHEEL and RECORD.
+    `compressed` deflates its files (a few KB can then unpack to many MB)."""
     info = f"{name}-{version}.dist-info"
     metadata = "".join(
         [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
@@ -26,7 +27,8 @@ def write_wheel(folder: Path, name: str, files: dict[str, str], requires: tuple[
     record = [f"{path},sha256={_digest(text)},{len(text.encode())}"
               for path, text in contents.items()]
     contents[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
-    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w", method) as wheel:
         for path, text in contents.items():
             wheel.writestr(path, text)
 

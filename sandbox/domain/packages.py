@@ -2,24 +2,30 @@
 
 A requirement is `name[extras]` with optional PEP 440 version specifiers, nothing else: no
 URLs, paths, pip options or environment markers, so the installer can only ever be asked for
-named releases from its configured index.
+named releases from its configured index. The grammar is PEP 508's own (`packaging`), and
+each requirement is normalised (names, extras and versions in their canonical spelling) so
+that equivalent spellings make the same set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-import re
 import time
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import Specifier
+from packaging.utils import InvalidName, canonicalize_name
+from packaging.version import InvalidVersion, Version
 
-from sandbox.domain.errors import InvalidRequest
+from sandbox.domain.errors import InvalidRequest, PackageResolutionFailed
 from sandbox.domain.model import Language
+from sandbox.domain.pep723 import pep723_dependencies
 
 if TYPE_CHECKING:
     from sandbox.domain.ports import PackageInstaller
@@ -27,37 +33,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 MAX_REQUIREMENT_CHARS = 200
-
-NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
-_OPERATOR = r"~=|==|!=|<=|>=|<|>"
-# PEP 440 (case-insensitive), plus a trailing `.*` that only == and != may use.
-_VERSION = (
-    r"v?(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*"
-    r"(?:[-.]?(?:a|b|c|rc|alpha|beta|pre|preview)[-.]?[0-9]*)?"
-    r"(?:-[0-9]+|[-.]?(?:post|rev|r)[-.]?[0-9]*)?"
-    r"(?:[-.]?dev[-.]?[0-9]*)?"
-    r"(?:\+[a-z0-9]+(?:[-.][a-z0-9]+)*)?"
-    r"(?:\.\*)?"
-)
-_SPECIFIER = rf"(?:{_OPERATOR}) *(?:{_VERSION})"
-_REQUIREMENT = re.compile(
-    rf"(?P<name>{NAME}) *"
-    rf"(?:\[ *(?P<extras>{NAME}(?: *, *{NAME})*)? *\])? *"
-    rf"(?P<specifiers>{_SPECIFIER}(?: *, *{_SPECIFIER})*)?",
-    re.IGNORECASE,
-)
-_ONE_SPECIFIER = re.compile(rf"(?P<op>{_OPERATOR}) *(?P<version>{_VERSION})", re.IGNORECASE)
-_STARTS_WITH_OPERATOR = re.compile(rf"(?:{_OPERATOR}|=)")
-_NAME_RUNS = re.compile(r"[-_.]+")
-# The reference regex of PEP 723 (inline script metadata).
-_PEP723_BLOCK = re.compile(
-    r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$"
-)
+# Larger requests are read for a PEP 723 block and checked in a worker thread: a 1 MiB body
+# takes a fraction of a second to scan and parse, which the event loop must not wait for.
+INLINE_CHECK_CHARS = 16 * 1024
 
 
 def normalise_name(name: str) -> str:
     """PEP 503: lower case, runs of `-`, `_` and `.` become one `-`."""
-    return _NAME_RUNS.sub("-", name).lower()
+    return canonicalize_name(name)
 
 
 @dataclass(frozen=True)
@@ -74,17 +57,43 @@ class RequirementSet:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(re.split(r"[\[<>=!~]", item, maxsplit=1)[0] for item in self.requirements)
+        return tuple(canonicalize_name(Requirement(item).name) for item in self.requirements)
 
     def key(self, python_tag: str, platform: str, index_identity: str) -> str:
-        """The content address of this set installed for one interpreter, platform and index."""
+        """The address of this set as asked for, for one interpreter, platform and index."""
         material = json.dumps([python_tag, platform, index_identity, *self.requirements])
         return hashlib.sha256(material.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
+class ResolvedSet:
+    """What a requirement set resolved to: `name==version` of every package it installs,
+    dependencies included, names normalised, sorted."""
+
+    pins: tuple[str, ...]
+
+    @classmethod
+    def of(cls, releases: Iterable[tuple[str, str]]) -> ResolvedSet:
+        """From (name, version) pairs; ValueError if one is not a valid name or version."""
+        pins = set()
+        for name, version in releases:
+            pins.add(f"{canonicalize_name(name, validate=True)}=={Version(version)}")
+        return cls(tuple(sorted(pins)))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(pin.partition("==")[0] for pin in self.pins)
+
+    def key(self, python_tag: str, platform: str, index_identity: str) -> str:
+        """The content address of the layer holding exactly these releases."""
+        material = json.dumps(["pins", python_tag, platform, index_identity, *self.pins])
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
 class PackagePolicy:
-    """What a request may ask for. `allow` None means any name not denied."""
+    """What a request may ask for. `allow` None means any name not denied. The lists hold for
+    every package a set resolves to, not only for the names asked for."""
 
     max_count: int = 20
     allow: frozenset[str] | None = None
@@ -96,13 +105,31 @@ class PackagePolicy:
         allowed = _name_list(allow)
         return cls(max_count=max_count, allow=allowed or None, deny=_name_list(deny))
 
+    def allows(self, name: str) -> bool:
+        name = canonicalize_name(name)
+        return name not in self.deny and (self.allow is None or name in self.allow)
+
+    def check_resolved(self, resolved: ResolvedSet) -> None:
+        """PackageResolutionFailed naming the first package of the set that is not allowed."""
+        for name in resolved.names:
+            if not self.allows(name):
+                raise PackageResolutionFailed(
+                    f"package {name!r} is not allowed on this server, and the requested "
+                    "packages need it"
+                )
+
 
 def _name_list(value: str) -> frozenset[str]:
     names = [item.strip() for item in value.split(",") if item.strip()]
-    invalid = [name for name in names if not re.fullmatch(NAME, name)]
+    invalid = []
+    for name in names:
+        try:
+            canonicalize_name(name, validate=True)
+        except InvalidName:
+            invalid.append(name)
     if invalid:
         raise ValueError(f"not package names: {', '.join(invalid)}")
-    return frozenset(normalise_name(name) for name in names)
+    return frozenset(canonicalize_name(name) for name in names)
 
 
 def split_packages_param(value: str) -> list[str]:
@@ -113,7 +140,7 @@ def split_packages_param(value: str) -> list[str]:
         return []
     items: list[str] = []
     for piece in value.split(","):
-        if items and _STARTS_WITH_OPERATOR.match(piece.strip()):
+        if items and piece.strip().startswith(("~=", "!=", "<", ">", "=")):
             items[-1] = f"{items[-1]},{piece}"
         else:
             items.append(piece)
@@ -124,10 +151,11 @@ def parse_requirements(
     items: Sequence[str], max_count: int, allow: frozenset[str] | None, deny: frozenset[str]
 ) -> RequirementSet:
     """Check and normalise requirements; InvalidRequest names the first one refused."""
+    policy = PackagePolicy(max_count, allow, deny)
     by_name: dict[str, str] = {}
     for item in items:
         name, normalised = _parse_one(item)
-        if name in deny or (allow is not None and name not in allow):
+        if not policy.allows(name):
             raise InvalidRequest(f"package {name!r} is not allowed on this server")
         known = by_name.setdefault(name, normalised)
         if known != normalised:
@@ -142,6 +170,28 @@ def parse_requirements(
 def _parse_one(item: str) -> tuple[str, str]:
     text = item.strip(" ")
     shown = repr(text if len(text) <= 80 else text[:80] + "...")
+    _refuse_what_is_not_a_named_release(text, shown)
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as error:
+        reason = str(error).partition("\n")[0]
+        raise InvalidRequest(f"package requirement {shown} is not a name with optional "
+                             "[extras] and version specifiers such as 'pkg==1.2' or "
+                             f"'pkg>=1,<2' ({reason})") from None
+    if requirement.url is not None:
+        raise InvalidRequest(f"package requirement {shown}: URLs are not allowed")
+    if requirement.marker is not None:
+        raise InvalidRequest(f"package requirement {shown}: environment markers are not "
+                             "allowed")
+    name = canonicalize_name(requirement.name)
+    extras = sorted({canonicalize_name(extra) for extra in requirement.extras})
+    specifiers = sorted({_normalised(specifier) for specifier in requirement.specifier})
+    return name, name + (f"[{','.join(extras)}]" if extras else "") + ",".join(specifiers)
+
+
+def _refuse_what_is_not_a_named_release(text: str, shown: str) -> None:
+    """Clear words for what PEP 508 allows but this server does not, and for what pip would
+    read as something else (an option, a path)."""
     if not text:
         raise InvalidRequest("an empty package requirement was given")
     if len(text) > MAX_REQUIREMENT_CHARS:
@@ -161,52 +211,34 @@ def _parse_one(item: str) -> tuple[str, str]:
     if any(char.isspace() and char != " " for char in text) or not text.isascii():
         raise InvalidRequest(f"package requirement {shown} holds characters other than "
                              "letters, digits, spaces and punctuation of version specifiers")
-    match = _REQUIREMENT.fullmatch(text)
-    if match is None:
-        raise InvalidRequest(f"package requirement {shown} is not a name with optional "
-                             "[extras] and version specifiers such as 'pkg==1.2' or "
-                             "'pkg>=1,<2'")
-    name = normalise_name(match["name"])
-    extras = sorted({normalise_name(extra.strip())
-                     for extra in (match["extras"] or "").split(",") if extra.strip()})
-    specifiers = sorted(_specifier(spec, shown)
-                        for spec in _ONE_SPECIFIER.finditer(match["specifiers"] or ""))
-    return name, name + (f"[{','.join(extras)}]" if extras else "") + ",".join(specifiers)
 
 
-def _specifier(found: re.Match[str], shown: str) -> str:
-    operator, version = found["op"], found["version"]
-    if version.endswith(".*") and operator not in ("==", "!="):
-        raise InvalidRequest(f"package requirement {shown}: a wildcard version needs == or !=")
-    if operator == "~=" and "." not in version:
-        raise InvalidRequest(f"package requirement {shown}: ~= needs a version such as 1.2")
-    return f"{operator}{version.lower()}"
-
-
-def pep723_dependencies(source: bytes) -> list[str] | None:
-    """The `dependencies` of a PEP 723 `# /// script` block; None when there is no block."""
-    text = source.decode("utf-8", errors="replace")
-    blocks = [match for match in _PEP723_BLOCK.finditer(text) if match["type"] == "script"]
-    if not blocks:
-        return None
-    if len(blocks) > 1:
-        raise InvalidRequest("the script has more than one '# /// script' metadata block")
-    content = "".join(
-        line[2:] if line.startswith("# ") else line[1:]
-        for line in blocks[0]["content"].splitlines(keepends=True)
-    )
+def _normalised(specifier: Specifier) -> str:
+    """The operator and the version in PEP 440's normal form (`==1.0RC1` is `==1.0rc1`)."""
+    version = specifier.version
+    if specifier.operator == "===":  # arbitrary equality compares the text as given
+        return f"==={version}"
     try:
-        metadata = tomllib.loads(content)
-    except tomllib.TOMLDecodeError as error:
-        message = f"the script's '# /// script' block is not valid TOML: {error}"
-        raise InvalidRequest(message) from None
-    dependencies = metadata.get("dependencies", [])
-    if not isinstance(dependencies, list) or not all(
-        isinstance(item, str) for item in dependencies
-    ):
-        raise InvalidRequest("'dependencies' in the script's '# /// script' block must be a "
-                             "list of strings")
-    return dependencies
+        if version.endswith(".*"):
+            return f"{specifier.operator}{Version(version[:-2])}.*"
+        return f"{specifier.operator}{Version(version)}"
+    except InvalidVersion:  # packaging accepted it: keep its own spelling
+        return str(specifier)
+
+
+def requested_set(
+    language: Language | None, source: bytes, packages: Sequence[str], policy: PackagePolicy
+) -> RequirementSet:
+    """`packages` merged with the dependencies of a Python script's PEP 723 block, checked.
+    CPU-bound on large input: `package_layers` calls it in a thread then."""
+    if language is Language.BASH:
+        if packages:
+            raise InvalidRequest("packages can only be installed for Python")
+        return RequirementSet()
+    declared = pep723_dependencies(source) if language is Language.PYTHON else None
+    return parse_requirements(
+        [*packages, *(declared or [])], policy.max_count, policy.allow, policy.deny
+    )
 
 
 async def package_layers(
@@ -220,17 +252,16 @@ async def package_layers(
     a Python script's PEP 723 block, installed by `installer`. Empty when nothing is asked for.
     `language` None is a long-lived sandbox (no script yet): `packages` alone count.
 
-    Raises InvalidRequest (a bad requirement, packages for Bash, no installer) and
-    PackageResolutionFailed (the installer could not install the set)."""
+    Raises InvalidRequest (a bad requirement, packages for Bash, no installer),
+    PackageResolutionFailed (the installer could not install the set, or it needs a package
+    the policy refuses) and AtCapacity (too many builds are waiting)."""
     packages = list(packages)
-    if language is Language.BASH:
-        if packages:
-            raise InvalidRequest("packages can only be installed for Python")
-        return ()
-    declared = pep723_dependencies(source) if language is Language.PYTHON else None
-    requirements = parse_requirements(
-        [*packages, *(declared or [])], policy.max_count, policy.allow, policy.deny
-    )
+    size = len(source) + sum(len(item) + 1 for item in packages)
+    if size > INLINE_CHECK_CHARS:
+        requirements = await asyncio.to_thread(requested_set, language, source, packages,
+                                               policy)
+    else:
+        requirements = requested_set(language, source, packages, policy)
     if not requirements:
         return ()
     if installer is None:

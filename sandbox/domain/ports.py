@@ -161,10 +161,14 @@ class PackageInstaller(abc.ABC):
 
     Contract, for every implementation:
     - wheels only: no code of any package runs on the host;
-    - the same set gives the same folder, built once however many ask for it at once; a
-      set already built is returned without resolving it again;
+    - every package the set resolves to, dependencies included, is allowed by the server's
+      package policy, checked before anything is installed (`PackageResolutionFailed`
+      naming the one refused);
+    - sets that resolve to the same releases share one folder, built once however many ask
+      for it at once; a set already built is returned without resolving it again;
     - a folder returned is complete, and a failed build leaves nothing behind;
-    - `PackageResolutionFailed` says why a set cannot be installed (pip's own reason).
+    - `PackageResolutionFailed` says why a set cannot be installed (pip's own reason);
+      `AtCapacity` when too many builds are already waiting.
     """
 
     @abc.abstractmethod

@@ -157,3 +157,22 @@ def test_a_long_lived_sandbox_with_packages_it_cannot_get_is_not_created(
 
     assert response.status_code == 422
     assert client.get("/sandboxes").json()["sandboxes"] == []
+
+
+def test_a_dependency_the_server_denies_is_a_422_naming_it_and_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    settings = fake_settings(tmp_path, packages_deny="pysocks")
+    container = Container(settings=settings)
+    installer = FakePackageInstaller(dependencies={"requests": ["PySocks"]},
+                                     policy=settings.package_policy())
+    container.package_installer.override(providers.Object(installer))
+
+    with TestClient(create_app(settings, container)) as client:
+        response = client.post("/execute?language=python&packages=requests",
+                               content=b'print("hi")')
+
+    assert response.status_code == 422
+    assert "'pysocks' is not allowed on this server" in response.json()["error"]["message"]
+    assert fake_runtime_of(container).runs == []
+

@@ -34,6 +34,10 @@ pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
 PURE = "sbxtest_pure"
 DEPENDENT = "sbxtest_dep"
 SDIST_ONLY = "sbxtest_sdist"
+MANY_FILES_BOMB = "sbxtest_bomb"
+ONE_FILE_BOMB = "sbxtest_bigfile"
+DENIED = "sbxtest-denied"
+MIB = "0" * 2**20  # one string: a wheel of many such files costs its maker 1 MiB
 
 
 def write_sdist(folder: Path, name: str, marker: Path) -> None:
@@ -65,7 +69,22 @@ def wheels(tmp_path: Path, marker: Path) -> Path:
     dependent = f'from {PURE} import VALUE as BASE\nVALUE = "dep on " + BASE\n'
     write_wheel(folder, DEPENDENT, {f"{DEPENDENT}/__init__.py": dependent},
                 requires=(f"{PURE.replace('_', '-')}==1.0",))
+    write_wheel(folder, "sbxtest_denied", {"sbxtest_denied/__init__.py": ""})
+    write_wheel(folder, "sbxtest_needs_denied", {"sbxtest_needs_denied/__init__.py": ""},
+                requires=(DENIED,))
     write_sdist(folder, SDIST_ONLY, marker)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wheels of a few hundred KB, unpacking to 512 MiB in 1 MiB files, and to one 64 MiB
+    file (made once: they take seconds to compress)."""
+    folder = tmp_path_factory.mktemp("bombs")
+    write_wheel(folder, MANY_FILES_BOMB,
+                {f"{MANY_FILES_BOMB}/part{index}.txt": MIB for index in range(512)},
+                compressed=True)
+    write_wheel(folder, ONE_FILE_BOMB, {f"{ONE_FILE_BOMB}/big.txt": MIB * 64}, compressed=True)
     return folder
 
 
@@ -76,23 +95,24 @@ def pip_log(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def installer(
-    settings: Settings, wheels: Path, pip_log: Path, tmp_path: Path
+    settings: Settings, wheels: Path, bombs: Path, pip_log: Path, tmp_path: Path
 ) -> AsyncIterator[PipPackageInstaller]:
     """The real pip, from the local folder only, behind a wrapper that logs each run."""
     pip = tmp_path / "pip"
-    pip.write_text(f'#!/bin/sh\necho "$$ $1" >>{pip_log}\nexec {sys.executable} -I -m pip "$@"\n')
+    pip.write_text(f'#!/bin/sh\necho "$$ $*" >>{pip_log}\nexec {sys.executable} -I -m pip "$@"\n')
     pip.chmod(0o755)
-    local = dataclasses.replace(settings, pip_find_links=str(wheels), pip_no_index=True)
+    local = dataclasses.replace(settings, pip_find_links=f"{wheels},{bombs}", pip_no_index=True,
+                                max_layer_mb=8, packages_deny=DENIED)
     started = PipPackageInstaller(local, pip=(str(pip),))
     await started.start()
     yield started
     await started.close()
 
 
-def pip_runs(pip_log: Path) -> int:
-    """How many times pip was asked to install anything."""
+def pip_runs(pip_log: Path, kind: str) -> int:
+    """How many times pip was asked to resolve (`--dry-run`) or to install (`--no-deps`)."""
     lines = pip_log.read_text().splitlines() if pip_log.exists() else []
-    return sum(line.endswith(" install") for line in lines)
+    return sum(" install " in line and f" {kind} " in line for line in lines)
 
 
 def reqs(*items: str) -> RequirementSet:
@@ -101,6 +121,9 @@ def reqs(*items: str) -> RequirementSet:
 
 def cache_entries(settings: Settings) -> list[str]:
     return sorted(entry.name for entry in (settings.state_dir / "packages").iterdir())
+
+
+EMPTY_CACHE = [".aliases", ".used"]
 
 
 async def run_python(
@@ -149,7 +172,7 @@ async def test_a_built_set_is_served_again_without_running_pip(
 
     assert again == first
     assert os.stat(again).st_ino == inode
-    assert pip_runs(pip_log) == 1
+    assert (pip_runs(pip_log, "--dry-run"), pip_runs(pip_log, "--no-deps")) == (1, 1)
 
 
 async def test_concurrent_requests_for_one_set_build_it_once(
@@ -158,8 +181,54 @@ async def test_concurrent_requests_for_one_set_build_it_once(
     layers = await asyncio.gather(*(installer.layer_for(reqs("sbxtest-dep")) for _ in range(6)))
 
     assert len(set(layers)) == 1
-    assert pip_runs(pip_log) == 1
+    assert (pip_runs(pip_log, "--dry-run"), pip_runs(pip_log, "--no-deps")) == (1, 1)
     assert (Path(layers[0]) / DEPENDENT / "__init__.py").exists()
+
+
+async def test_spellings_that_resolve_alike_share_one_layer_of_exactly_the_resolved_releases(
+    installer: PipPackageInstaller, pip_log: Path
+) -> None:
+    one = await installer.layer_for(reqs("sbxtest-dep!=0.0.1"))
+    other = await installer.layer_for(reqs("SBXTEST_dep!=0.0.2"))
+
+    assert one == other
+    assert (pip_runs(pip_log, "--dry-run"), pip_runs(pip_log, "--no-deps")) == (2, 1)
+    (install,) = [line for line in pip_log.read_text().splitlines() if "--no-deps" in line]
+    assert install.endswith("-- sbxtest-dep==1.0 sbxtest-pure==1.0")
+    assert sorted(path.name for path in Path(one).iterdir()) == [
+        DEPENDENT, f"{DEPENDENT}-1.0.dist-info", PURE, f"{PURE}-1.0.dist-info"]
+
+
+async def test_a_dependency_the_server_denies_is_refused_before_anything_is_installed(
+    installer: PipPackageInstaller, pip_log: Path, settings: Settings
+) -> None:
+    with pytest.raises(PackageResolutionFailed, match=f"'{DENIED}' is not allowed"):
+        await installer.layer_for(reqs("sbxtest-needs-denied"))
+
+    assert (pip_runs(pip_log, "--dry-run"), pip_runs(pip_log, "--no-deps")) == (1, 0)
+    assert cache_entries(settings) == EMPTY_CACHE
+
+
+async def test_a_zip_bomb_of_many_files_is_stopped_at_the_layer_limit(
+    installer: PipPackageInstaller, settings: Settings
+) -> None:
+    with pytest.raises(PackageResolutionFailed) as failure:
+        await installer.layer_for(reqs(MANY_FILES_BOMB))
+
+    assert failure.value.message == ("the packages take more than the limit of 8 MB for a "
+                                     "package layer (pip was stopped)")
+    assert cache_entries(settings) == EMPTY_CACHE
+
+
+async def test_a_zip_bomb_of_one_huge_file_is_stopped_at_the_layer_limit(
+    installer: PipPackageInstaller, settings: Settings
+) -> None:
+    with pytest.raises(PackageResolutionFailed) as failure:
+        await installer.layer_for(reqs(ONE_FILE_BOMB))
+
+    assert failure.value.message == ("a single file takes more than the limit of 8 MB for a "
+                                     "package layer (pip was stopped)")
+    assert cache_entries(settings) == EMPTY_CACHE
 
 
 PEP723_SCRIPT = f"""\
@@ -192,7 +261,7 @@ async def test_a_version_that_does_not_exist_fails_with_pips_reason_and_leaves_n
 
     assert "No matching distribution found for sbxtest-pure==9.9" in failure.value.message
     assert len(failure.value.message) <= 1200
-    assert cache_entries(settings) == [".used"]
+    assert cache_entries(settings) == EMPTY_CACHE
 
 
 async def test_a_package_with_only_an_sdist_is_refused_and_never_built(
@@ -204,7 +273,7 @@ async def test_a_package_with_only_an_sdist_is_refused_and_never_built(
         await installer.layer_for(reqs("sbxtest-sdist"))
 
     assert not marker.exists()
-    assert cache_entries(settings) == [".used"]
+    assert cache_entries(settings) == EMPTY_CACHE
 
 
 PREINSTALLED = """\

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from sandbox.adapters.fake_packages import FakePackageInstaller
+from sandbox.domain import packages
 from sandbox.domain.errors import InvalidRequest, PackageResolutionFailed
 from sandbox.domain.model import Language
 from sandbox.domain.packages import (
     PackagePolicy,
     RequirementSet,
+    ResolvedSet,
     package_layers,
     parse_requirements,
-    pep723_dependencies,
     split_packages_param,
 )
 
@@ -44,6 +47,16 @@ def parse(*items: str, max_count: int = 20) -> RequirementSet:
         ("pkg==1!2.0.post3.dev4+local.7", "pkg==1!2.0.post3.dev4+local.7"),
         ("pkg>1,<=2,!=1.5", "pkg!=1.5,<=2,>1"),
         ("A1", "a1"),
+        ("pkg==1.0RC1", "pkg==1.0rc1"),
+        ("pkg==v1.0", "pkg==1.0"),
+        ("pkg==1.0+Local", "pkg==1.0+local"),
+        ("pkg<=1.0.POST1", "pkg<=1.0.post1"),
+        ("pkg!=1.0.*", "pkg!=1.0.*"),
+        ("pkg (>=1.0)", "pkg>=1.0"),
+        ("pkg[]", "pkg"),
+        ("pkg>=1,>=1", "pkg>=1"),
+        ("pkg>=1,", "pkg>=1"),
+        ("pkg===1.0", "pkg===1.0"),
     ],
 )
 def test_valid_requirements_are_normalised(item: str, normalised: str) -> None:
@@ -76,16 +89,15 @@ def test_valid_requirements_are_normalised(item: str, normalised: str) -> None:
         ("x\u00a0", "characters"),
         ("x==1\r", "characters"),
         ("pkg==1 2", "not a name"),
-        ("pkg===1.0", "not a name"),
         ("pkg==", "not a name"),
         ("pkg==1.0 extra", "not a name"),
         ("pkg==one", "not a name"),
-        ("pkg>=1.*", "wildcard"),
-        ("pkg~=1", "~="),
+        ("pkg>=1.*", r"\.\* suffix can only be used with `==` or `!=`"),
+        ("pkg~=1", "not a name"),
+        ("pkg!=1.0rc1.*", "not a name"),
         ("pkg[", "not a name"),
         ("pkg-", "not a name"),
         ("_pkg", "not a name"),
-        ("pkg>=1,", "not a name"),
         ("pkg,other", "not a name"),
         ("pkg==1.0;", "environment markers"),
         ("pkg#==1", "not a name"),
@@ -207,48 +219,6 @@ import six
 """
 
 
-def test_pep723_dependencies_are_read() -> None:
-    assert pep723_dependencies(PEP723) == ["six", "tomli-w==1.0.0"]
-
-
-def test_a_script_without_a_block_has_no_dependencies() -> None:
-    assert pep723_dependencies(b"import six\n# dependencies = ['six']\n") is None
-
-
-def test_a_block_without_dependencies_has_none() -> None:
-    assert pep723_dependencies(b'# /// script\n# requires-python = ">=3.11"\n# ///\n') == []
-
-
-def test_other_block_types_are_ignored() -> None:
-    assert pep723_dependencies(b'# /// tool\n# dependencies = ["six"]\n# ///\n') is None
-
-
-def test_an_unclosed_block_is_no_block() -> None:
-    assert pep723_dependencies(b'# /// script\n# dependencies = ["six"]\nimport six\n') is None
-
-
-def test_a_block_may_hold_empty_comment_lines() -> None:
-    source = b'# /// script\n#\n# dependencies = ["six"]\n#\n# ///\n'
-
-    assert pep723_dependencies(source) == ["six"]
-
-
-@pytest.mark.parametrize(
-    ("source", "reason"),
-    [
-        (b"# /// script\n# dependencies = [\n# ///\n", "not valid TOML"),
-        (b'# /// script\n# dependencies = "six"\n# ///\n', "list of strings"),
-        (b"# /// script\n# dependencies = [1, 2]\n# ///\n", "list of strings"),
-        (b'# /// script\n# dependencies = ["a"]\n# ///\nx = 1\n# /// script\n#\n# ///\n',
-         "more than one"),
-    ],
-    ids=["bad-toml", "not-a-list", "not-strings", "two-blocks"],
-)
-def test_a_malformed_block_is_refused(source: bytes, reason: str) -> None:
-    with pytest.raises(InvalidRequest, match=reason):
-        pep723_dependencies(source)
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -333,3 +303,94 @@ async def test_an_installer_failure_comes_through_with_its_reason() -> None:
 
     with pytest.raises(PackageResolutionFailed, match="no-such==9.9"):
         await package_layers(installer, Language.PYTHON, b"", ["no-such==9.9"], POLICY)
+
+
+def test_releases_are_pinned_in_their_normal_spelling() -> None:
+    resolved = ResolvedSet.of([("Foo_Bar", "1.0RC1"), ("six", "1.16.0"), ("foo-bar", "1.0rc1")])
+
+    assert resolved.pins == ("foo-bar==1.0rc1", "six==1.16.0")
+    assert resolved.names == ("foo-bar", "six")
+
+
+@pytest.mark.parametrize("release", [("not a name", "1.0"), ("six", "one"), ("", "1.0")])
+def test_a_release_that_is_not_a_name_and_version_cannot_be_pinned(
+    release: tuple[str, str],
+) -> None:
+    with pytest.raises(ValueError):
+        ResolvedSet.of([release])
+
+
+def test_the_layer_key_is_the_releases_and_never_a_requested_sets_key() -> None:
+    pins = ResolvedSet(("six==1.16.0",))
+
+    assert pins.key("cp311", "p", "i") == ResolvedSet(("six==1.16.0",)).key("cp311", "p", "i")
+    assert pins.key("cp311", "p", "i") != ResolvedSet(("six==1.17.0",)).key("cp311", "p", "i")
+    assert pins.key("cp311", "p", "i") != parse("six==1.16.0").key("cp311", "p", "i")
+
+
+def test_the_policy_holds_for_every_resolved_package_and_names_the_one_refused() -> None:
+    policy = PackagePolicy.from_lists(20, deny="Bad_Dep")
+    resolved = ResolvedSet.of([("good", "1"), ("bad-dep", "2")])
+
+    with pytest.raises(PackageResolutionFailed, match="'bad-dep' is not allowed"):
+        policy.check_resolved(resolved)
+    PackagePolicy.from_lists(20, allow="good,bad-dep").check_resolved(resolved)
+    with pytest.raises(PackageResolutionFailed, match="'bad-dep'"):
+        PackagePolicy.from_lists(20, allow="good").check_resolved(resolved)
+
+
+@pytest.mark.anyio
+async def test_a_dependency_the_policy_denies_is_refused_though_not_asked_for() -> None:
+    installer = FakePackageInstaller(dependencies={"tablib": ["bad"]},
+                                     policy=PackagePolicy.from_lists(20, deny="bad"))
+
+    with pytest.raises(PackageResolutionFailed, match="'bad' is not allowed"):
+        await package_layers(installer, Language.PYTHON, b"", ["tablib"], POLICY)
+    assert installer.installed == []
+
+
+@pytest.mark.anyio
+async def test_spellings_that_resolve_alike_share_one_layer() -> None:
+    installer = FakePackageInstaller()
+
+    one = await package_layers(installer, Language.PYTHON, b"", ["numpy!=0.0.1"], POLICY)
+    other = await package_layers(installer, Language.PYTHON, b"", ["NumPy!=0.0.2"], POLICY)
+
+    assert one == other
+
+
+def checked_in(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The threads in which scripts are read for a PEP 723 block."""
+    threads = []
+    real = packages.pep723_dependencies
+
+    def recording(source: bytes) -> list[str] | None:
+        threads.append(threading.current_thread())
+        return real(source)
+
+    monkeypatch.setattr(packages, "pep723_dependencies", recording)
+    return threads
+
+
+@pytest.mark.anyio
+async def test_a_large_script_is_read_and_checked_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads = checked_in(monkeypatch)
+    large = PEP723 + b"#\n" * packages.INLINE_CHECK_CHARS
+
+    layers = await package_layers(FakePackageInstaller(), Language.PYTHON, large, [], POLICY)
+
+    assert len(layers) == 1
+    assert len(threads) == 1 and threads[0] is not threading.current_thread()
+
+
+@pytest.mark.anyio
+async def test_a_small_script_is_read_at_once_without_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads = checked_in(monkeypatch)
+
+    await package_layers(FakePackageInstaller(), Language.PYTHON, PEP723, [], POLICY)
+
+    assert threads == [threading.current_thread()]
