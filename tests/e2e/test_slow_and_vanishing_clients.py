@@ -1,4 +1,5 @@
-"""Clients that TestClient cannot play: one that leaves mid-stream, one that sends too slowly."""
+"""Clients that TestClient cannot play: one that leaves mid-stream, one that sends too slowly,
+one whose request is framed two ways."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from starlette.types import Message
 from structlog.typing import EventDict
 
-from e2e.support import post_scope, running, uvicorn_serving
+from e2e.support import fake_runtime_of, post_scope, running, uvicorn_serving
+from sandbox.containers import Container
 from sandbox.settings import Settings
 
 
@@ -76,7 +78,7 @@ async def test_a_body_that_arrives_too_slowly_is_a_408(settings: Settings) -> No
 def test_uvicorn_cuts_off_a_client_that_stops_sending_its_body(settings: Settings) -> None:
     settings = dataclasses.replace(settings, request_read_timeout_s=0.3)
     head = (
-        b"POST /execute?language=python HTTP/1.1\r\nHost: test\r\n"
+        b"POST /execute?language=python HTTP/1.1\r\nHost: localhost\r\n"
         b"Content-Length: 100\r\n\r\nprint("
     )
 
@@ -89,3 +91,30 @@ def test_uvicorn_cuts_off_a_client_that_stops_sending_its_body(settings: Setting
 
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"code":"request_timeout"' in answer
+
+
+# Ambiguous framing (RFC 9112 section 6.1) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("content_length", [b"12", b"100", b"0"])
+def test_a_request_with_both_content_length_and_chunked_is_a_400_and_the_connection_closes(
+    settings: Settings, content_length: bytes
+) -> None:
+    container = Container(settings=settings)
+    runtime = fake_runtime_of(container)
+    request = (b"POST /execute?language=python HTTP/1.1\r\nHost: localhost\r\n"
+               b"Content-Length: " + content_length + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"c\r\nprint('hi')\n\r\n0\r\n\r\n")
+
+    with uvicorn_serving(settings, container) as address, \
+            socket.create_connection(address, timeout=10) as client:
+        client.sendall(request)
+        answer = b""
+        while chunk := client.recv(4096):  # until the server closes the connection
+            answer += chunk
+
+        assert runtime.runs == []
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["error"]["code"] == "ambiguous_framing"
