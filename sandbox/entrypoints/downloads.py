@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 
 import structlog
@@ -44,14 +44,35 @@ class FileDownload(StreamingResponse):
                     await Response(headers=dict(self.headers))(scope, receive, tracking_send)
                     return
                 await super().__call__(scope, receive, tracking_send)
-        except SandboxError as error:
-            if not started:
-                raise  # answered by the exception handlers, as any other refusal
+        except Exception as error:
+            cut = _sandbox_error_in(error)
+            if not started or cut is None:
+                raise  # before the answer: the exception handlers answer it, as any refusal
             # The answer has started and cannot change: it ends short of its Content-Length,
             # which the server makes plain to the client by closing the connection.
-            log.warning("file.download_cut", code=error.code, detail=error.message)
+            log.warning("file.download_cut", code=cut.code, detail=cut.message)
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         assert self._opened is not None
         async for chunk in self._opened.chunks:
             yield chunk
+
+
+def _sandbox_error_in(error: Exception) -> SandboxError | None:
+    """The SandboxError a failure is, or the first of an exception group that holds nothing
+    else (the response's task group wraps what the file's chunks raised)."""
+    if isinstance(error, SandboxError):
+        return error
+    if isinstance(error, ExceptionGroup):
+        matched, rest = error.split(SandboxError)
+        if matched is not None and rest is None:
+            return next(_leaves(matched))
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[SandboxError]) -> Iterator[SandboxError]:
+    for member in group.exceptions:
+        if isinstance(member, BaseExceptionGroup):
+            yield from _leaves(member)
+        else:
+            yield member

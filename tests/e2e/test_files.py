@@ -10,8 +10,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message
+from structlog.typing import EventDict
 
 from e2e.support import LOCAL_BASE_URL, StartService, create_session, post_scope, running
+from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.ports import FILE_CHUNK_BYTES, OpenedFile
 from sandbox.settings import Settings
 
@@ -324,3 +326,37 @@ async def test_a_client_that_leaves_mid_download_closes_the_file_and_frees_the_s
 
     assert closed == [True]
     assert suspended.status_code == 200  # no longer busy with the download
+
+
+@pytest.mark.anyio
+async def test_a_download_that_fails_half_way_is_cut_short_not_completed(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, logs: list[EventDict]
+) -> None:
+    sent: list[Message] = []
+
+    @asynccontextmanager
+    async def failing(sandbox_id: str, path: str, limit_bytes: int) -> AsyncIterator[OpenedFile]:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first"
+            raise InvalidRequest("the helper in the sandbox went away")
+        yield OpenedFile(100, chunks())
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async with running(settings) as (app, runtime), asgi_client(app) as client:
+        sandbox_id = (await client.post("/sandboxes")).json()["sandbox_id"]
+        monkeypatch.setattr(runtime, "read_file", failing)
+        scope = {**post_scope(f"/sandboxes/{sandbox_id}/files/f", b""), "method": "GET"}
+        with anyio.fail_after(10):
+            await app(scope, receive, send)
+
+    assert sent[0]["status"] == 200
+    assert [message.get("body") for message in sent[1:]] == [b"first"]
+    assert all(message.get("more_body") for message in sent[1:])  # never completed
+    cut = next(entry for entry in logs if entry["event"] == "file.download_cut")
+    assert cut["code"] == "invalid_request"

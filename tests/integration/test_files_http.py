@@ -62,3 +62,28 @@ def test_a_64_mib_file_streams_in_and_out_without_the_server_holding_it(
     assert received.hexdigest() == sent.hexdigest()
     # Held whole, the file alone would be 64 MiB (it was twice that, copies included).
     assert growth < SIZE // 4, f"the server grew by {growth} bytes"
+
+
+def test_an_upload_past_the_limit_is_a_413_that_leaves_the_old_file_and_nothing_else(
+    settings: Settings, tmp_path: Path
+) -> None:
+    limit = 4 * PIECE
+
+    def body() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(8):
+            yield b"n" * PIECE
+
+    with serving(settings, tmp_path / "server.log",
+                 SANDBOX_MAX_FILE_BYTES=str(limit)) as server:
+        client = server.client
+        sandbox_id = ok(client.post("/sandboxes"), 201)["sandbox_id"]
+        files = f"/sandboxes/{sandbox_id}/files"
+        ok(client.put(f"{files}/box/kept.txt", content=b"old"), 201)
+        refused = client.put(f"{files}/box/kept.txt", content=body())
+        kept = client.get(f"{files}/box/kept.txt").content
+        listed = ok(client.get(f"{files}?path=box"))["entries"]
+        ok(client.delete(f"/sandboxes/{sandbox_id}"))
+
+    assert refused.status_code == 413
+    assert kept == b"old"
+    assert [(entry["name"], entry["size"]) for entry in listed] == [("kept.txt", 3)]

@@ -434,6 +434,7 @@ class RunscSandboxRuntime(SandboxRuntime):
                 yield helper
             finally:
                 deadline.cancel()
+                await asyncio.wait({deadline})  # never raises the task's own cancellation
                 helper.close_input()
                 if process.returncode is None:
                     await self._kill_exec(sandbox_id, pid_file)
