@@ -6,10 +6,12 @@ import dataclasses
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sandbox.domain.model import Limits
 from sandbox.domain.packages import PackagePolicy
@@ -49,6 +51,12 @@ class Settings:
     # Without tokens, only a loopback host is served, unless something in front (Cloud Run
     # IAM, an authenticating proxy) checks every request: then set this.
     allow_unauthenticated: bool = False
+    # Host names the server answers to besides its loopback names and SANDBOX_HOST (so that a
+    # web page cannot reach it under a name of its own, by DNS rebinding): comma-separated,
+    # without ports; `*` answers to any name (behind Cloud Run, whose host is the service URL).
+    allowed_hosts: str = ""
+    # Web origins (scheme://host[:port]) whose pages may call the API; empty: none.
+    cors_origins: str = ""
     # Passed to uvicorn as limit_concurrency: connections beyond it are answered 503.
     max_connections: int = 256
     runtime: str = "runsc"
@@ -140,6 +148,7 @@ class Settings:
         if self.default_memory_mb > self.max_total_memory_mb:
             problems.append("need SANDBOX_DEFAULT_MEMORY_MB <= SANDBOX_MAX_TOTAL_MEMORY_MB")
         problems.extend(self._package_problems())
+        problems.extend(self._browser_problems())
         if problems:
             raise SettingsError("; ".join(problems))
 
@@ -171,6 +180,35 @@ class Settings:
         if self.api_token_digests:
             return "tokens"
         return "unauthenticated-loopback" if is_loopback(self.host) else "unauthenticated-allowed"
+
+    def host_names(self) -> frozenset[str] | None:
+        """The names a request's Host may give: loopback names, the host the server listens
+        on and SANDBOX_ALLOWED_HOSTS; None when any name will do."""
+        given = _entries(self.allowed_hosts)
+        if ANY_HOST in given:
+            return None
+        names = {"localhost", *(entry.strip("[]") for entry in given)}
+        if not _is_unspecified(self.host.strip("[]")):
+            names.add(self.host.lower().strip("[]"))
+        return frozenset(names)
+
+    def origins(self) -> frozenset[str]:
+        return frozenset(entry.rstrip("/") for entry in _entries(self.cors_origins))
+
+    def _browser_problems(self) -> list[str]:
+        problems = []
+        hosts = _entries(self.allowed_hosts)
+        if ANY_HOST in hosts and len(hosts) > 1:
+            problems.append("SANDBOX_ALLOWED_HOSTS is either * alone or a list of host names")
+        for entry in hosts:
+            if entry != ANY_HOST and not _is_host_name(entry):
+                problems.append(f"SANDBOX_ALLOWED_HOSTS holds {entry[:60]!r}, not a host name "
+                                "(give names or addresses, without scheme, port or path)")
+        for origin in self.origins():
+            if not _is_origin(origin):
+                problems.append(f"SANDBOX_CORS_ORIGINS holds {origin[:60]!r}, not an origin "
+                                "(scheme://host[:port], as a browser sends it)")
+        return problems
 
     def _package_problems(self) -> list[str]:
         problems = []
@@ -229,6 +267,39 @@ class Settings:
             tmp_mb=self.tmp_mb,
             output_bytes=self.output_limit_bytes,
         )
+
+
+ANY_HOST = "*"
+_HOST_NAME = re.compile(r"\A[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\Z")
+
+
+def _entries(listed: str) -> list[str]:
+    return [entry.strip().lower() for entry in listed.split(",") if entry.strip()]
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _is_host_name(entry: str) -> bool:
+    try:
+        ipaddress.ip_address(entry.strip("[]"))
+        return True
+    except ValueError:
+        return bool(_HOST_NAME.match(entry))
+
+
+def _is_origin(origin: str) -> bool:
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is no number
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path
+            and not parts.query and not parts.fragment and "@" not in parts.netloc)
 
 
 def _parse(field: dataclasses.Field[Any], raw: str) -> Any:

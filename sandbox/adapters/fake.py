@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from sandbox.domain.errors import FileNotFoundInSandbox, PayloadTooLarge, RuntimeFailure
 from sandbox.domain.model import FileEntry, Language, Outcome, Program, SandboxSpec, Stream
-from sandbox.domain.ports import OutputSink, SandboxRuntime
+from sandbox.domain.ports import FILE_CHUNK_BYTES, OpenedFile, OutputSink, SandboxRuntime
 
 
 @dataclass(frozen=True)
@@ -196,16 +196,26 @@ class FakeSandboxRuntime(SandboxRuntime):
             with contextlib.suppress(asyncio.CancelledError):
                 await sandbox.init
 
-    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        self._running(sandbox_id).files[path] = data
+    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterable[bytes]) -> int:
+        self._running(sandbox_id)
+        received = bytearray()
+        async for chunk in chunks:
+            received += chunk
+        # Stored only once whole, as a real sandbox renames a finished upload into place.
+        self._running(sandbox_id).files[path] = bytes(received)
+        return len(received)
 
-    async def read_file(self, sandbox_id: str, path: str, limit_bytes: int) -> bytes:
+    @contextlib.asynccontextmanager
+    async def read_file(
+        self, sandbox_id: str, path: str, limit_bytes: int
+    ) -> AsyncIterator[OpenedFile]:
         files = self._running(sandbox_id).files
         if path not in files:
             raise FileNotFoundInSandbox(f"no file {path} in the sandbox")
-        if len(files[path]) > limit_bytes:
+        data = files[path]
+        if len(data) > limit_bytes:
             raise PayloadTooLarge(f"{path} is larger than {limit_bytes} bytes")
-        return files[path]
+        yield OpenedFile(len(data), _chunks_of(data))
 
     async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
         prefix = path.rstrip("/") + "/"
@@ -228,6 +238,13 @@ class FakeSandboxRuntime(SandboxRuntime):
         if sandbox is None or sandbox.init.done():
             raise RuntimeFailure(f"sandbox {sandbox_id} is not running")
         return sandbox
+
+
+async def _chunks_of(data: bytes) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), FILE_CHUNK_BYTES):
+        yield bytes(view[start:start + FILE_CHUNK_BYTES])
+        await asyncio.sleep(0)  # as a real transfer would, it lets others run between chunks
 
 
 async def _idle() -> tuple[int | None, bool]:

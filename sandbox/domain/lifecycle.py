@@ -14,7 +14,7 @@ import dataclasses
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -42,7 +42,13 @@ from sandbox.domain.model import (
     can_move,
 )
 from sandbox.domain.output import OutputCapture
-from sandbox.domain.ports import OutputLog, SandboxRuntime, SandboxStore, StoredOutput
+from sandbox.domain.ports import (
+    OpenedFile,
+    OutputLog,
+    SandboxRuntime,
+    SandboxStore,
+    StoredOutput,
+)
 from sandbox.domain.services import ExecutionEvents
 
 log = structlog.get_logger(__name__)
@@ -237,15 +243,18 @@ class SandboxService:
             stdout=capture.captured(Stream.STDOUT), stderr=capture.captured(Stream.STDERR),
         )
 
-    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterable[bytes]) -> int:
+        """Write a file from chunks as they arrive; whole or not at all (see the port)."""
         async with self._working(sandbox_id, "write files in") as sandbox:
-            await self._runtime.write_file(sandbox.sandbox_id, path, data)
+            return await self._runtime.write_file(sandbox.sandbox_id, path, chunks)
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        async with self._working(sandbox_id, "read files in") as sandbox:
-            return await self._runtime.read_file(
-                sandbox.sandbox_id, path, self._policy.max_file_bytes
-            )
+    @contextlib.asynccontextmanager
+    async def read_file(self, sandbox_id: str, path: str) -> AsyncIterator[OpenedFile]:
+        """The file opened for reading; the sandbox counts as busy until it is closed."""
+        async with self._working(sandbox_id, "read files in") as sandbox, \
+                self._runtime.read_file(sandbox.sandbox_id, path,
+                                        self._policy.max_file_bytes) as opened:
+            yield opened
 
     async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
         async with self._working(sandbox_id, "list files in") as sandbox:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,22 @@ class OutputSink(abc.ABC):
 
     @abc.abstractmethod
     async def write(self, stream: Stream, data: bytes) -> None: ...
+
+
+# The most a file transfer holds of a file at once, per step: files move in chunks of at most
+# this size, so a transfer's memory stays a few chunks whatever the file's size.
+FILE_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class OpenedFile:
+    """A file being read out of a sandbox: its size, known before its first byte, then its
+    bytes, exactly `size` of them, in chunks of at most FILE_CHUNK_BYTES. The iterator raises
+    if the sandbox gives fewer (a SandboxError), so a cut transfer is never taken for a whole
+    one."""
+
+    size: int
+    chunks: AsyncIterator[bytes]
 
 
 class SandboxRuntime(abc.ABC):
@@ -92,12 +110,26 @@ class SandboxRuntime(abc.ABC):
         included. Idempotent."""
 
     @abc.abstractmethod
-    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Write a file inside a running sandbox, as its user; parents are made."""
+    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterable[bytes]) -> int:
+        """Write a file inside a running sandbox from `chunks`, taken as they come (never all
+        at once), as the sandbox's user; parents are made. Returns the file's size.
+
+        The file appears whole or not at all: when `chunks` raises (too large, the client
+        left) or the write fails, the exception propagates, nothing new is left at `path`
+        and a file that was there is unchanged. Nothing is read from `chunks` before the
+        sandbox is ready to take the file, so a path that cannot be written is refused
+        before any of it arrives."""
 
     @abc.abstractmethod
-    async def read_file(self, sandbox_id: str, path: str, limit_bytes: int) -> bytes:
-        """Read a file inside a running sandbox; FileTooLarge above limit_bytes."""
+    def read_file(
+        self, sandbox_id: str, path: str, limit_bytes: int
+    ) -> AbstractAsyncContextManager[OpenedFile]:
+        """Open a file inside a running sandbox for reading, as the sandbox's user.
+
+        Entering raises before any byte is read: FileNotFoundInSandbox, PayloadTooLarge for
+        a file larger than limit_bytes, InvalidRequest for a folder or a file the user may
+        not read. Leaving ends whatever reads the file in the sandbox, however it is left
+        (read to the end, abandoned half-way, cancelled)."""
 
     @abc.abstractmethod
     async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]: ...

@@ -9,9 +9,11 @@ from typing import Any
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from sandbox.containers import Container
 from sandbox.entrypoints.auth import BearerTokenMiddleware
+from sandbox.entrypoints.browsers import BrowserGuardMiddleware
 from sandbox.entrypoints.errors import EXCEPTION_HANDLERS
 from sandbox.entrypoints.handlers import (
     execs,
@@ -24,6 +26,7 @@ from sandbox.entrypoints.handlers import (
 )
 from sandbox.entrypoints.http_metrics import HttpMetricsMiddleware
 from sandbox.entrypoints.middleware import (
+    AmbiguousFramingMiddleware,
     InternalErrorMiddleware,
     RequestBodyDeadlineMiddleware,
     RequestIdMiddleware,
@@ -62,6 +65,11 @@ routes = [
 
 HANDLER_MODULES = (execs, execute, files, health, metrics, output, sandboxes)
 
+# What the pages of SANDBOX_CORS_ORIGINS may send and read.
+CORS_METHODS = ["GET", "POST", "PUT", "DELETE"]
+CORS_HEADERS = ["Authorization", "Content-Type", "X-Request-ID"]
+CORS_EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "Location"]
+
 
 def create_app(settings: Settings, container: Container | None = None) -> Starlette:
     """The app for these settings; a given container must have been built from them."""
@@ -86,12 +94,22 @@ def create_app(settings: Settings, container: Container | None = None) -> Starle
         finally:
             container.unwire()
 
-    # Outermost first. Refusals (401, body deadline) still get a request id, a log line and
-    # a count; the token is checked before anything reads a body or changes a thing.
+    # Outermost first. Refusals (400, 403, 401, body deadline) still get a request id, a log
+    # line and a count; framing, host, origin and token are checked before anything reads a
+    # body or changes a thing, and a CORS preflight (which carries no token) is answered
+    # before the token is asked for.
     middleware = [
         Middleware(RequestIdMiddleware),
         Middleware(HttpMetricsMiddleware, metrics=container.metrics(), routes=routes),
+        Middleware(AmbiguousFramingMiddleware),
+        Middleware(BrowserGuardMiddleware, hosts=settings.host_names(),
+                   origins=settings.origins()),
     ]
+    if settings.origins():
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=sorted(settings.origins()), allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED_HEADERS,
+        ))
     if settings.api_token_digests:
         middleware.append(Middleware(BearerTokenMiddleware, digests=settings.api_token_digests))
     middleware += [

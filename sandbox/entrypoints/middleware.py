@@ -116,3 +116,30 @@ class RequestBodyDeadlineMiddleware:
             return message
 
         await self.app(scope, receive_in_time, send)
+
+
+class AmbiguousFramingMiddleware:
+    """Refuses a request that gives its body's length two ways, `Content-Length` and
+    `Transfer-Encoding`, and closes the connection after the answer (RFC 9112, section 6.1).
+
+    A proxy in front may frame such a request by one header and this server by the other;
+    whatever one of them takes for the next request would be smuggled past the other. Its
+    body is never read.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = {name.lower() for name, _ in scope["headers"]}
+            if {b"content-length", b"transfer-encoding"} <= names:
+                log.info("http.ambiguous_framing")
+                refusal = error_response(
+                    400, "ambiguous_framing",
+                    "the request has both Content-Length and Transfer-Encoding; send one",
+                    {"Connection": "close"},
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -46,6 +46,9 @@ AT_CAPACITY = {"429": _error(
 UNAUTHORIZED = _error(
     "no bearer token, or not one the server accepts (only when it is configured with tokens)",
     {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}})
+FORBIDDEN = _error(
+    "a request from a web origin not in SANDBOX_CORS_ORIGINS, or (on every call but /healthz) "
+    "under a Host name the server does not answer to: nothing is read or run")
 RUNTIME_FAILED = {"503": _error("the sandbox runtime failed (not the script)")}
 RECORD = {"200": _json("the sandbox record", _ref("Sandbox"))}
 NO_PACKAGES = {"422": _error("the packages asked for could not be installed (pip's reason)")}
@@ -268,9 +271,11 @@ DOCUMENT: Schema = {
 
 
 def _secure(document: Schema) -> None:
-    """Every call but the liveness probe needs the token: each may answer 401."""
+    """Every call but the liveness probe needs the token: each may answer 401. Every call
+    refuses foreign web origins (and all but /healthz foreign hosts): each may answer 403."""
     for path, item in document["paths"].items():
         for operation in item.values():
+            operation["responses"]["403"] = FORBIDDEN
             if path == "/healthz":
                 operation["security"] = []
             else:

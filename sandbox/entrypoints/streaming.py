@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from sandbox.domain.errors import SandboxError
 from sandbox.domain.model import ExecutionResult, Stream
 from sandbox.domain.services import ExecutionEvents
+from sandbox.entrypoints.disconnect import unless_client_leaves
 from sandbox.entrypoints.errors import INTERNAL_MESSAGE, public_error
 
 log = structlog.get_logger(__name__)
@@ -60,7 +61,8 @@ class ExecutionStream(StreamingResponse):
         # that however the response ends (done, client gone, error) it is ended and awaited.
         producer = asyncio.create_task(self._produce())
         try:
-            self._first = await self._queue.get()
+            # Admission may wait for room: a client that leaves meanwhile ends it too.
+            self._first = await unless_client_leaves(receive, self._queue.get())
             if self._refusal is not None:
                 raise self._refusal  # answered by the exception handlers, as without stream
             await super().__call__(scope, receive, send)

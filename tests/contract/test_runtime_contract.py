@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
-from sandbox.domain.ids import ID_PATTERN
-from sandbox.domain.model import Language, Limits
-from sandbox.domain.ports import SandboxRuntime
+from sandbox.domain.errors import FileNotFoundInSandbox, PayloadTooLarge
+from sandbox.domain.ids import ID_PATTERN, new_sandbox_id
+from sandbox.domain.model import IDLE, Language, Limits, SandboxSpec, Stream
+from sandbox.domain.ports import FILE_CHUNK_BYTES, OutputSink, SandboxRuntime
 from sandbox.domain.services import execute_script
 
 pytestmark = pytest.mark.anyio
@@ -138,3 +142,133 @@ async def test_the_identity_names_the_rootfs(runtime: SandboxRuntime) -> None:
 
     assert isinstance(identity.get("rootfs"), str)
     assert identity["rootfs"] != ""
+
+
+# Files in a long-lived sandbox, moved in chunks ---------------------------------------------
+
+
+class _Discard(OutputSink):
+    async def write(self, stream: Stream, data: bytes) -> None:
+        pass
+
+
+@asynccontextmanager
+async def session(runtime: SandboxRuntime) -> AsyncIterator[str]:
+    spec = SandboxSpec(sandbox_id=new_sandbox_id(), limits=LIMITS)
+    await runtime.launch(spec, IDLE, _Discard())
+    try:
+        yield spec.sandbox_id
+    finally:
+        await runtime.destroy(spec.sandbox_id)
+
+
+async def pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+async def cut_short(data: bytes, error: Exception) -> AsyncIterator[bytes]:
+    """An upload whose client fails half-way: some chunks, then the error."""
+    async for chunk in pieces(data, 1000):
+        yield chunk
+    raise error
+
+
+async def read_whole(runtime: SandboxRuntime, sandbox_id: str, path: str,
+                     limit_bytes: int = 1 << 30) -> bytes:
+    async with runtime.read_file(sandbox_id, path, limit_bytes) as opened:
+        return b"".join([chunk async for chunk in opened.chunks])
+
+
+async def test_a_file_many_chunks_long_round_trips_in_bounded_chunks(
+    runtime: SandboxRuntime,
+) -> None:
+    data = random.Random(8).randbytes(64 * FILE_CHUNK_BYTES + 123)
+
+    async with session(runtime) as sandbox_id:
+        # Pieces that are not chunk-sized: each side splits and joins as it must.
+        written = await runtime.write_file(sandbox_id, "/workspace/deep/blob.bin",
+                                           pieces(data, 100_000))
+        async with runtime.read_file(sandbox_id, "/workspace/deep/blob.bin",
+                                     len(data)) as opened:
+            size = opened.size
+            received = [chunk async for chunk in opened.chunks]
+
+    assert written == size == len(data)
+    assert b"".join(received) == data
+    assert all(0 < len(chunk) <= FILE_CHUNK_BYTES for chunk in received)
+
+
+async def test_an_empty_file_round_trips(runtime: SandboxRuntime) -> None:
+    async with session(runtime) as sandbox_id:
+        written = await runtime.write_file(sandbox_id, "/workspace/empty", pieces(b"", 1))
+        read = await read_whole(runtime, sandbox_id, "/workspace/empty")
+
+    assert (written, read) == (0, b"")
+
+
+async def test_an_upload_that_fails_half_way_leaves_the_old_file_and_nothing_else(
+    runtime: SandboxRuntime,
+) -> None:
+    async with session(runtime) as sandbox_id:
+        await runtime.write_file(sandbox_id, "/workspace/box/kept.txt", pieces(b"old", 10))
+
+        with pytest.raises(PayloadTooLarge, match="cut here"):
+            await runtime.write_file(sandbox_id, "/workspace/box/kept.txt",
+                                     cut_short(b"n" * 5000, PayloadTooLarge("cut here")))
+        with pytest.raises(PayloadTooLarge, match="cut here"):
+            await runtime.write_file(sandbox_id, "/workspace/box/new.txt",
+                                     cut_short(b"n" * 5000, PayloadTooLarge("cut here")))
+        kept = await read_whole(runtime, sandbox_id, "/workspace/box/kept.txt")
+        listed = await runtime.list_files(sandbox_id, "/workspace/box")
+
+    assert kept == b"old"
+    assert [(entry.name, entry.kind, entry.size) for entry in listed] == [("kept.txt", "file", 3)]
+
+
+async def test_a_file_over_the_limit_is_refused_before_any_byte_is_read(
+    runtime: SandboxRuntime,
+) -> None:
+    async with session(runtime) as sandbox_id:
+        await runtime.write_file(sandbox_id, "/workspace/big.bin", pieces(b"x" * 2048, 512))
+
+        with pytest.raises(PayloadTooLarge):
+            async with runtime.read_file(sandbox_id, "/workspace/big.bin", 2047):
+                pytest.fail("a file over the limit was opened")
+        at_limit = await read_whole(runtime, sandbox_id, "/workspace/big.bin", 2048)
+
+    assert at_limit == b"x" * 2048
+
+
+async def test_a_missing_file_is_not_found(runtime: SandboxRuntime) -> None:
+    async with session(runtime) as sandbox_id:
+        with pytest.raises(FileNotFoundInSandbox):
+            async with runtime.read_file(sandbox_id, "/workspace/nothing", 100):
+                pytest.fail("a missing file was opened")
+
+
+async def test_a_download_left_half_way_leaves_the_sandbox_serving(
+    runtime: SandboxRuntime,
+) -> None:
+    data = b"z" * (8 * FILE_CHUNK_BYTES)
+
+    async with session(runtime) as sandbox_id:
+        await runtime.write_file(sandbox_id, "/workspace/z.bin", pieces(data, FILE_CHUNK_BYTES))
+        async with runtime.read_file(sandbox_id, "/workspace/z.bin", len(data)) as opened:
+            first = await anext(opened.chunks)
+        again = await read_whole(runtime, sandbox_id, "/workspace/z.bin")
+
+    assert first == data[:len(first)]
+    assert again == data
+
+
+async def test_listing_a_folder_names_its_files_with_their_sizes(
+    runtime: SandboxRuntime,
+) -> None:
+    async with session(runtime) as sandbox_id:
+        await runtime.write_file(sandbox_id, "/workspace/listed/b.bin", pieces(b"bb", 1))
+        await runtime.write_file(sandbox_id, "/workspace/listed/a.txt", pieces(b"aaa", 1))
+        listed = await runtime.list_files(sandbox_id, "/workspace/listed")
+
+    assert [(entry.name, entry.kind, entry.size) for entry in listed] == [
+        ("a.txt", "file", 3), ("b.bin", "file", 2)]

@@ -10,7 +10,7 @@ import structlog
 from starlette.testclient import TestClient
 from structlog.typing import EventDict
 
-from e2e.support import Service, StartService, fake_runtime_of, fake_settings
+from e2e.support import Service, StartService, fake_runtime_of, fake_settings, local_client
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.containers import Container
 from sandbox.entrypoints.app import create_app
@@ -35,7 +35,7 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
         def start(**overrides: Any) -> Service:
             settings = fake_settings(tmp_path, **overrides)
             container = Container(settings=settings)
-            client = running.enter_context(TestClient(create_app(settings, container)))
+            client = running.enter_context(local_client(create_app(settings, container)))
             return Service(client, fake_runtime_of(container))
 
         yield start

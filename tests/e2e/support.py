@@ -16,14 +16,34 @@ from typing import Any
 import uvicorn
 from dependency_injector import providers
 from starlette.applications import Starlette
+from starlette.routing import Route
 from starlette.testclient import TestClient
-from starlette.types import Scope
+from starlette.types import ASGIApp, Scope
 
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.containers import Container
-from sandbox.entrypoints.app import create_app
+from sandbox.entrypoints.app import create_app, routes
 from sandbox.entrypoints.server import server_config
 from sandbox.settings import Settings
+
+# A loopback name, as a local client would use: the server refuses Host headers that name
+# anything else (DNS rebinding), TestClient's own "testserver" included.
+LOCAL_BASE_URL = "http://localhost"
+SOME_ID = "0" * 24
+
+
+def local_client(app: ASGIApp) -> TestClient:
+    return TestClient(app, base_url=LOCAL_BASE_URL)
+
+
+def route_calls() -> list[tuple[str, str]]:
+    """Every (method, path) the app routes, with made-up path parameters."""
+    found = []
+    for route in routes:
+        assert isinstance(route, Route)
+        path = route.path.replace("{sandbox_id}", SOME_ID).replace("{path:path}", "a.txt")
+        found += [(method, path) for method in sorted(route.methods or ())]
+    return found
 
 
 @dataclass
@@ -88,9 +108,9 @@ def post_scope(path: str, query: bytes) -> Scope:
         "raw_path": path.encode(),
         "query_string": query,
         "root_path": "",
-        "headers": [(b"host", b"testserver")],
+        "headers": [(b"host", b"localhost")],
         "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
+        "server": ("localhost", 80),
     }
 
 
@@ -99,7 +119,7 @@ def app_on(settings: Settings, runtime: FakeSandboxRuntime) -> TestClient:
     of the server while the sandboxes' runtime lives on)."""
     container = Container(settings=settings)
     container.runtime_adapter.override(providers.Object(runtime))
-    return TestClient(create_app(settings, container))
+    return local_client(create_app(settings, container))
 
 
 def create_session(client: TestClient, **body: Any) -> str:

@@ -10,33 +10,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import Message
 from structlog.typing import EventDict
 
-from e2e.support import StartService, post_scope, running
-from sandbox.entrypoints.app import routes
+from e2e.support import StartService, post_scope, route_calls, running
 from sandbox.settings import Settings
 
 TOKEN = "first-token-0123456789"
 OTHER_TOKEN = "second-token-9876543210"
 WRONG_TOKEN = "not-a-token-of-this-server"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SOME_ID = "0" * 24
 
 
-def calls() -> list[tuple[str, str]]:
-    """Every (method, path) the app routes, with made-up path parameters."""
-    found = []
-    for route in routes:
-        assert isinstance(route, Route)
-        path = route.path.replace("{sandbox_id}", SOME_ID).replace("{path:path}", "a.txt")
-        found += [(method, path) for method in sorted(route.methods or ())]
-    return found
-
-
-PROTECTED = [call for call in calls() if call[1] != "/healthz"]
+PROTECTED = [call for call in route_calls() if call[1] != "/healthz"]
 
 
 @pytest.fixture
@@ -111,7 +98,7 @@ async def test_a_refused_request_is_answered_before_its_body_is_read(
     settings = dataclasses.replace(settings, api_tokens=TOKEN)
     scope = post_scope("/execute", b"language=python")
     # Far over the body limit: without the token check first, this would be a 413.
-    scope["headers"] = [(b"host", b"testserver"), (b"content-length", b"10000000000")]
+    scope["headers"] = [(b"host", b"localhost"), (b"content-length", b"10000000000")]
     sent: list[Message] = []
 
     async def receive() -> Message:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from e2e.scrape import sample
-from e2e.support import StartService, create_session, running
+from e2e.support import LOCAL_BASE_URL, StartService, create_session, running
 from sandbox.adapters.fake import FakeBehaviour, FakeSandboxRuntime
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.model import Outcome, Program, SandboxSpec
@@ -32,7 +32,7 @@ async def serving(
     """Requests at once in one event loop, which TestClient cannot send."""
     async with running(settings) as (app, runtime):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL_BASE_URL) as client:
             yield client, runtime
 
 

@@ -364,7 +364,7 @@ def exchange(address: tuple[str, int], request: bytes) -> bytes:
         return answer
 
 
-HEAD = b"GET /healthz HTTP/1.1\r\nHost: test\r\n"
+HEAD = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
 ABUSED_HEADS = {
     "a header of a MiB": HEAD + b"X-Long: " + b"a" * (1 << 20) + b"\r\n\r\n",
     "a head that never ends": HEAD + b"X-Long: " + b"a" * 40_000,
@@ -372,11 +372,11 @@ ABUSED_HEADS = {
     "a NUL in a value": HEAD + b"X-Bad: a\x00b\r\n\r\n",
     "a space in a name": HEAD + b"X Bad: a\r\n\r\n",
     "no Host": b"GET /healthz HTTP/1.1\r\n\r\n",
-    "two Content-Lengths": b"POST /execute?language=bash HTTP/1.1\r\nHost: test\r\n"
+    "two Content-Lengths": b"POST /execute?language=bash HTTP/1.1\r\nHost: localhost\r\n"
                            b"Content-Length: 6\r\nContent-Length: 9\r\n\r\necho 1",
     "a Content-Length that is no number": b"POST /execute?language=bash HTTP/1.1\r\n"
-                                          b"Host: test\r\nContent-Length: six\r\n\r\necho 1",
-    "an unknown Transfer-Encoding": b"POST /execute?language=bash HTTP/1.1\r\nHost: test\r\n"
+                                          b"Host: localhost\r\nContent-Length: six\r\n\r\necho 1",
+    "an unknown Transfer-Encoding": b"POST /execute?language=bash HTTP/1.1\r\nHost: localhost\r\n"
                                     b"Transfer-Encoding: gzip\r\n\r\necho 1",
     "a request line of garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
 }

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from e2e.scrape import sample
-from e2e.support import create_session, fake_runtime_of, fake_settings
+from e2e.support import create_session, fake_runtime_of, fake_settings, local_client
 from sandbox.adapters.fake import FakeBehaviour, FakeSandboxRuntime
 from sandbox.adapters.fake_packages import FakePackageInstaller
 from sandbox.containers import Container
@@ -27,7 +27,7 @@ def served(tmp_path: Path) -> Iterator[tuple[TestClient, FakeSandboxRuntime]]:
     container.package_installer.override(providers.Object(
         FakePackageInstaller(unavailable=["nosuchpackage"], metrics=container.metrics())
     ))
-    with TestClient(create_app(settings, container)) as client:
+    with local_client(create_app(settings, container)) as client:
         yield client, fake_runtime_of(container)
 
 
@@ -136,7 +136,7 @@ def test_package_layers_are_counted_as_built_hit_or_failed(client: TestClient) -
 def test_each_app_counts_only_its_own_requests(tmp_path: Path) -> None:
     counted = []
     for name, requests in (("first", 2), ("second", 1)):
-        with TestClient(create_app(fake_settings(tmp_path / name))) as client:
+        with local_client(create_app(fake_settings(tmp_path / name))) as client:
             for _ in range(requests):
                 client.get("/healthz")
             counted.append(sample(scrape(client), "sandbox_http_requests_total",

@@ -10,7 +10,7 @@ import pytest
 from dependency_injector import providers
 from starlette.testclient import TestClient
 
-from e2e.support import fake_runtime_of, fake_settings
+from e2e.support import fake_runtime_of, fake_settings, local_client
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.adapters.fake_packages import FakePackageInstaller
 from sandbox.containers import Container
@@ -35,7 +35,7 @@ def served(
     settings = fake_settings(tmp_path)
     container = Container(settings=settings)
     container.package_installer.override(providers.Object(installer))
-    with TestClient(create_app(settings, container)) as client:
+    with local_client(create_app(settings, container)) as client:
         yield client, fake_runtime_of(container)
 
 

@@ -54,7 +54,7 @@ class FloodingRuntime(FakeSandboxRuntime):
 
 
 def request(method: str, target: str, body: bytes = b"") -> bytes:
-    return (f"{method} {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n\r\n"
+    return (f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
             .encode() + body)
 
 

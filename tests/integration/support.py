@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
+from sandbox.domain.ports import FILE_CHUNK_BYTES, OpenedFile
 from sandbox.settings import Settings
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -156,3 +158,15 @@ def processes_mentioning(text: str) -> list[str]:
         if text in command:
             found.append(f"{cmdline.parent.name}: {command[:200]}")
     return found
+
+
+async def chunks(data: bytes, size: int = FILE_CHUNK_BYTES) -> AsyncIterator[bytes]:
+    """A file to upload, as a client's body arrives: in pieces."""
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+async def whole(opening: AbstractAsyncContextManager[OpenedFile]) -> bytes:
+    """A downloaded file, read to its end."""
+    async with opening as opened:
+        return b"".join([chunk async for chunk in opened.chunks])

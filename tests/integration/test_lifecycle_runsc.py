@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from integration.support import (
+    chunks,
     leftovers,
     managed_sandboxes,
     processes_mentioning,
     started_runtime,
+    whole,
 )
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.errors import (
@@ -96,11 +98,11 @@ async def processes_running(service: SandboxService, sandbox_id: str, command: s
 
 
 async def file_lines(service: SandboxService, sandbox_id: str, path: str) -> list[str]:
-    return (await service.read_file(sandbox_id, path)).decode().splitlines()
+    return (await whole(service.read_file(sandbox_id, path))).decode().splitlines()
 
 
 async def start_file_counter(service: SandboxService, sandbox_id: str) -> None:
-    await service.write_file(sandbox_id, "/workspace/count.py", FILE_COUNTER)
+    await service.write_file(sandbox_id, "/workspace/count.py", chunks(FILE_COUNTER))
     await bash(service, sandbox_id, "nohup python3 /workspace/count.py >/dev/null 2>&1 &\n")
 
     async def counting() -> bool:
@@ -227,8 +229,8 @@ async def test_binary_files_round_trip_and_are_listed(service: SandboxService) -
     session = await service.create_session(Language.PYTHON, LIMITS)
     data = bytes(range(256)) * 300 + b"\x00\xff\r\n"
 
-    await service.write_file(session.sandbox_id, "/workspace/nested/blob.bin", data)
-    read = await service.read_file(session.sandbox_id, "/workspace/nested/blob.bin")
+    await service.write_file(session.sandbox_id, "/workspace/nested/blob.bin", chunks(data))
+    read = await whole(service.read_file(session.sandbox_id, "/workspace/nested/blob.bin"))
     listed = await service.list_files(session.sandbox_id, "/workspace/nested")
     await service.delete(session.sandbox_id)
 
@@ -254,13 +256,13 @@ async def test_a_file_call_that_cannot_be_done_says_why(
     policy = LifecyclePolicy(max_file_bytes=1024)
     async with managed_sandboxes(runtime, settings, policy) as service:
         session = await service.create_session(Language.PYTHON, LIMITS)
-        await service.write_file(session.sandbox_id, "/workspace/big.bin", b"x" * 2048)
+        await service.write_file(session.sandbox_id, "/workspace/big.bin", chunks(b"x" * 2048))
 
         async def attempt() -> object:
             if call == "read":
-                return await service.read_file(session.sandbox_id, path)
+                return await whole(service.read_file(session.sandbox_id, path))
             if call == "write":
-                await service.write_file(session.sandbox_id, path, b"data")
+                await service.write_file(session.sandbox_id, path, chunks(b"data"))
                 return None
             return await service.list_files(session.sandbox_id, path)
 
@@ -291,7 +293,7 @@ async def test_an_exec_past_its_timeout_is_killed_and_the_session_answers_the_ne
     )
 
     result = await service.exec(session.sandbox_id, slow, b"", 1)
-    pid = (await service.read_file(session.sandbox_id, "/tmp/slow.pid")).decode()
+    pid = (await whole(service.read_file(session.sandbox_id, "/tmp/slow.pid"))).decode()
     answer = await bash(service, session.sandbox_id,
                         f"echo alive; if test -e /proc/{pid}; then echo slow-lives; fi\n")
     record = await service.get(session.sandbox_id)

@@ -4,14 +4,15 @@ short ways to bring a sandbox into a state."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.model import Language, Limits, Outcome, Program, Sandbox, SandboxState
-from sandbox.domain.ports import OutputSink
+from sandbox.domain.ports import FILE_CHUNK_BYTES, OpenedFile, OutputSink
 
 NewService = Callable[..., SandboxService]
 
@@ -84,3 +85,15 @@ async def exited_script(service: SandboxService, source: str = "sys.exit(3)") ->
 
 def python(source: str) -> Program:
     return Program.script(Language.PYTHON, source.encode())
+
+
+async def chunks(data: bytes, size: int = FILE_CHUNK_BYTES) -> AsyncIterator[bytes]:
+    """A file to upload, as a client's body arrives: in pieces."""
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+async def whole(opening: AbstractAsyncContextManager[OpenedFile]) -> bytes:
+    """A downloaded file, read to its end."""
+    async with opening as opened:
+        return b"".join([chunk async for chunk in opened.chunks])

@@ -11,11 +11,13 @@ from lifecycle_support import (
     LIMITS,
     ControlledRuntime,
     NewService,
+    chunks,
     exited_script,
     python,
     session,
     settled,
     suspended_session,
+    whole,
 )
 
 from sandbox.adapters.memory_store import InMemoryOutputLog, InMemorySandboxStore
@@ -121,9 +123,9 @@ async def test_files_written_in_a_session_are_there_for_later_calls(
 ) -> None:
     sandbox = await session(service)
 
-    await service.write_file(sandbox.sandbox_id, "/workspace/data.txt", b"kept")
+    await service.write_file(sandbox.sandbox_id, "/workspace/data.txt", chunks(b"kept"))
     listed = await service.list_files(sandbox.sandbox_id, "/workspace")
-    read = await service.read_file(sandbox.sandbox_id, "/workspace/data.txt")
+    read = await whole(service.read_file(sandbox.sandbox_id, "/workspace/data.txt"))
 
     assert [(entry.name, entry.size) for entry in listed] == [("data.txt", 4)]
     assert read == b"kept"
@@ -131,13 +133,13 @@ async def test_files_written_in_a_session_are_there_for_later_calls(
 
 async def test_files_of_a_session_survive_a_suspend_and_restore(service: SandboxService) -> None:
     sandbox = await session(service)
-    await service.write_file(sandbox.sandbox_id, "/workspace/data.txt", b"kept")
+    await service.write_file(sandbox.sandbox_id, "/workspace/data.txt", chunks(b"kept"))
 
     await service.suspend(sandbox.sandbox_id)
     restored = await service.restore(sandbox.sandbox_id)
 
     assert (restored.state, restored.reason) == (SandboxState.RUNNING, "restored")
-    assert await service.read_file(sandbox.sandbox_id, "/workspace/data.txt") == b"kept"
+    assert await whole(service.read_file(sandbox.sandbox_id, "/workspace/data.txt")) == b"kept"
 
 
 async def test_delete_removes_the_record_the_output_and_everything_on_the_host(
@@ -183,8 +185,8 @@ CALLS: dict[str, Call] = {
     "get": lambda service, sandbox_id: service.get(sandbox_id),
     "read_output": lambda service, sandbox_id: service.read_output(sandbox_id),
     "exec": lambda service, sandbox_id: service.exec(sandbox_id, python(""), b"", None),
-    "write_file": lambda service, sandbox_id: service.write_file(sandbox_id, "/tmp/a", b""),
-    "read_file": lambda service, sandbox_id: service.read_file(sandbox_id, "/tmp/a"),
+    "write_file": lambda service, sandbox_id: service.write_file(sandbox_id, "/tmp/a", chunks(b"")),
+    "read_file": lambda service, sandbox_id: whole(service.read_file(sandbox_id, "/tmp/a")),
     "list_files": lambda service, sandbox_id: service.list_files(sandbox_id, "/tmp"),
     "suspend": lambda service, sandbox_id: service.suspend(sandbox_id),
     "restore": lambda service, sandbox_id: service.restore(sandbox_id),

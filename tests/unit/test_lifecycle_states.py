@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 from lifecycle_support import (
     ControlledRuntime,
+    chunks,
     exited_script,
     python,
     session,
     suspended_session,
+    whole,
 )
 
 from sandbox.domain.errors import CheckpointMismatch, InvalidState, RuntimeFailure, SandboxNotFound
@@ -59,8 +61,9 @@ ACT: dict[str, Act] = {
     "suspend": lambda service, sandbox_id: service.suspend(sandbox_id),
     "restore": lambda service, sandbox_id: service.restore(sandbox_id),
     "exec in": lambda service, sandbox_id: service.exec(sandbox_id, python(""), b"", None),
-    "write files in": lambda service, sandbox_id: service.write_file(sandbox_id, "/tmp/a", b""),
-    "read files in": lambda service, sandbox_id: service.read_file(sandbox_id, "/tmp/a"),
+    "write files in":
+        lambda service, sandbox_id: service.write_file(sandbox_id, "/tmp/a", chunks(b"")),
+    "read files in": lambda service, sandbox_id: whole(service.read_file(sandbox_id, "/tmp/a")),
     "list files in": lambda service, sandbox_id: service.list_files(sandbox_id, "/tmp"),
 }
 NEEDS = {verb: S.SUSPENDED if verb == "restore" else S.RUNNING for verb in ACT}
@@ -241,12 +244,12 @@ async def test_a_session_can_be_suspended_and_restored_again_and_again(
     service: SandboxService, runtime: ControlledRuntime
 ) -> None:
     sandbox = await session(service)
-    await service.write_file(sandbox.sandbox_id, "/tmp/kept", b"1")
+    await service.write_file(sandbox.sandbox_id, "/tmp/kept", chunks(b"1"))
 
     for _ in range(3):
         await service.suspend(sandbox.sandbox_id)
         await service.restore(sandbox.sandbox_id)
 
     assert (await service.get(sandbox.sandbox_id)).state is SandboxState.RUNNING
-    assert await service.read_file(sandbox.sandbox_id, "/tmp/kept") == b"1"
+    assert await whole(service.read_file(sandbox.sandbox_id, "/tmp/kept")) == b"1"
     assert await runtime.leftover_ids() == {sandbox.sandbox_id}

@@ -12,6 +12,7 @@ from lifecycle_support import (
     ControlledRuntime,
     ManualClock,
     NewService,
+    chunks,
     exited_script,
     python,
     session,
@@ -129,7 +130,7 @@ async def test_work_in_a_session_restarts_its_idle_time(
 ) -> None:
     sandbox = await session(service, idle_timeout_s=60)
     clock.advance(50)
-    await service.write_file(sandbox.sandbox_id, "/tmp/a", b"")
+    await service.write_file(sandbox.sandbox_id, "/tmp/a", chunks(b""))
     clock.advance(50)
 
     await service.reap()
@@ -190,7 +191,7 @@ async def test_reap_leaves_a_session_that_became_busy_after_reap_listed_it(
     service = new_service(LifecyclePolicy(), store)
     sandbox = await session(service, idle_timeout_s=60)
     clock.advance(61)
-    store.meanwhile = lambda: service.write_file(sandbox.sandbox_id, "/tmp/a", b"")
+    store.meanwhile = lambda: service.write_file(sandbox.sandbox_id, "/tmp/a", chunks(b""))
 
     await service.reap()
 

@@ -9,9 +9,11 @@ from lifecycle_support import (
     ControlledRuntime,
     ManualClock,
     NewService,
+    chunks,
     exited_script,
     session,
     suspended_session,
+    whole,
 )
 
 from sandbox.adapters.memory_store import InMemoryOutputLog, InMemorySandboxStore
@@ -75,7 +77,7 @@ async def test_a_session_that_still_ran_is_suspended_and_can_be_restored(
 ) -> None:
     before = new_service()
     sandbox = await session(before)
-    await before.write_file(sandbox.sandbox_id, "/workspace/notes", b"kept")
+    await before.write_file(sandbox.sandbox_id, "/workspace/notes", chunks(b"kept"))
 
     after = await restarted(new_service, before)
 
@@ -84,7 +86,7 @@ async def test_a_session_that_still_ran_is_suspended_and_can_be_restored(
     assert reconciled.reason == "suspended when the server restarted"
     assert runtime.live == set()
     await after.restore(sandbox.sandbox_id)
-    assert await after.read_file(sandbox.sandbox_id, "/workspace/notes") == b"kept"
+    assert await whole(after.read_file(sandbox.sandbox_id, "/workspace/notes")) == b"kept"
 
 
 async def test_a_running_record_whose_sandbox_is_gone_is_ended_with_a_reason(
@@ -170,7 +172,7 @@ async def test_a_graceful_stop_suspends_what_runs_so_a_restart_can_restore_it(
 ) -> None:
     before = new_service(LifecyclePolicy(suspend_on_shutdown=True))
     sandbox = await session(before)
-    await before.write_file(sandbox.sandbox_id, "/workspace/notes", b"kept")
+    await before.write_file(sandbox.sandbox_id, "/workspace/notes", chunks(b"kept"))
 
     await before.close()
     after = new_service()
@@ -180,4 +182,4 @@ async def test_a_graceful_stop_suspends_what_runs_so_a_restart_can_restore_it(
     assert stopped.state is SandboxState.SUSPENDED
     assert stopped.reason == "suspended when the server stopped"
     await after.restore(sandbox.sandbox_id)
-    assert await after.read_file(sandbox.sandbox_id, "/workspace/notes") == b"kept"
+    assert await whole(after.read_file(sandbox.sandbox_id, "/workspace/notes")) == b"kept"

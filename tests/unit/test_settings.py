@@ -145,3 +145,47 @@ def test_the_memory_budget_defaults_to_most_of_the_host_memory() -> None:
 def test_capacity_settings_are_checked(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({variable: value})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SANDBOX_ALLOWED_HOSTS", "http://sandbox.example"),
+        ("SANDBOX_ALLOWED_HOSTS", "sandbox.example:8080"),
+        ("SANDBOX_ALLOWED_HOSTS", "sandbox.example/api"),
+        ("SANDBOX_ALLOWED_HOSTS", "*, sandbox.example"),
+        ("SANDBOX_CORS_ORIGINS", "app.example"),
+        ("SANDBOX_CORS_ORIGINS", "https://app.example/path"),
+        ("SANDBOX_CORS_ORIGINS", "https://app.example?x=1"),
+        ("SANDBOX_CORS_ORIGINS", "https://user@app.example"),
+        ("SANDBOX_CORS_ORIGINS", "https://app.example:http"),
+        ("SANDBOX_CORS_ORIGINS", "ftp://app.example"),
+        ("SANDBOX_CORS_ORIGINS", "*"),
+        ("SANDBOX_CORS_ORIGINS", "null"),
+    ],
+)
+def test_hosts_and_origins_that_are_not_names_are_refused_naming_the_variable(
+    variable: str, value: str
+) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: value})
+
+
+def test_the_host_names_served_are_loopback_the_listening_host_and_those_allowed() -> None:
+    settings = Settings.from_env({"SANDBOX_HOST": "10.0.0.7", "SANDBOX_API_TOKENS": "t" * 16,
+                                  "SANDBOX_ALLOWED_HOSTS": "Sandbox.Example, [2001:db8::1]"})
+
+    assert settings.host_names() == frozenset(
+        {"localhost", "10.0.0.7", "sandbox.example", "2001:db8::1"})
+
+
+def test_a_star_serves_every_host_and_an_unspecified_address_is_no_name() -> None:
+    assert Settings(allowed_hosts="*").host_names() is None
+    assert Settings(host="0.0.0.0", allow_unauthenticated=True).host_names() == frozenset(
+        {"localhost"})
+
+
+def test_origins_are_kept_as_browsers_send_them() -> None:
+    settings = Settings(cors_origins="HTTPS://App.Example/, http://localhost:3000")
+
+    assert settings.origins() == {"https://app.example", "http://localhost:3000"}

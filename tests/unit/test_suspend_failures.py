@@ -4,7 +4,7 @@ checkpoint ended it (runsc does on a full disk), it is failed with the reason, n
 from __future__ import annotations
 
 import pytest
-from lifecycle_support import ControlledRuntime, NewService, session, settled
+from lifecycle_support import ControlledRuntime, NewService, chunks, session, settled, whole
 
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.lifecycle import SandboxService
@@ -41,7 +41,7 @@ async def test_a_checkpoint_that_fails_with_the_sandbox_still_running_leaves_it_
     service: SandboxService, runtime: ControlledRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sandbox = await session(service)
-    await service.write_file(sandbox.sandbox_id, "/workspace/kept", b"kept")
+    await service.write_file(sandbox.sandbox_id, "/workspace/kept", chunks(b"kept"))
 
     async def fail(sandbox_id: str) -> str:
         raise RuntimeFailure("runsc checkpoint failed: permission denied")
@@ -54,7 +54,7 @@ async def test_a_checkpoint_that_fails_with_the_sandbox_still_running_leaves_it_
 
     assert record.state is SandboxState.RUNNING
     assert raised.value.public_message is None
-    assert await service.read_file(sandbox.sandbox_id, "/workspace/kept") == b"kept"
+    assert await whole(service.read_file(sandbox.sandbox_id, "/workspace/kept")) == b"kept"
 
 
 async def test_a_restore_that_fails_tells_the_client_the_sandbox_is_now_failed(

@@ -79,15 +79,11 @@ class Bundles:
         """The files of one exec: its OCI process (the init's user, rlimits and capabilities,
         with the program's argv and env), the file runsc writes its pid to, and its script,
         in the read-only input folder. The caller removes them afterwards."""
-        bundle = self.path(sandbox_id)
-        token = secrets.token_hex(8)
-        try:
-            process: dict[str, Any] = json.loads((bundle / "config.json").read_text())["process"]
-        except (OSError, ValueError, KeyError):
-            raise RuntimeFailure(f"sandbox {sandbox_id} has no bundle on this host") from None
-        made = [bundle / f"exec-{token}.json", bundle / f"exec-{token}.pid"]
+        process = self._init_process(sandbox_id)
+        made = self._exec_paths(sandbox_id)
         if program.language is not None:
-            script = bundle / "input" / f"exec-{token}-{oci.script_name(program.language)}"
+            script = self.path(sandbox_id) / "input" / \
+                f"{made[0].stem}-{oci.script_name(program.language)}"
             script.write_bytes(program.source)
             script.chmod(0o644)
             process["args"] = [oci.program_argv(program)[0], f"{oci.INPUT_DIR}/{script.name}"]
@@ -97,3 +93,28 @@ class Bundles:
         process["env"] = [*process["env"], *(f"{k}={v}" for k, v in program.env)]
         made[0].write_text(json.dumps(process))
         return made
+
+    def helper_files(self, sandbox_id: str, argv: list[str], env: list[str]) -> list[Path]:
+        """The files of a helper of the service's own (the file calls): the init's user,
+        rlimits and capabilities, but its own argv and environment, and `/` as its working
+        folder, so that nothing the sandbox's code or its session set (PYTHONPATH, a folder
+        full of modules) reaches it. The caller removes them afterwards."""
+        process = self._init_process(sandbox_id)
+        made = self._exec_paths(sandbox_id)
+        process.update(args=argv, env=env, cwd="/")
+        made[0].write_text(json.dumps(process))
+        return made
+
+    def _init_process(self, sandbox_id: str) -> dict[str, Any]:
+        try:
+            config = json.loads((self.path(sandbox_id) / "config.json").read_text())
+            process: dict[str, Any] = config["process"]
+        except (OSError, ValueError, KeyError):
+            raise RuntimeFailure(f"sandbox {sandbox_id} has no bundle on this host") from None
+        return process
+
+    def _exec_paths(self, sandbox_id: str) -> list[Path]:
+        """Where one exec's OCI process and pid go, under a name no other exec has."""
+        token = secrets.token_hex(8)
+        bundle = self.path(sandbox_id)
+        return [bundle / f"exec-{token}.json", bundle / f"exec-{token}.pid"]

@@ -9,19 +9,20 @@ import json
 import os
 import shutil
 import time
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from sandbox.adapters.runsc import cgroups, files, memory, oci
+from sandbox.adapters.runsc import cgroups, file_transfers, files, memory, oci
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
 from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
 from sandbox.domain.model import IDLE, FileEntry, Outcome, Program, SandboxSpec, Stream
-from sandbox.domain.ports import OutputSink, SandboxRuntime
+from sandbox.domain.ports import OpenedFile, OutputSink, SandboxRuntime
 from sandbox.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,8 @@ STOP_POLLS = 200
 # not to hold up one that runs on.
 FAILED_CHECKPOINT_POLLS = 40
 FILE_CALL_TIMEOUT_S = 60.0
+# Enough for the largest file at a slow client's pace; past it the helper is ended.
+FILE_TRANSFER_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -388,33 +391,69 @@ class RunscSandboxRuntime(SandboxRuntime):
         if path.parent == self._checkpoints and ID_PATTERN.match(path.name):
             shutil.rmtree(path, ignore_errors=True)
 
-    # Files, by small programs run in the sandbox (its files live in its memory) ---------
+    # Files, by small helpers run in the sandbox (its files live in its memory) -----------
 
-    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        capture = files.BytesCapture(4096)
-        outcome = await self.exec(
-            sandbox_id, files.write_program(path), capture, data, FILE_CALL_TIMEOUT_S
-        )
-        files.raise_for(outcome.exit_code, path)
+    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterable[bytes]) -> int:
+        async with self._file_helper(sandbox_id, files.write_argv(path), FILE_TRANSFER_TIMEOUT_S,
+                                     takes_input=True) as helper:
+            return await file_transfers.upload(helper, path, chunks)
 
-    async def read_file(self, sandbox_id: str, path: str, limit_bytes: int) -> bytes:
-        capture = files.BytesCapture(limit_bytes)
-        outcome = await self.exec(
-            sandbox_id, files.read_program(path, limit_bytes), capture, b"", FILE_CALL_TIMEOUT_S
-        )
-        files.raise_for(outcome.exit_code, path, limit_bytes)
-        return bytes(capture.stdout)
+    @contextlib.asynccontextmanager
+    async def read_file(
+        self, sandbox_id: str, path: str, limit_bytes: int
+    ) -> AsyncIterator[OpenedFile]:
+        async with self._file_helper(sandbox_id, files.read_argv(path, limit_bytes),
+                                     FILE_TRANSFER_TIMEOUT_S) as helper:
+            yield await file_transfers.open_download(helper, path, limit_bytes)
 
     async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
-        capture = files.BytesCapture(16 * 1024 * 1024)
-        outcome = await self.exec(
-            sandbox_id, files.list_program(path), capture, b"", FILE_CALL_TIMEOUT_S
-        )
-        files.raise_for(outcome.exit_code, path)
-        return [
-            FileEntry(name=name, kind=kind, size=size, modified_at=modified)
-            for name, kind, size, modified in json.loads(capture.stdout)
-        ]
+        async with self._file_helper(sandbox_id, files.list_argv(path),
+                                     FILE_CALL_TIMEOUT_S) as helper:
+            return await file_transfers.listing(helper, path)
+
+    @contextlib.asynccontextmanager
+    async def _file_helper(
+        self, sandbox_id: str, argv: list[str], timeout_s: float, takes_input: bool = False
+    ) -> AsyncIterator[file_transfers.FileHelper]:
+        """A file helper running in the sandbox, isolated from what the sandbox's code set
+        (see files.py), ended at its deadline, and gone with its files when the call ends,
+        however it ends."""
+        made = self._bundles.helper_files(checked(sandbox_id), argv, files.ENVIRONMENT)
+        process_file, pid_file = made
+        try:
+            process, stdout, stderr = await spawn(
+                self._runsc.command("exec", "--process", str(process_file),
+                                    "--internal-pid-file", str(pid_file), sandbox_id),
+                stdin=asyncio.subprocess.PIPE if takes_input else asyncio.subprocess.DEVNULL,
+            )
+            helper = file_transfers.FileHelper(
+                process, stdout, stderr, timeout_s,
+                sandbox_gone=lambda: self._sandbox_gone(sandbox_id))
+            deadline = asyncio.create_task(self._end_helper_after(helper, sandbox_id, pid_file))
+            try:
+                yield helper
+            finally:
+                deadline.cancel()
+                await asyncio.wait({deadline})  # never raises the task's own cancellation
+                helper.close_input()
+                if process.returncode is None:
+                    await self._kill_exec(sandbox_id, pid_file)
+                    await wait_or_kill(process, KILL_GRACE_S)
+                await helper.close()
+        finally:
+            for path in made:
+                path.unlink(missing_ok=True)
+
+    async def _end_helper_after(
+        self, helper: file_transfers.FileHelper, sandbox_id: str, pid_file: Path
+    ) -> None:
+        await asyncio.sleep(helper.timeout_s)
+        helper.timed_out = True
+        await self._kill_exec(sandbox_id, pid_file)
+        await wait_or_kill(helper.process, KILL_GRACE_S)
+
+    async def _sandbox_gone(self, sandbox_id: str) -> bool:
+        return not await self._runsc.is_running(sandbox_id)
 
     # What is on the host, for reconciling ------------------------------------------------
 

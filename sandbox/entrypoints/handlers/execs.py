@@ -12,6 +12,7 @@ from sandbox.containers import Container
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.limits import LimitPolicy
 from sandbox.entrypoints.body import read_capped_body
+from sandbox.entrypoints.disconnect import unless_client_leaves
 from sandbox.entrypoints.exec_request import command_from_json, command_from_script
 from sandbox.entrypoints.json_body import is_json
 from sandbox.entrypoints.paths import sandbox_id_of
@@ -41,4 +42,4 @@ async def exec_in_sandbox(
     run = partial(service.exec, sandbox_id, command.program, command.stdin, command.timeout_s)
     if stream:
         return ExecutionStream(run)
-    return JSONResponse((await run()).to_dict())
+    return JSONResponse((await unless_client_leaves(request.receive, run())).to_dict())

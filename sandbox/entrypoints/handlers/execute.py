@@ -19,6 +19,7 @@ from sandbox.domain.metrics import Metrics
 from sandbox.domain.packages import PackagePolicy, package_layers, split_packages_param
 from sandbox.domain.ports import PackageInstaller, SandboxRuntime
 from sandbox.entrypoints.body import read_capped_body
+from sandbox.entrypoints.disconnect import unless_client_leaves
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.query import checked_query, flag, optional_float, optional_int
 from sandbox.entrypoints.streaming import ExecutionStream
@@ -69,4 +70,4 @@ async def execute_script(
                   package_dirs=layers, capacity=capacity, metrics=metrics)
     if stream:
         return ExecutionStream(run)
-    return JSONResponse((await run()).to_dict())
+    return JSONResponse((await unless_client_leaves(request.receive, run())).to_dict())

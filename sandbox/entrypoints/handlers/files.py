@@ -1,6 +1,9 @@
-"""Files inside a long-lived sandbox: upload, download, list."""
+"""Files inside a long-lived sandbox: upload, download, list. Uploads and downloads stream:
+the server holds a few chunks of a file at a time, never the whole of it."""
 
 from __future__ import annotations
+
+from functools import partial
 
 from dependency_injector.wiring import Provide, inject
 from starlette.requests import Request
@@ -9,7 +12,8 @@ from starlette.responses import JSONResponse, Response
 from sandbox.containers import Container
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.model import iso_time
-from sandbox.entrypoints.body import read_capped_body
+from sandbox.entrypoints.body import capped_chunks
+from sandbox.entrypoints.downloads import FileDownload
 from sandbox.entrypoints.paths import WORKSPACE, sandbox_id_of, sandbox_path
 from sandbox.entrypoints.precheck import require_running
 from sandbox.entrypoints.query import checked_query
@@ -26,10 +30,10 @@ async def upload_file(
     checked_query(request.query_params, ())
     path = sandbox_path(request.path_params["path"])
     await require_running(service, sandbox_id, "write files in")
-    data = await read_capped_body(request, settings.max_file_bytes)
+    chunks = capped_chunks(request, settings.max_file_bytes)
 
-    await service.write_file(sandbox_id, path, data)
-    return JSONResponse({"path": path, "size": len(data)}, 201)
+    size = await service.write_file(sandbox_id, path, chunks)
+    return JSONResponse({"path": path, "size": size}, 201)
 
 
 @inject
@@ -40,8 +44,7 @@ async def download_file(
     checked_query(request.query_params, ())
     path = sandbox_path(request.path_params["path"])
 
-    data = await service.read_file(sandbox_id, path)
-    return Response(data, media_type="application/octet-stream")
+    return FileDownload(partial(service.read_file, sandbox_id, path))
 
 
 @inject
