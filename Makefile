@@ -48,7 +48,7 @@ define run_tiers
 	exit $$rc
 endef
 
-.PHONY: help venv host rootfs run test-unit test require-root lint bench clean
+.PHONY: help venv host rootfs run test-unit test require-root lint bench lock clean
 
 help:
 	@echo "make venv       .venv with the app and dev tools (re-installs when pyproject.toml changes)"
@@ -59,6 +59,7 @@ help:
 	@echo "make test       every tier: unit contract e2e integration faults load (root, runsc)"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench      service latency against bare runsc (root; BENCH_ARGS='--runs 5')"
+	@echo "make lock       re-pin requirements.lock and rootfs/requirements.lock with hashes"
 	@echo "make clean      remove .venv and caches (not the rootfs)"
 
 venv: $(STAMP)
@@ -107,6 +108,9 @@ lint: venv
 
 bench: venv rootfs
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+lock:
+	@scripts/lock.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
