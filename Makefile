@@ -48,7 +48,7 @@ define run_tiers
 	exit $$rc
 endef
 
-.PHONY: help venv host rootfs run test-unit test require-root lint bench lock clean
+.PHONY: help venv host rootfs run test-unit test require-root lint bench image lock clean
 
 help:
 	@echo "make venv       .venv with the app and dev tools (re-installs when pyproject.toml changes)"
@@ -59,6 +59,7 @@ help:
 	@echo "make test       every tier: unit contract e2e integration faults load (root, runsc)"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench      service latency against bare runsc (root; BENCH_ARGS='--runs 5')"
+	@echo "make image      the container image, with docker or podman (root; ENGINE=podman)"
 	@echo "make lock       re-pin requirements.lock and rootfs/requirements.lock with hashes"
 	@echo "make clean      remove .venv and caches (not the rootfs)"
 
@@ -108,6 +109,14 @@ lint: venv
 
 bench: venv rootfs
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# docker where its daemon answers; otherwise podman (with runc), installed here if missing.
+image: venv
+	@if [ "$${ENGINE:-}" != docker ] && ! { command -v docker >/dev/null && docker info >/dev/null 2>&1; } \
+	    && ! { command -v podman >/dev/null && command -v runc >/dev/null; }; then \
+	    $(call apt_install,podman runc); \
+	fi
+	@PIP_PYTHON=$(BIN)/python scripts/image.sh
 
 lock:
 	@scripts/lock.sh
