@@ -13,8 +13,9 @@ STAMP := $(VENV)/.installed
 # No .pytest_cache: a clean clone stays clean.
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 FAKE_TIERS := unit e2e contract
-# faults and load start real servers (`python -m sandbox`) on loopback: the slowest, run last.
-ALL_TIERS := unit contract e2e integration faults load
+# faults and load start real servers (`python -m sandbox`) on loopback; image builds the
+# container image (minutes the first time, cached by its inputs) and runs it with podman.
+ALL_TIERS := unit contract e2e integration faults load image
 BENCH_ARGS ?=
 
 export DEBIAN_FRONTEND := noninteractive
@@ -56,7 +57,7 @@ help:
 	@echo "make rootfs     build the sandbox rootfs, cached by its recipe (root)"
 	@echo "make run        serve on 127.0.0.1:8080 (root; SANDBOX_RUNTIME=fake needs neither)"
 	@echo "make test-unit  the fake-runtime tiers: seconds, no root"
-	@echo "make test       every tier: unit contract e2e integration faults load (root, runsc)"
+	@echo "make test       every tier: unit contract e2e integration faults load image (root, runsc)"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench      service latency against bare runsc (root; BENCH_ARGS='--runs 5')"
 	@echo "make image      the container image, with docker or podman (root; ENGINE=podman)"
