@@ -49,7 +49,7 @@ define run_tiers
 	exit $$rc
 endef
 
-.PHONY: help venv host rootfs run test-unit test require-root lint bench image lock clean
+.PHONY: help venv host rootfs run test-unit test require-root lint bench image lock deploy clean
 
 help:
 	@echo "make venv       .venv with the app and dev tools (re-installs when pyproject.toml changes)"
@@ -62,6 +62,7 @@ help:
 	@echo "make bench      service latency against bare runsc (root; BENCH_ARGS='--runs 5')"
 	@echo "make image      the container image, with docker or podman (root; ENGINE=podman)"
 	@echo "make lock       re-pin requirements.lock and rootfs/requirements.lock with hashes"
+	@echo "make deploy     gcloud run deploy to Cloud Run (PROJECT, REGION...: docs/cloud-run.md)"
 	@echo "make clean      remove .venv and caches (not the rootfs)"
 
 venv: $(STAMP)
@@ -121,6 +122,9 @@ image: venv
 
 lock:
 	@scripts/lock.sh
+
+deploy:
+	@scripts/deploy.sh $(if $(DEPLOY_ARGS),-- $(DEPLOY_ARGS))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
