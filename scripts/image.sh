@@ -68,6 +68,12 @@ fi
 started=$(date +%s)
 "$ENGINE" "${build[@]}" .
 seconds=$(( $(date +%s) - started ))
+if [ "$IMAGE:inputs-$(inputs_hash)" != "$tag" ]; then
+    # A file changed while the build read it: that tag would promise what it may not hold.
+    "$ENGINE" rmi "$tag" >/dev/null
+    echo "image: the inputs changed during the build; run it again" >&2
+    exit 1
+fi
 "$ENGINE" tag "$tag" "$IMAGE:latest"
 
 # Older builds of this image go (their layers stay as long as a newer build shares them).
