@@ -13,8 +13,9 @@ STAMP := $(VENV)/.installed
 # No .pytest_cache: a clean clone stays clean.
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 FAKE_TIERS := unit e2e contract
-# faults and load start real servers (`python -m sandbox`) on loopback: the slowest, run last.
-ALL_TIERS := unit contract e2e integration faults load
+# faults and load start real servers (`python -m sandbox`) on loopback; image builds the
+# container image (minutes the first time, cached by its inputs) and runs it with podman.
+ALL_TIERS := unit contract e2e integration faults load image
 BENCH_ARGS ?=
 
 export DEBIAN_FRONTEND := noninteractive
@@ -48,7 +49,7 @@ define run_tiers
 	exit $$rc
 endef
 
-.PHONY: help venv host rootfs run test-unit test require-root lint bench clean
+.PHONY: help venv host rootfs run test-unit test require-root lint bench image lock deploy clean
 
 help:
 	@echo "make venv       .venv with the app and dev tools (re-installs when pyproject.toml changes)"
@@ -56,9 +57,12 @@ help:
 	@echo "make rootfs     build the sandbox rootfs, cached by its recipe (root)"
 	@echo "make run        serve on 127.0.0.1:8080 (root; SANDBOX_RUNTIME=fake needs neither)"
 	@echo "make test-unit  the fake-runtime tiers: seconds, no root"
-	@echo "make test       every tier: unit contract e2e integration faults load (root, runsc)"
+	@echo "make test       every tier: unit contract e2e integration faults load image (root, runsc)"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench      service latency against bare runsc (root; BENCH_ARGS='--runs 5')"
+	@echo "make image      the container image, with docker or podman (root; ENGINE=podman)"
+	@echo "make lock       re-pin requirements.lock and rootfs/requirements.lock with hashes"
+	@echo "make deploy     gcloud run deploy to Cloud Run (PROJECT, REGION...: docs/cloud-run.md)"
 	@echo "make clean      remove .venv and caches (not the rootfs)"
 
 venv: $(STAMP)
@@ -107,6 +111,20 @@ lint: venv
 
 bench: venv rootfs
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# docker where its daemon answers; otherwise podman (with runc), installed here if missing.
+image: venv
+	@if [ "$${ENGINE:-}" != docker ] && ! { command -v docker >/dev/null && docker info >/dev/null 2>&1; } \
+	    && ! { command -v podman >/dev/null && command -v runc >/dev/null; }; then \
+	    $(call apt_install,podman runc); \
+	fi
+	@PIP_PYTHON=$(BIN)/python scripts/image.sh
+
+lock:
+	@scripts/lock.sh
+
+deploy:
+	@scripts/deploy.sh $(if $(DEPLOY_ARGS),-- $(DEPLOY_ARGS))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info

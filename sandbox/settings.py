@@ -67,7 +67,8 @@ class Settings:
     checkpoint_dir: Path | None = None
     runsc_path: str = "runsc"
     runsc_platform: str = "systrap"
-    # Empty: one parent per state folder (gvisor-sandbox-<hash of the folder>).
+    # Empty: one parent per state folder, gvisor-sandbox-<random>, named at its first start in
+    # STATE_DIR/cgroup-parent (so a restart finds its own leftovers there).
     cgroup_parent: str = ""
     log_format: str = "json"
     log_level: str = "info"

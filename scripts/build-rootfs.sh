@@ -1,14 +1,15 @@
 #!/bin/sh
 # Builds the sandbox root filesystem: Debian bookworm (minbase) with Python, a non-root user
-# and the preinstalled wheels of rootfs/requirements.txt. The build is keyed by a hash of this
-# recipe; an unchanged recipe is not rebuilt. The identity is written beside the folder
+# and the preinstalled wheels of rootfs/requirements.txt, as pinned (with their hashes) in
+# rootfs/requirements.lock. The build is keyed by a hash of this recipe and the lock; an
+# unchanged recipe is not rebuilt. The identity is written beside the folder
 # (DIR.identity), where the service reads it and records it with every checkpoint.
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 dest="${1:-${SANDBOX_ROOTFS_DIR:-/var/lib/gvisor-sandbox/rootfs}}"
-requirements="$here/rootfs/requirements.txt"
-identity=$(cat "$0" "$requirements" | sha256sum | cut -c1-16)
+lock="$here/rootfs/requirements.lock"
+identity=$(cat "$0" "$lock" | sha256sum | cut -c1-16)
 
 # Up to date: complete (an interrupted swap or a half-removed folder is not) and of this recipe.
 up_to_date() {
@@ -52,11 +53,15 @@ install -d -m 0755 "$work/sandbox" "$work/sandbox/input" "$work/sandbox/packages
 
 # Wheels only, installed by the host's pip for the sandbox's Python: no package code runs.
 # PIP_PYTHON is the project's venv when make calls it; any pip that takes --target will do.
+# Every file must match a hash in the lock. PIP_NO_INDEX and PIP_FIND_LINKS, when set (the
+# image build sets them to its wheelhouse), are pip's own.
 site="$work/usr/local/lib/python3.11/dist-packages"
+python_version=$(chroot "$work" python3 -c 'import platform; print(platform.python_version())')
 "${PIP_PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --ignore-installed --no-compile \
-    --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
+    --require-hashes --only-binary=:all: --implementation cp --abi cp311 \
+    --python-version "$python_version" \
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
-    --target "$site" -r "$requirements"
+    --target "$site" -r "$lock"
 rm -rf "$site/bin"
 chroot "$work" python3 -m compileall -q -j 0 /usr/local/lib/python3.11/dist-packages >/dev/null
 # matplotlib builds its font cache on first use; build it once here, where it is read later.

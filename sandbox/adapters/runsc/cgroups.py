@@ -12,6 +12,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import re
+import secrets
 from pathlib import Path
 
 import structlog
@@ -60,9 +62,46 @@ def _remove_tree(path: Path) -> None:
 
 def remove_parent(parent: str, root: Path = CGROUP_ROOT) -> None:
     """Remove a cgroup parent the service made, in every hierarchy (v1 has one per
-    controller, v2 one in all), with whatever empty cgroups are left in it."""
+    controller, v2 one in all), with whatever empty cgroups are left in it. An empty name
+    would be the whole tree: refused."""
+    if not parent or parent in (".", "..") or "/" in parent:
+        raise ValueError(f"not a cgroup parent of the service: {parent!r}")
     for path in (root / parent, *root.glob(f"*/{parent}")):
         _remove_tree(path)
+
+
+PARENT_FILE = "cgroup-parent"
+_PARENT_NAME = re.compile(r"gvisor-sandbox-[0-9a-f]{10}")
+
+
+def parent_of(state_dir: Path) -> str:
+    """The cgroup parent of the sandboxes of one state folder, named at random at the
+    folder's first start and kept in it. A restart on the same folder finds its own
+    leftovers under it; another folder, even at the same path (a container's own state
+    volume, beside a host server with the same default path), never shares it."""
+    path = state_dir / PARENT_FILE
+    try:
+        name = path.read_text().strip()
+    except FileNotFoundError:
+        name = ""
+    if _PARENT_NAME.fullmatch(name):
+        return name
+    if name:
+        log.warning("cgroup.parent_file_invalid", path=str(path), content=name[:80])
+    fresh = f"gvisor-sandbox-{secrets.token_hex(5)}"
+    draft = path.with_name(f"{PARENT_FILE}.{fresh}")
+    draft.write_text(fresh + "\n")
+    try:
+        if name:
+            os.replace(draft, path)
+            return fresh
+        # link, not rename: of two first starts at once, one name wins and both use it.
+        os.link(draft, path)
+        return fresh
+    except FileExistsError:
+        return parent_of(state_dir)
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 class CgroupsV1(SandboxCgroups):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -71,12 +70,11 @@ class RunscSandboxRuntime(SandboxRuntime):
                  rootfs=str(self._rootfs), rootfs_identity=self._rootfs_identity())
 
     def _cgroup_parent(self) -> str:
-        """One cgroup parent per state folder, so two servers (or test runs) on one host
-        never take each other's sandboxes for leftovers."""
+        """One cgroup parent per state folder (named in it), so two servers (or test runs,
+        or a container and its host) never take each other's sandboxes for leftovers."""
         if self._settings.cgroup_parent:
             return self._settings.cgroup_parent
-        digest = hashlib.sha256(str(self._settings.state_dir.resolve()).encode()).hexdigest()
-        return f"gvisor-sandbox-{digest[:10]}"
+        return cgroups.parent_of(self._settings.state_dir)
 
     async def close(self) -> None:
         """Sandboxes outlive the runtime object: the service suspends what it manages before
