@@ -168,7 +168,7 @@ def test_a_dependency_the_server_denies_is_a_422_naming_it_and_runs_nothing(
                                      policy=settings.package_policy())
     container.package_installer.override(providers.Object(installer))
 
-    with TestClient(create_app(settings, container)) as client:
+    with local_client(create_app(settings, container)) as client:
         response = client.post("/execute?language=python&packages=requests",
                                content=b'print("hi")')
 
