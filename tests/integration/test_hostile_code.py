@@ -251,7 +251,7 @@ async def test_a_fork_bomb_in_a_session_exec_ends_with_it_and_the_session_answer
     assert after.outcome.exit_code == 0
     # The init and the listing itself: no bomb process and no zombie is left.
     init, listing = after.stdout.text.splitlines()
-    assert init == "S sleep infinity"
+    assert init == "S python3 -I -S /sandbox/agent/agent.py"
     assert listing.startswith("R python3 /sandbox/input/exec-")
 
 
@@ -275,7 +275,7 @@ async def test_a_timed_out_exec_takes_its_group_but_not_a_daemon_in_a_session_of
 
     assert timed_out.outcome.timed_out is True
     commands = [line.split(maxsplit=1)[1] for line in listed.stdout.text.splitlines()]
-    assert commands[:2] == ["sleep infinity", "sleep 602"]
+    assert commands[:2] == ["python3 -I -S /sandbox/agent/agent.py", "sleep 602"]
     assert "sleep 601" not in commands
 
 
