@@ -157,20 +157,31 @@ class AgentChannel:
         stdin: bool = False,
         main: bool = False,
         control: bool = False,
+        forked_script: str | None = None,
     ) -> int:
-        """Start a program; its output goes to `sink`. Returns its tag."""
+        """Start a program; its output goes to `sink`. Returns its tag. With `forked_script`
+        (a Python script run as argv would run it), the session's zygote forks it if it
+        can; the agent starts argv otherwise."""
         tag = MAIN_TAG if main else next(self._tags)
         process = self._track(tag, sink, WINDOW)
         try:
             answer = await self._ask(
                 "spawn", layout.STARTED, timeout_s, tag=tag, argv=argv, cwd=cwd, stdin=stdin,
                 env=[item.encode() for item in env], credit=WINDOW, control=control,
+                zygote=forked_script is not None, script=forked_script or "",
             )
         except BaseException:
             self._forget(process)
             raise
         await self._decoded(frames.started_pid, answer.payload)
         return tag
+
+    async def start_zygote(
+        self, argv: list[str], env: list[str], cwd: str, timeout_s: float
+    ) -> None:
+        """Start the interpreter Python execs are forked from (see inside/zygote.py)."""
+        await self._ask("zygote", layout.DONE, timeout_s, argv=argv, cwd=cwd,
+                        env=[item.encode() for item in env])
 
     def adopt(self, tag: int, sink: OutputSink) -> None:
         """Follow a process that ran before a checkpoint. Its remaining credit is unknown:

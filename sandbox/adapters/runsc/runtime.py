@@ -24,7 +24,7 @@ from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
-from sandbox.domain.model import FileEntry, Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.model import FileEntry, Language, Outcome, Program, SandboxSpec, Stream
 from sandbox.domain.ports import OutputSink, SandboxRuntime
 from sandbox.settings import Settings
 
@@ -32,6 +32,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 KILL_GRACE_S = 5.0
+# An exec's group killed by the agent: a fork bomb on a busy host takes seconds to empty.
+EXEC_KILL_GRACE_S = 20.0
 STOP_POLLS = 200
 # After a failed checkpoint: long enough for an ended sandbox to show as stopped, short enough
 # not to hold up one that runs on.
@@ -88,7 +90,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         rest. Only the readers of the pipes end here."""
         self._memory_watch.close()
         for sandbox_id in list(self._supervised):
-            await self._supervised.pop(sandbox_id).channel.close()
+            await self._supervised.pop(sandbox_id).detach()
 
     @property
     def identity(self) -> dict[str, str]:
@@ -242,6 +244,11 @@ class RunscSandboxRuntime(SandboxRuntime):
                     AGENT_ANSWER_TIMEOUT_S, main=True,
                 )
                 supervised.main = True
+            else:  # a session: its Python execs are forked from a started interpreter
+                await supervised.channel.start_zygote(
+                    ["python3", f"{oci.AGENT_DIR}/zygote.py"], supervised.env, oci.WORKDIR,
+                    AGENT_ANSWER_TIMEOUT_S,
+                )
         except BaseException:
             await self._destroy(sandbox_id)
             raise
@@ -346,10 +353,13 @@ class RunscSandboxRuntime(SandboxRuntime):
         supervised = self._agent(sandbox_id)
         argv, script = self._bundles.exec_argv(sandbox_id, program)
         env = [*supervised.env, *(f"{key}={value}" for key, value in program.env)]
+        # The zygote has the session's environment: an exec with its own runs as started.
+        forked = argv[1] if program.language is Language.PYTHON and not program.env else None
         started = time.monotonic()
         try:
             tag = await supervised.channel.spawn(argv, env, oci.WORKDIR, sink,
-                                                 AGENT_ANSWER_TIMEOUT_S, stdin=True)
+                                                 AGENT_ANSWER_TIMEOUT_S, stdin=True,
+                                                 forked_script=forked)
         except AgentError as refused:
             if script is not None:
                 script.unlink(missing_ok=True)
@@ -389,7 +399,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             return
         channel.kill(tag)
         try:
-            async with asyncio.timeout(KILL_GRACE_S):
+            async with asyncio.timeout(EXEC_KILL_GRACE_S):
                 await channel.wait(tag)
         except (TimeoutError, RuntimeFailure):
             log.error("runsc.exec_kill_failed", sandbox_id=supervised.sandbox_id)

@@ -30,13 +30,24 @@ class Supervised:
     main: bool = False
     # Set when the service itself ends it (checkpoint, destroy): its end is then no failure.
     ending: bool = False
+    frames: Pipe | None = field(default=None, repr=False)
     stderr: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def detach(self) -> None:
+        """Stop listening; the sandbox runs on without us (the server is stopping)."""
+        await self.channel.close()
+        if self.frames is not None:
+            self.frames.transport.close()
+        if self.stderr is not None:
+            self.stderr.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.stderr
 
     async def close(self, grace_s: float) -> None:
         """Stop listening and wait (boundedly) for runsc to exit; the caller has ended the
         sandbox or checkpointed it."""
         self.ending = True
-        await self.channel.close()
+        await self.detach()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace_s):
                 await self.process.wait()
@@ -44,10 +55,6 @@ class Supervised:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await self.process.wait()
-        if self.stderr is not None:
-            self.stderr.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.stderr
 
 
 async def start_supervised(
@@ -60,7 +67,7 @@ async def start_supervised(
     The caller starts the channel (a new sandbox) or resumes it (a restored one)."""
     process, writer, stdout, stderr = await spawn_with_stdin(argv, stdout_limit=MAX_SYNC_SCAN)
     channel = AgentChannel(sandbox_id, writer, stdout.reader, on_broken)
-    supervised = Supervised(sandbox_id, process, channel, env)
+    supervised = Supervised(sandbox_id, process, channel, env, frames=stdout)
     supervised.stderr = asyncio.create_task(_log_stderr(sandbox_id, stderr))
     return supervised
 

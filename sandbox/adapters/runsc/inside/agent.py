@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _posixsubprocess
 import _signal  # type: ignore[import-not-found]  # `signal` would import enum: 16 ms here
+import _socket  # `socket` would import enum and selectors
 import marshal
 import os
 import select
@@ -46,6 +47,9 @@ DONE_PAYLOAD = struct.Struct(">Q")
 STAT_PAYLOAD = struct.Struct(">BQd")
 ENTRY_PAYLOAD = struct.Struct(">BQdH")
 PROC_PAYLOAD = struct.Struct(">Iq")
+# What a session's zygote says (it runs as the sandbox user: decoded, never unmarshalled).
+ZYGOTE_MESSAGE = struct.Struct(">Bqq")
+ZYGOTE_STARTED, ZYGOTE_FAILED, ZYGOTE_EXITED = 1, 2, 3
 SYNC = b"\x00\xffgvisor-sandbox-agent-sync:"
 
 # What the agent sends.
@@ -67,7 +71,8 @@ DRAIN_GRACE_S = 0.3
 # ... unless the service has granted no credit to read them: then it may be slow, not done.
 STARVED_GRACE_S = 10.0
 # gVisor signals a group one member at a time: children forked meanwhile survive one kill.
-GROUP_KILL_ROUNDS = 1000
+GROUP_KILL_ROUNDS = 100
+KILL_ROUND_S = 0.01
 # After the service's end of stdin closed (the server died), look for a new one (a restore).
 REATTACH_POLL_S = 1.0
 
@@ -85,6 +90,7 @@ class Proc:
         self.control = control  # our write end of its control pipe (a warm runner), or -1
         self.status: int | None = None
         self.ended_at = 0.0
+        self.forked = False  # a child of the zygote, whose exit the zygote reports
 
 
 class Download:
@@ -94,6 +100,60 @@ class Download:
         self.limit = limit
         self.credit = credit
         self.sent = 0
+
+
+class Pipes:
+    """A new process's stdin, stdout and stderr (and a control pipe for a warm runner): our
+    ends, and theirs, which are closed once the process holds them."""
+
+    def __init__(self, stdin: bool, control: bool) -> None:
+        self.ours: list[int] = []
+        self.theirs: list[int] = []
+        self.stdin = self.control = -1
+        self.keep: tuple[int, ...] = ()
+        try:
+            self.out, their_out = self.pair()
+            self.err, their_err = self.pair()
+            if stdin:
+                their_in, self.stdin = self.pair(reader_ours=False)
+            else:
+                their_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                self.theirs.append(their_in)
+            if control:
+                their_control, self.control = self.pair(reader_ours=False)
+                os.set_inheritable(their_control, True)
+                self.keep = (their_control,)
+        except OSError:
+            self.close_ours()
+            self.close_theirs()
+            raise
+        self.child = (their_in, their_out, their_err)
+
+    def pair(self, reader_ours: bool = True) -> tuple[int, int]:
+        read, write = os.pipe()
+        mine, other = (read, write) if reader_ours else (write, read)
+        self.ours.append(mine)
+        self.theirs.append(other)
+        return read, write
+
+    def close_theirs(self) -> None:
+        for fd in self.theirs:
+            os.close(fd)
+        self.theirs = []
+
+    def close_ours(self) -> None:
+        for fd in self.ours:
+            os.close(fd)
+        self.ours = []
+
+
+class Zygote:
+    def __init__(self, pid: int, channel: _socket.socket) -> None:
+        self.pid = pid
+        self.channel = channel
+        self.requests = 0
+        # Spawns it was asked for and has not answered: request -> (tag, args, pipes).
+        self.pending: dict[int, tuple[int, dict[str, object], Pipes]] = {}
 
 
 class Agent:
@@ -106,6 +166,11 @@ class Agent:
         self.uploads: dict[int, tuple[int, str, str]] = {}  # tag -> (fd, part, path)
         self.paused = False
         self.detached = False  # the service's pipes are gone (it died); wait for a restore
+        self.zygote: Zygote | None = None
+        # Process groups never signalled for a request: the agent's own, and those of the
+        # root helpers it runs. (A zygote, in the tenant's reach, could name any pid.)
+        self.protected = {os.getpid()}
+        self.killing: set[int] = set()  # groups being killed until they are empty
         self.reattach_at = 0.0
         self.wake_read, wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
@@ -193,49 +258,129 @@ class Agent:
     # Processes --------------------------------------------------------------------------
 
     def op_spawn(self, tag: int, args: dict[str, object]) -> None:
-        if tag in self.procs:
+        if tag in self.procs or any(tag == pending[0] for pending in self.pending_forks()):
             self.fail(tag, BAD_REQUEST, "tag in use")
             return
+        pipes = Pipes(bool(args.get("stdin")), bool(args.get("control")))
+        if args.get("zygote") and self.zygote is not None and not args.get("control"):
+            self.ask_zygote(self.zygote, tag, args, pipes)
+        else:
+            self.start(tag, args, pipes)
+
+    def start(self, tag: int, args: dict[str, object], pipes: Pipes) -> None:
         argv = [os.fsencode(str(arg)) for arg in args["argv"]]  # type: ignore[attr-defined]
         env = [bytes(item) for item in args["env"]]  # type: ignore[attr-defined]
-        ours: list[int] = []
-        keep: tuple[int, ...]
-        theirs: list[int] = []
+        if pipes.keep:
+            env.append(b"SANDBOX_CONTROL_FD=%d" % pipes.keep[0])
         try:
-            out_read, out_write = os.pipe()
-            err_read, err_write = os.pipe()
-            ours += [out_read, err_read]
-            theirs += [out_write, err_write]
-            if args.get("stdin"):
-                in_read, in_write = os.pipe()
-                ours.append(in_write)
-            else:
-                in_read, in_write = os.open(os.devnull, os.O_RDONLY), -1
-            theirs.append(in_read)
-            control_write, keep = -1, ()
-            if args.get("control"):
-                control_read, control_write = os.pipe()
-                os.set_inheritable(control_read, True)
-                ours.append(control_write)
-                theirs.append(control_read)
-                keep = (control_read,)
-                env.append(b"SANDBOX_CONTROL_FD=%d" % control_read)
-            pid = spawn(argv, env, str(args["cwd"]), in_read, out_write, err_write, keep)
+            pid = spawn(argv, env, str(args["cwd"]), *pipes.child, pipes.keep)
         except OSError:
-            for fd in ours:
-                os.close(fd)
+            pipes.close_ours()
             raise
         finally:
-            for fd in theirs:
-                os.close(fd)
-        for fd in (out_read, err_read, in_write, control_write):
-            if fd != -1:
-                os.set_blocking(fd, False)
-        proc = Proc(tag, pid, {out_read: STDOUT, err_read: STDERR}, in_write,
-                    int(args.get("credit", 0)), control_write)  # type: ignore[call-overload]
+            pipes.close_theirs()
+        self.track(tag, pid, pipes, int(args.get("credit", 0)))  # type: ignore[call-overload]
+
+    def track(self, tag: int, pid: int, pipes: Pipes, credit: int) -> None:
+        for fd in pipes.ours:
+            os.set_blocking(fd, False)
+        proc = Proc(tag, pid, {pipes.out: STDOUT, pipes.err: STDERR}, pipes.stdin, credit,
+                    pipes.control)
         self.procs[tag] = proc
         self.by_pid[pid] = proc
         self.send(STARTED, tag, STARTED_PAYLOAD.pack(pid))
+
+    # A session's zygote: Python execs forked from an interpreter already started ----------
+
+    def op_zygote(self, tag: int, args: dict[str, object]) -> None:
+        if self.zygote is None:
+            ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+            try:
+                os.set_inheritable(theirs.fileno(), True)
+                env = [bytes(item) for item in args["env"]]  # type: ignore[attr-defined]
+                env.append(b"SANDBOX_ZYGOTE_FD=%d" % theirs.fileno())
+                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    argv = [os.fsencode(str(arg)) for arg in args["argv"]]  # type: ignore[attr-defined]
+                    pid = spawn(argv, env, str(args["cwd"]), null, null, null, (theirs.fileno(),))
+                finally:
+                    os.close(null)
+            except OSError:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            ours.setblocking(False)
+            self.zygote = Zygote(pid, ours)
+        self.send(DONE, tag, DONE_PAYLOAD.pack(self.zygote.pid))
+
+    def pending_forks(self) -> list[tuple[int, dict[str, object], Pipes]]:
+        return list(self.zygote.pending.values()) if self.zygote is not None else []
+
+    def ask_zygote(self, zygote: Zygote, tag: int, args: dict[str, object], pipes: Pipes) -> None:
+        zygote.requests += 1
+        request = marshal.dumps({"id": zygote.requests, "path": str(args["script"]),
+                                 "argv": [str(args["script"])], "cwd": str(args["cwd"])})
+        rights = struct.pack("3i", *pipes.child)
+        try:
+            zygote.channel.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+        except OSError:
+            self.drop_zygote("it does not take requests")
+            self.start(tag, args, pipes)
+            return
+        zygote.pending[zygote.requests] = (tag, args, pipes)
+
+    def on_zygote(self, zygote: Zygote) -> None:
+        try:
+            message = zygote.channel.recv(ZYGOTE_MESSAGE.size + 1)
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        if len(message) != ZYGOTE_MESSAGE.size:
+            self.drop_zygote("it ended or said something malformed")
+            return
+        kind, first, second = ZYGOTE_MESSAGE.unpack(message)
+        if kind == ZYGOTE_EXITED:
+            proc = self.by_pid.get(first)
+            if proc is not None and proc.forked:
+                del self.by_pid[first]
+                proc.status = second
+                proc.ended_at = time.monotonic()
+            return
+        pending = zygote.pending.pop(first, None)
+        if pending is None:
+            self.drop_zygote("it answered a request nobody made")
+            return
+        tag, args, pipes = pending
+        if kind == ZYGOTE_STARTED and second > 1 and second not in self.by_pid:
+            pipes.close_theirs()
+            self.track(tag, second, pipes, int(args.get("credit", 0)))  # type: ignore[call-overload]
+            self.procs[tag].forked = True
+            return
+        if kind != ZYGOTE_FAILED:
+            self.drop_zygote("it named an impossible process")
+        self.start_or_fail(tag, args, pipes)
+
+    def start_or_fail(self, tag: int, args: dict[str, object], pipes: Pipes) -> None:
+        try:
+            self.start(tag, args, pipes)
+        except OSError as error:
+            self.fail_os(tag, error)
+
+    def drop_zygote(self, why: str) -> None:
+        """Forks go back to plain starts; its children, orphaned, are reaped by this init."""
+        zygote, self.zygote = self.zygote, None
+        if zygote is None:
+            return
+        sys.stderr.write(f"agent: the zygote is dropped: {why}\n")
+        try:  # noqa: SIM105 (contextlib is one import more)
+            os.killpg(zygote.pid, _signal.SIGKILL)
+        except OSError:
+            pass
+        zygote.channel.close()
+        for tag, args, pipes in zygote.pending.values():
+            self.start_or_fail(tag, args, pipes)
 
     def op_stdin(self, tag: int, args: dict[str, object]) -> None:
         proc = self.procs.get(tag)
@@ -269,7 +414,7 @@ class Agent:
 
     def op_signal(self, tag: int, args: dict[str, object]) -> None:
         proc = self.procs.get(tag)
-        if proc is not None and proc.status is None:
+        if proc is not None and proc.status is None and proc.pid not in self.protected:
             try:  # noqa: SIM105 (contextlib is one import more)
                 os.killpg(proc.pid, int(args["signal"]))  # type: ignore[call-overload]
             except ProcessLookupError:
@@ -277,15 +422,21 @@ class Agent:
 
     def op_kill(self, tag: int, args: dict[str, object]) -> None:
         """SIGKILL the process's group until it is gone (what it moved to a session of its
-        own stays, as a daemon would)."""
+        own stays, as a daemon would). A fork bomb refills its group as it is killed, so
+        the loop goes on killing it, a round at a time, until the group is empty."""
         proc = self.procs.get(tag)
-        if proc is None:
-            return
-        for _round in range(GROUP_KILL_ROUNDS):
-            try:
-                os.killpg(proc.pid, _signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                break
+        if proc is not None and proc.pid not in self.protected:
+            self.killing.add(proc.pid)
+            self.kill_groups()
+
+    def kill_groups(self) -> None:
+        for group in list(self.killing):
+            for _round in range(GROUP_KILL_ROUNDS):
+                try:
+                    os.killpg(group, _signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    self.killing.discard(group)
+                    break
 
     def reap(self) -> None:
         while True:
@@ -495,6 +646,7 @@ class Agent:
             for fd, _event in events:
                 self.on_ready(fd)
             self.reap()
+            self.kill_groups()
             if self.detached and time.monotonic() >= self.reattach_at:
                 self.receive()
 
@@ -502,6 +654,8 @@ class Agent:
         watched = {self.wake_read: select.POLLIN}
         if not self.detached:
             watched[0] = select.POLLIN
+        if self.zygote is not None:
+            watched[self.zygote.channel.fileno()] = select.POLLIN
         if self.outbox:
             watched[1] = select.POLLOUT
         quiet = self.paused or self.detached or len(self.outbox) >= HIGH_WATER
@@ -522,6 +676,8 @@ class Agent:
             waits.append(0.0)  # a file to read on: no reason to wait
         if self.detached:
             waits.append(self.reattach_at - now)
+        if self.killing:
+            waits.append(KILL_ROUND_S)
         return None if not waits else max(0, int(min(waits) * 1000) + 1)
 
     def on_ready(self, fd: int) -> None:
@@ -531,6 +687,8 @@ class Agent:
             self.receive()
         elif fd == 1:
             self.flush()
+        elif self.zygote is not None and fd == self.zygote.channel.fileno():
+            self.on_zygote(self.zygote)
         else:
             for proc in list(self.procs.values()):
                 if fd == proc.stdin:
