@@ -49,7 +49,8 @@ chroot "$work" useradd --uid 1000 --user-group --home-dir /workspace --no-create
     --shell /bin/bash sandbox
 install -d -o 1000 -g 1000 -m 0755 "$work/workspace"
 # Every mount point a sandbox uses exists beforehand: runsc would otherwise make it here.
-install -d -m 0755 "$work/sandbox" "$work/sandbox/input" "$work/sandbox/packages/0"
+install -d -m 0755 "$work/sandbox" "$work/sandbox/input" "$work/sandbox/packages/0" \
+    "$work/sandbox/agent"
 
 # Wheels only, installed by the host's pip for the sandbox's Python: no package code runs.
 # PIP_PYTHON is the project's venv when make calls it; any pip that takes --target will do.

@@ -421,6 +421,12 @@ class SandboxService:
                 return  # a later run of the same sandbox has its own supervisor
             await self._runtime.destroy(sandbox.sandbox_id)
             now = self._clock()
+            if not timed_out and outcome.failure is not None:
+                log.error("sandbox.runtime_failed", sandbox_id=sandbox.sandbox_id,
+                          detail=outcome.failure)
+                await self._save(current, SandboxState.FAILED, running_since=None,
+                                 reason="failed: the sandbox's agent stopped answering")
+                return
             if timed_out:
                 exit_code, reason = None, f"timed out after {sandbox.limits.timeout_s:g} s"
             elif outcome.oom_killed:

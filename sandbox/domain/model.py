@@ -51,8 +51,8 @@ class Program:
         return cls(language=language, source=source)
 
 
-# The init of a long-lived sandbox: it idles; work arrives with exec.
-IDLE = Program(language=None, argv=("sleep", "infinity"))
+# What a long-lived sandbox runs at first: nothing; work arrives with exec.
+IDLE = Program(language=None)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,9 @@ class Outcome:
     timed_out: bool = False
     oom_killed: bool = False
     duration_ms: int = 0
+    # Set when the sandbox ended because the runtime broke (its agent stopped or lied), with
+    # why, for the log; the record then says `failed`.
+    failure: str | None = None
 
 
 @dataclass

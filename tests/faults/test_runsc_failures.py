@@ -86,9 +86,10 @@ def test_a_corrupt_checkpoint_fails_its_restore_clearly_and_the_sandbox_can_be_d
 
 @contextmanager
 def tiny_disk(folder: Path) -> Iterator[Path]:
-    """A tmpfs of 1 MiB at folder: room for the image of an idle sandbox, not for 4 MB."""
+    """A tmpfs of 8 MiB at folder: room for the image of an idle sandbox (its agent and
+    all: about 3 MB), not for one holding 16 MB."""
     folder.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(folder)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(folder)],
                    check=True, timeout=30)
     try:
         yield folder
@@ -105,7 +106,7 @@ def test_a_full_checkpoint_disk_fails_the_suspend_clearly_and_leaves_no_half_wri
         client = server.client
         small = ok(client.post("/sandboxes", json={}), 201)["sandbox_id"]
         big = ok(client.post("/sandboxes", json={}), 201)["sandbox_id"]
-        bash(client, big, "head -c 4000000 /dev/urandom > /workspace/big.bin")
+        bash(client, big, "head -c 16000000 /dev/urandom > /workspace/big.bin")
 
         refused = client.post(f"/sandboxes/{big}/suspend")
         record = ok(client.get(f"/sandboxes/{big}"))

@@ -249,10 +249,10 @@ async def test_a_fork_bomb_in_a_session_exec_ends_with_it_and_the_session_answer
     assert (bombed.outcome.timed_out, bombed.outcome.exit_code) == (True, None)
     assert bombed.outcome.duration_ms < HANG_MS
     assert after.outcome.exit_code == 0
-    # The init and the listing itself: no bomb process and no zombie is left.
-    init, listing = after.stdout.text.splitlines()
-    assert init == "S sleep infinity"
-    assert listing.startswith("R python3 /sandbox/input/exec-")
+    # The agent, the zygote and the listing (forked from it): no bomb process, no zombie.
+    assert after.stdout.text.splitlines() == [
+        "S python3 -I -S /sandbox/agent/agent.py", "S python3 /sandbox/agent/zygote.py",
+        "R python3 /sandbox/agent/zygote.py"]
 
 
 async def test_orphans_in_a_session_are_reaped_not_left_as_zombies(session: Session) -> None:
@@ -262,7 +262,10 @@ async def test_orphans_in_a_session_are_reaped_not_left_as_zombies(session: Sess
     await session.exec(Language.BASH, source)
     listed = await session.exec(Language.PYTHON, LIST_PROCESSES)
 
-    assert [line.split()[0] for line in listed.stdout.text.splitlines()] == ["S", "R"]
+    # The agent, the zygote and the listing; no zombie.
+    states = [line.split()[0] for line in listed.stdout.text.splitlines()]
+    assert len(states) == 3
+    assert "Z" not in states
 
 
 async def test_a_timed_out_exec_takes_its_group_but_not_a_daemon_in_a_session_of_its_own(
@@ -275,7 +278,8 @@ async def test_a_timed_out_exec_takes_its_group_but_not_a_daemon_in_a_session_of
 
     assert timed_out.outcome.timed_out is True
     commands = [line.split(maxsplit=1)[1] for line in listed.stdout.text.splitlines()]
-    assert commands[:2] == ["sleep infinity", "sleep 602"]
+    assert commands[:3] == ["python3 -I -S /sandbox/agent/agent.py",
+                            "python3 /sandbox/agent/zygote.py", "sleep 602"]
     assert "sleep 601" not in commands
 
 

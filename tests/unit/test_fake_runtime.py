@@ -101,7 +101,7 @@ async def test_a_sleep_past_the_timeout_is_timed_out_with_no_exit_code() -> None
     assert result.outcome == Outcome(
         exit_code=None, timed_out=True, duration_ms=result.outcome.duration_ms
     )
-    assert 200 <= result.outcome.duration_ms < 5000
+    assert result.outcome.duration_ms < 5000  # a bound against hangs, not a timing claim
     assert result.stdout.text == "a\n"
 
 

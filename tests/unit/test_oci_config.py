@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from sandbox.adapters.runsc import oci
 from sandbox.adapters.runsc.oci import build_config
 from sandbox.domain.model import Language, Limits, Program, SandboxSpec
 
@@ -125,9 +124,7 @@ def test_the_pids_cgroup_limit_is_only_a_high_backstop() -> None:
     [
         (Program.script(Language.PYTHON, b""), ["python3", "/sandbox/input/main.py"]),
         (Program.script(Language.BASH, b""), ["bash", "/sandbox/input/main.sh"]),
-        # An argv init (a session's idle one) ignores SIGCHLD, so orphans are reaped.
-        (Program(language=None, argv=("ls", "-l", "/")),
-         ["env", "--ignore-signal=CHLD", "ls", "-l", "/"]),
+        (Program(language=None, argv=("ls", "-l", "/")), ["ls", "-l", "/"]),
     ],
     ids=["python", "bash", "argv"],
 )
@@ -135,18 +132,29 @@ def test_the_process_runs_the_program(program: Program, argv: list[str]) -> None
     assert config_of(program)["process"]["args"] == argv
 
 
-def test_the_group_killer_is_root_with_cap_kill_alone_and_a_bare_environment() -> None:
-    process = oci.group_kill_process(42)
+def test_a_managed_sandbox_starts_the_agent_as_root_with_three_capabilities_alone() -> None:
+    config = build_config(SandboxSpec(sandbox_id="0123456789abcdef01234567", limits=LIMITS),
+                          Program(language=None), ROOTFS, INPUT, CGROUPS_PATH,
+                          agent_dir=Path("/srv/agent"))
+    process = config["process"]
 
     assert process["user"] == {"uid": 0, "gid": 0}
+    assert process["args"] == ["python3", "-I", "-S", "/sandbox/agent/agent.py"]
+    granted = ["CAP_SETUID", "CAP_SETGID", "CAP_KILL"]
     assert process["capabilities"] == {
-        "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+        "bounding": granted, "effective": granted, "permitted": granted,
         "inheritable": [], "ambient": [],
     }
-    assert process["env"] == ["PATH=/usr/bin:/bin"]
+    assert process["env"] == ["PATH=/usr/bin:/bin", "LANG=C.UTF-8"]
     assert process["noNewPrivileges"] is True
-    assert process["args"][:4] == ["bash", "--norc", "--noprofile", "-c"]
-    assert "kill -KILL -- -42 " in process["args"][4]
+    assert mount_at(config, "/sandbox/agent")["source"] == "/srv/agent"
+    assert "ro" in mount_at(config, "/sandbox/agent")["options"]
+
+
+def test_a_one_shot_sandbox_has_no_agent_mounted() -> None:
+    destinations = {mount["destination"] for mount in config_of()["mounts"]}
+
+    assert "/sandbox/agent" not in destinations
 
 
 def test_the_environment_is_built_from_scratch_not_inherited(

@@ -7,11 +7,9 @@ import json
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
 
 from sandbox.adapters.runsc import oci
 from sandbox.adapters.runsc.cli import first_error
-from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
 from sandbox.domain.model import Program, SandboxSpec
 
@@ -36,7 +34,9 @@ class Bundles:
     def log_file(self, sandbox_id: str) -> Path:
         return self.path(sandbox_id) / "runsc.log"
 
-    def write(self, spec: SandboxSpec, program: Program, cgroups_path: str) -> Path:
+    def write(
+        self, spec: SandboxSpec, program: Program, cgroups_path: str, agent_dir: Path | None = None
+    ) -> Path:
         bundle = self.path(spec.sandbox_id)
         input_dir = bundle / "input"
         bundle.mkdir(mode=0o711)
@@ -45,7 +45,8 @@ class Bundles:
             script = input_dir / oci.script_name(program.language)
             script.write_bytes(program.source)
             script.chmod(0o644)
-        config = oci.build_config(spec, program, self.rootfs, input_dir, cgroups_path)
+        config = oci.build_config(spec, program, self.rootfs, input_dir, cgroups_path,
+                                  agent_dir)
         (bundle / "config.json").write_text(json.dumps(config))
         memory_bytes = spec.limits.memory_mb * 1024 * 1024
         (bundle / "limits.json").write_text(json.dumps({"memory_bytes": memory_bytes}))
@@ -75,46 +76,14 @@ class Bundles:
             return NO_MESSAGE
         return first_error(text) or NO_MESSAGE
 
-    def exec_files(self, sandbox_id: str, program: Program) -> list[Path]:
-        """The files of one exec: its OCI process (the init's user, rlimits and capabilities,
-        with the program's argv and env), the file runsc writes its pid to, and its script,
-        in the read-only input folder. The caller removes them afterwards."""
-        process = self._init_process(sandbox_id)
-        made = self._exec_paths(sandbox_id)
-        if program.language is not None:
-            script = self.path(sandbox_id) / "input" / \
-                f"{made[0].stem}-{oci.script_name(program.language)}"
-            script.write_bytes(program.source)
-            script.chmod(0o644)
-            process["args"] = [oci.program_argv(program)[0], f"{oci.INPUT_DIR}/{script.name}"]
-            made.append(script)
-        else:
-            process["args"] = list(program.argv)
-        process["env"] = [*process["env"], *(f"{k}={v}" for k, v in program.env)]
-        made[0].write_text(json.dumps(process))
-        return made
-
-    def helper_files(self, sandbox_id: str, argv: list[str], env: list[str]) -> list[Path]:
-        """The files of a helper of the service's own (the file calls): the init's user,
-        rlimits and capabilities, but its own argv and environment, and `/` as its working
-        folder, so that nothing the sandbox's code or its session set (PYTHONPATH, a folder
-        full of modules) reaches it. The caller removes them afterwards."""
-        process = self._init_process(sandbox_id)
-        made = self._exec_paths(sandbox_id)
-        process.update(args=argv, env=env, cwd="/")
-        made[0].write_text(json.dumps(process))
-        return made
-
-    def _init_process(self, sandbox_id: str) -> dict[str, Any]:
-        try:
-            config = json.loads((self.path(sandbox_id) / "config.json").read_text())
-            process: dict[str, Any] = config["process"]
-        except (OSError, ValueError, KeyError):
-            raise RuntimeFailure(f"sandbox {sandbox_id} has no bundle on this host") from None
-        return process
-
-    def _exec_paths(self, sandbox_id: str) -> list[Path]:
-        """Where one exec's OCI process and pid go, under a name no other exec has."""
-        token = secrets.token_hex(8)
-        bundle = self.path(sandbox_id)
-        return [bundle / f"exec-{token}.json", bundle / f"exec-{token}.pid"]
+    def exec_argv(self, sandbox_id: str, program: Program) -> tuple[list[str], Path | None]:
+        """The argv of one exec, and its script (written to the read-only input folder, which
+        the caller removes afterwards) when it runs one."""
+        if program.language is None:
+            return list(program.argv), None
+        script = self.path(sandbox_id) / "input" / (
+            f"exec-{secrets.token_hex(8)}-{oci.script_name(program.language)}"
+        )
+        script.write_bytes(program.source)
+        script.chmod(0o644)
+        return [oci.program_argv(program)[0], f"{oci.INPUT_DIR}/{script.name}"], script

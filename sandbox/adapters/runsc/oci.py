@@ -16,6 +16,8 @@ from sandbox.domain.model import Language, Limits, Program, SandboxSpec
 SANDBOX_UID = 1000
 INPUT_DIR = "/sandbox/input"
 PACKAGES_DIR = "/sandbox/packages"
+AGENT_DIR = "/sandbox/agent"
+AGENT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
 WORKDIR = "/workspace"
 
 _SCRIPT_NAMES = {Language.PYTHON: "main.py", Language.BASH: "main.sh"}
@@ -42,34 +44,21 @@ def program_argv(program: Program) -> list[str]:
     return list(program.argv)
 
 
-def init_argv(program: Program) -> list[str]:
-    """The sandbox's first process. Orphans are reparented to it; a script's shell reaps
-    them, but a session's idle `sleep` never would, and every zombie counts against
-    RLIMIT_NPROC until the session cannot start a process. With SIGCHLD ignored (inherited
-    across exec) the kernel reaps them instead."""
-    if program.language is None:
-        return ["env", "--ignore-signal=CHLD", *program.argv]
-    return program_argv(program)
-
-
-def group_kill_process(pgid: int) -> dict[str, Any]:
-    """A process that SIGKILLs one process group from inside the sandbox: `runsc kill` only
-    signals single processes, and a fork bomb's children share its group. gVisor signals a
-    group one member at a time, so children forked meanwhile survive a single kill: repeat
-    until the group is gone (bounded). It runs as root with CAP_KILL alone, since the
-    sandbox user may have no process left to start, and with a bare environment, so that
-    nothing the sandbox wrote (BASH_ENV, rc files) is read. Only bash builtins: no forks."""
-    only_kill = ["CAP_KILL"]
-    repeat = (f"n=0; while kill -KILL -- -{int(pgid)} 2>/dev/null && [ $n -lt 1000 ]; "
-              "do n=$((n+1)); done")
+def agent_process(limits: Limits) -> dict[str, Any]:
+    """The init of a managed sandbox: the agent, as root inside the sandbox with the three
+    capabilities it needs to start processes as the sandbox user, read and write files with
+    that user's rights, and kill process groups. Its own environment is bare: it gives every
+    process it starts the sandbox's environment itself."""
+    capabilities = list(AGENT_CAPABILITIES)
     return {
         "terminal": False,
         "user": {"uid": 0, "gid": 0},
-        "args": ["bash", "--norc", "--noprofile", "-c", repeat],
-        "env": ["PATH=/usr/bin:/bin"],
+        "args": ["python3", "-I", "-S", f"{AGENT_DIR}/agent.py"],
+        "env": ["PATH=/usr/bin:/bin", "LANG=C.UTF-8"],
         "cwd": "/",
-        "capabilities": {"bounding": only_kill, "effective": only_kill,
-                         "permitted": only_kill, "inheritable": [], "ambient": []},
+        "capabilities": {"bounding": capabilities, "effective": capabilities,
+                         "permitted": capabilities, "inheritable": [], "ambient": []},
+        "rlimits": _rlimits(limits),
         "noNewPrivileges": True,
     }
 
@@ -97,7 +86,7 @@ def _rlimits(limits: Limits) -> list[dict[str, Any]]:
     ]
 
 
-def _mounts(spec: SandboxSpec, input_dir: Path) -> list[dict[str, Any]]:
+def _mounts(spec: SandboxSpec, input_dir: Path, agent_dir: Path | None) -> list[dict[str, Any]]:
     tmp_size = f"size={spec.limits.tmp_mb}m"
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -114,6 +103,9 @@ def _mounts(spec: SandboxSpec, input_dir: Path) -> list[dict[str, Any]]:
         {"destination": INPUT_DIR, "type": "bind", "source": str(input_dir),
          "options": ["rbind", "ro", "nosuid", "nodev"]},
     ]
+    if agent_dir is not None:
+        mounts.append({"destination": AGENT_DIR, "type": "bind", "source": str(agent_dir),
+                       "options": ["rbind", "ro", "nosuid", "nodev"]})
     for index, layer in enumerate(spec.package_dirs):
         mounts.append({"destination": f"{PACKAGES_DIR}/{index}", "type": "bind",
                        "source": layer, "options": ["rbind", "ro", "nosuid", "nodev"]})
@@ -121,8 +113,15 @@ def _mounts(spec: SandboxSpec, input_dir: Path) -> list[dict[str, Any]]:
 
 
 def build_config(
-    spec: SandboxSpec, program: Program, rootfs: Path, input_dir: Path, cgroups_path: str
+    spec: SandboxSpec,
+    program: Program,
+    rootfs: Path,
+    input_dir: Path,
+    cgroups_path: str,
+    agent_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """With `agent_dir`, a managed sandbox whose init is the agent (mounted from there);
+    without, a one-shot sandbox whose init is the program itself."""
     limits = spec.limits
     period = 100_000
     no_capabilities: dict[str, list[str]] = {
@@ -130,10 +129,10 @@ def build_config(
     }
     return {
         "ociVersion": "1.0.2",
-        "process": {
+        "process": agent_process(limits) if agent_dir is not None else {
             "terminal": False,
             "user": {"uid": SANDBOX_UID, "gid": SANDBOX_UID},
-            "args": init_argv(program),
+            "args": program_argv(program),
             "env": environment(spec, program),
             "cwd": WORKDIR,
             "capabilities": no_capabilities,
@@ -142,7 +141,7 @@ def build_config(
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": "sandbox",
-        "mounts": _mounts(spec, input_dir),
+        "mounts": _mounts(spec, input_dir, agent_dir),
         "linux": {
             "cgroupsPath": cgroups_path,
             "resources": {

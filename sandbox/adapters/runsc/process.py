@@ -46,11 +46,11 @@ async def finish_pumps(pumps: list[asyncio.Task[None]], grace_s: float = DRAIN_G
         task.result()
 
 
-async def _open_pipe(read_fd: int) -> Pipe:
+async def _open_pipe(read_fd: int, limit: int = READ_CHUNK) -> Pipe:
     # asyncio's own subprocess pipes make `Process.wait()` wait until the pipes close too, and
     # a detached sandbox (or a daemon an exec left behind) keeps them open after runsc returns.
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     transport, _ = await loop.connect_read_pipe(
         lambda: protocol, os.fdopen(read_fd, "rb", buffering=0)
@@ -59,7 +59,7 @@ async def _open_pipe(read_fd: int) -> Pipe:
 
 
 async def spawn(
-    argv: list[str], stdin: int = asyncio.subprocess.DEVNULL
+    argv: list[str], stdin: int = asyncio.subprocess.DEVNULL, stdout_limit: int = READ_CHUNK
 ) -> tuple[asyncio.subprocess.Process, Pipe, Pipe]:
     """Start a process whose stdout and stderr are pipes read through `pipe_reader`."""
     out_read, out_write = os.pipe()
@@ -77,7 +77,31 @@ async def spawn(
     finally:
         os.close(out_write)
         os.close(err_write)
-    return process, await _open_pipe(out_read), await _open_pipe(err_read)
+    return process, await _open_pipe(out_read, stdout_limit), await _open_pipe(err_read)
+
+
+async def open_writer(write_fd: int) -> asyncio.StreamWriter:
+    """Our end of a pipe we write to, with `drain()` waiting while the reader is behind."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.streams.FlowControlMixin(loop=loop), os.fdopen(write_fd, "wb", buffering=0)
+    )
+    return asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+async def spawn_with_stdin(
+    argv: list[str], stdout_limit: int
+) -> tuple[asyncio.subprocess.Process, asyncio.StreamWriter, Pipe, Pipe]:
+    """Start a process we talk to: its stdin, stdout and stderr are all pipes of ours."""
+    in_read, in_write = os.pipe()
+    try:
+        process, stdout, stderr = await spawn(argv, stdin=in_read, stdout_limit=stdout_limit)
+    except BaseException:
+        os.close(in_write)
+        raise
+    finally:
+        os.close(in_read)
+    return process, await open_writer(in_write), stdout, stderr
 
 
 async def wait_or_kill(process: asyncio.subprocess.Process, grace_s: float) -> None:

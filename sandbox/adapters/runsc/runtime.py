@@ -4,44 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import errno
+import hashlib
 import os
 import shutil
 import time
-from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
-from sandbox.adapters.runsc import cgroups, file_transfers, files, memory, oci
+from sandbox.adapters.runsc import cgroups, memory, oci
+from sandbox.adapters.runsc.agent_channel import MAIN_TAG, AgentError
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
 from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
+from sandbox.adapters.runsc.file_errors import file_error
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
-from sandbox.domain.errors import RuntimeFailure
+from sandbox.adapters.runsc.supervised import Supervised, start_supervised
+from sandbox.domain.errors import InvalidRequest, RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
-from sandbox.domain.model import IDLE, FileEntry, Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.model import FileEntry, Language, Outcome, Program, SandboxSpec, Stream
 from sandbox.domain.ports import OpenedFile, OutputSink, SandboxRuntime
 from sandbox.settings import Settings
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 KILL_GRACE_S = 5.0
-EXEC_DRAIN_GRACE_S = 0.3
-START_POLLS = 3000
+# An exec's group killed by the agent: a fork bomb on a busy host takes seconds to empty.
+EXEC_KILL_GRACE_S = 20.0
 STOP_POLLS = 200
 # After a failed checkpoint: long enough for an ended sandbox to show as stopped, short enough
 # not to hold up one that runs on.
 FAILED_CHECKPOINT_POLLS = 40
 FILE_CALL_TIMEOUT_S = 60.0
-# Enough for the largest file at a slow client's pace; past it the helper is ended.
+# Enough for the largest file at a slow client's pace; past it the transfer is ended.
 FILE_TRANSFER_TIMEOUT_S = 600.0
-
-
-@dataclass
-class _Supervised:
-    process: asyncio.subprocess.Process
-    pumps: list[asyncio.Task[None]]
+# How long the agent may take to answer: its start (the sandbox booting), a request.
+AGENT_START_TIMEOUT_S = 60.0
+AGENT_ANSWER_TIMEOUT_S = 30.0
+PAUSE_TIMEOUT_S = 5.0
+MAX_LISTED = 10_000
+# Where the agent's files are on the host: mounted read-only into every managed sandbox.
+AGENT_DIR = Path(__file__).parent / "inside"
+# What a program that cannot be started exits with, as a shell would say it.
+CANNOT_EXECUTE, NOT_FOUND = 126, 127
 
 
 class RunscSandboxRuntime(SandboxRuntime):
@@ -55,8 +63,9 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._cgroups: cgroups.SandboxCgroups = cgroups.NoCgroups()
         self._version = ""
         self._live: set[str] = set()
-        # The runsc processes (and their pipes' readers) of long-lived sandboxes, by id.
-        self._supervised: dict[str, _Supervised] = {}
+        # The runsc processes and agent channels of managed sandboxes, by id.
+        self._supervised: dict[str, Supervised] = {}
+        self._agent_identity = _agent_identity()
         # Holds the memory limit where no cgroup does (started only without cgroups).
         self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
 
@@ -82,13 +91,12 @@ class RunscSandboxRuntime(SandboxRuntime):
         rest. Only the readers of the pipes end here."""
         self._memory_watch.close()
         for sandbox_id in list(self._supervised):
-            supervised = self._supervised.pop(sandbox_id)
-            for task in supervised.pumps:
-                task.cancel()
+            await self._supervised.pop(sandbox_id).detach()
 
     @property
     def identity(self) -> dict[str, str]:
-        return {"runtime": "runsc", "version": self._version, "rootfs": self._rootfs_identity()}
+        return {"runtime": "runsc", "version": self._version, "rootfs": self._rootfs_identity(),
+                "agent": self._agent_identity}
 
     def _rootfs_identity(self) -> str:
         try:
@@ -102,6 +110,8 @@ class RunscSandboxRuntime(SandboxRuntime):
             problems.append(f"runsc at {self._runsc.path!r} did not answer --version")
         if not (self._rootfs / "usr/bin/python3").exists():
             problems.append(f"rootfs {self._rootfs} has no usr/bin/python3 (run make rootfs)")
+        if not (self._rootfs / oci.AGENT_DIR.lstrip("/")).is_dir():
+            problems.append(f"rootfs {self._rootfs} has no {oci.AGENT_DIR} (run make rootfs)")
         if not self._rootfs_identity():
             problems.append(f"rootfs {self._rootfs} has no identity file beside it")
         if not os.access(self._bundles.root, os.W_OK):
@@ -113,10 +123,10 @@ class RunscSandboxRuntime(SandboxRuntime):
     def command(self, *args: str, log_file: Path | None = None) -> list[str]:
         return self._runsc.command(*args, log_file=log_file)
 
-    def write_bundle(self, spec: SandboxSpec, program: Program) -> Path:
+    def write_bundle(self, spec: SandboxSpec, program: Program, managed: bool = False) -> Path:
         memory_bytes = spec.limits.memory_mb * 1024 * 1024
         cgroups_path = self._cgroups.create(checked(spec.sandbox_id), memory_bytes)
-        return self._bundles.write(spec, program, cgroups_path)
+        return self._bundles.write(spec, program, cgroups_path, AGENT_DIR if managed else None)
 
     def remove_bundle(self, sandbox_id: str) -> None:
         self._bundles.remove(sandbox_id)
@@ -190,17 +200,21 @@ class RunscSandboxRuntime(SandboxRuntime):
             raise RuntimeFailure(f"runsc failed: {message}")
 
     def _ended(self, sandbox_id: str, exit_code: int, duration_ms: int) -> Outcome:
-        limit = self._bundles.memory_bytes(sandbox_id)
-        oom = exit_code != 0 and limit > 0 and (
-            self._memory_watch.killed(sandbox_id)
-            or self._cgroups.out_of_memory(sandbox_id, limit)
-        )
+        oom = exit_code != 0 and self._out_of_memory(sandbox_id)
         return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
+
+    def _out_of_memory(self, sandbox_id: str) -> bool:
+        limit = self._bundles.memory_bytes(sandbox_id)
+        return limit > 0 and (self._memory_watch.killed(sandbox_id)
+                              or self._cgroups.out_of_memory(sandbox_id, limit))
 
     async def _destroy(
         self, sandbox_id: str, process: asyncio.subprocess.Process | None = None
     ) -> None:
         """Leave nothing behind: container, processes, pipes, cgroups, bundle, checkpoint."""
+        supervised = self._supervised.get(sandbox_id)
+        if supervised is not None:
+            supervised.ending = True  # ended by us: its supervisor must not call it a failure
         await self._runsc.end(sandbox_id)
         if process is not None and process.returncode is None:
             await wait_or_kill(process, KILL_GRACE_S)
@@ -213,16 +227,29 @@ class RunscSandboxRuntime(SandboxRuntime):
     async def destroy(self, sandbox_id: str) -> None:
         await self._destroy(checked(sandbox_id))
 
-    # Long-lived sandboxes ---------------------------------------------------------------
+    # Managed sandboxes: the agent is their init -----------------------------------------
 
     async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
         sandbox_id = spec.sandbox_id
         self._live.add(sandbox_id)
         try:
-            bundle = self.write_bundle(spec, program)
-            await self._start_supervised(
-                sandbox_id, sink, "run", "--bundle", str(bundle), sandbox_id
+            bundle = self.write_bundle(spec, program, managed=True)
+            supervised = await self._start_agent(
+                spec, program, "run", "--bundle", str(bundle), sandbox_id
             )
+            await self._started(supervised, supervised.channel.start(AGENT_START_TIMEOUT_S),
+                                "run")
+            if program.language is not None or program.argv:
+                await supervised.channel.spawn(
+                    oci.program_argv(program), supervised.env, oci.WORKDIR, sink,
+                    AGENT_ANSWER_TIMEOUT_S, main=True,
+                )
+                supervised.main = True
+            else:  # a session: its Python execs are forked from a started interpreter
+                await supervised.channel.start_zygote(
+                    ["python3", f"{oci.AGENT_DIR}/zygote.py"], supervised.env, oci.WORKDIR,
+                    AGENT_ANSWER_TIMEOUT_S,
+                )
         except BaseException:
             await self._destroy(sandbox_id)
             raise
@@ -233,128 +260,151 @@ class RunscSandboxRuntime(SandboxRuntime):
         try:
             if not self._bundles.exists(sandbox_id):
                 # Restored on another instance, or after the state folder was lost: the
-                # process comes from the image, the bundle only gives mounts and limits.
-                self.write_bundle(spec, IDLE)
+                # processes come from the image, the bundle only gives mounts and limits.
+                self.write_bundle(spec, Program(language=None), managed=True)
             else:
                 self._cgroups.create(sandbox_id, spec.limits.memory_mb * 1024 * 1024)
-            await self._start_supervised(
-                sandbox_id, sink, "restore", "--image-path", image,
+            supervised = await self._start_agent(
+                spec, Program(language=None), "restore", "--image-path", image,
                 "--bundle", str(self._bundles.path(sandbox_id)), sandbox_id,
             )
+            live = await self._started(supervised,
+                                       supervised.channel.resume(AGENT_START_TIMEOUT_S),
+                                       "restore")
+            if MAIN_TAG in live:
+                supervised.channel.adopt(MAIN_TAG, sink)
+                supervised.main = True
         except BaseException:
             await self._destroy(sandbox_id)
             raise
 
-    async def _start_supervised(self, sandbox_id: str, sink: OutputSink, *args: str) -> None:
-        """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor: its
-        exit code is the init's own, which `runsc wait` loses when the init ends quickly.
-        Returns once the sandbox runs (or already ended)."""
+    async def _start_agent(self, spec: SandboxSpec, program: Program, *args: str) -> Supervised:
+        """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor, with
+        the agent's channel on its stdio."""
+        sandbox_id = spec.sandbox_id
         log_file = self._bundles.log_file(sandbox_id)
         log_file.unlink(missing_ok=True)
-        process, stdout, stderr = await spawn(self._runsc.command(*args, log_file=log_file))
-        self._supervised[sandbox_id] = _Supervised(process, [
-            asyncio.create_task(pump(stdout, Stream.STDOUT, sink)),
-            asyncio.create_task(pump(stderr, Stream.STDERR, sink)),
-        ])
+
+        async def broken(reason: str) -> None:
+            # Only this sandbox pays for its agent: it is ended, and `wait` says why. (While
+            # the service ends or checkpoints it, the pipes closing is no news.)
+            current = self._supervised.get(sandbox_id)
+            if current is None or current.ending:
+                return
+            log.error("runsc.agent_failed", sandbox_id=sandbox_id, reason=reason)
+            await self._runsc.kill_all(sandbox_id)
+
+        supervised = await start_supervised(
+            sandbox_id, self._runsc.command(*args, log_file=log_file),
+            oci.environment(spec, program), broken,
+        )
+        self._supervised[sandbox_id] = supervised
         self._watch_memory(sandbox_id, self._bundles.memory_bytes(sandbox_id))
-        for _poll in range(START_POLLS):
-            if process.returncode is not None or await self._runsc.is_running(sandbox_id):
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise RuntimeFailure(f"runsc {args[0]} did not start the sandbox in time")
-        message = self._bundles.logged_error(sandbox_id)
-        if process.returncode == RUNSC_ERROR_EXIT and message != NO_MESSAGE:
-            raise RuntimeFailure(f"runsc {args[0]} failed: {message}")
+        return supervised
+
+    async def _started(self, supervised: Supervised, greeting: Awaitable[T], verb: str) -> T:
+        """The agent's first answer; when there is none, runsc's own reason if it gave one."""
+        try:
+            return await greeting
+        except RuntimeFailure:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILL_GRACE_S):
+                    await supervised.process.wait()
+            message = self._bundles.logged_error(supervised.sandbox_id)
+            if supervised.process.returncode == RUNSC_ERROR_EXIT and message != NO_MESSAGE:
+                raise RuntimeFailure(f"runsc {verb} failed: {message}") from None
+            raise
+
+    def _agent(self, sandbox_id: str) -> Supervised:
+        supervised = self._supervised.get(checked(sandbox_id))
+        if supervised is None or supervised.ending or supervised.channel.broken is not None:
+            raise RuntimeFailure(f"sandbox {sandbox_id} is not running on this host")
+        return supervised
 
     async def wait(self, sandbox_id: str) -> Outcome:
         supervised = self._supervised.get(checked(sandbox_id))
         if supervised is None:
             return Outcome(exit_code=None)
         started = time.monotonic()
-        await supervised.process.wait()
+        exit_code: int | None = None
+        if supervised.main:
+            with contextlib.suppress(RuntimeFailure):
+                exit_code = await supervised.channel.wait(MAIN_TAG)
+        if exit_code is None:
+            await supervised.process.wait()
         self._memory_watch.stop(sandbox_id)
-        await finish_pumps(supervised.pumps)
-        exit_code = supervised.process.returncode
-        assert exit_code is not None
-        return self._ended(sandbox_id, exit_code, int((time.monotonic() - started) * 1000))
+        duration_ms = int((time.monotonic() - started) * 1000)
+        if supervised.ending:
+            return Outcome(exit_code=None, duration_ms=duration_ms)
+        if exit_code is None:
+            failure = supervised.channel.broken or "the sandbox's agent ended"
+            return Outcome(exit_code=None, duration_ms=duration_ms, failure=failure,
+                           oom_killed=self._out_of_memory(sandbox_id))
+        return self._ended(sandbox_id, exit_code, duration_ms)
 
     async def _end_supervision(self, sandbox_id: str) -> None:
         self._memory_watch.stop(sandbox_id)
         supervised = self._supervised.pop(sandbox_id, None)
         if supervised is not None:
-            await wait_or_kill(supervised.process, KILL_GRACE_S)
-            await finish_pumps(supervised.pumps)
+            await supervised.close(KILL_GRACE_S)
 
     async def exec(
         self, sandbox_id: str, program: Program, sink: OutputSink, stdin: bytes, timeout_s: float
     ) -> Outcome:
-        process_file, pid_file, *script = self._bundles.exec_files(checked(sandbox_id), program)
-        try:
-            return await self._supervise_exec(
-                sandbox_id, process_file, pid_file, sink, stdin, timeout_s
-            )
-        finally:
-            for made in (process_file, pid_file, *script):
-                made.unlink(missing_ok=True)
-
-    async def _supervise_exec(
-        self,
-        sandbox_id: str,
-        process_file: Path,
-        pid_file: Path,
-        sink: OutputSink,
-        stdin: bytes,
-        timeout_s: float,
-    ) -> Outcome:
+        supervised = self._agent(sandbox_id)
+        argv, script = self._bundles.exec_argv(sandbox_id, program)
+        env = [*supervised.env, *(f"{key}={value}" for key, value in program.env)]
+        # The zygote has the session's environment: an exec with its own runs as started.
+        forked = argv[1] if program.language is Language.PYTHON and not program.env else None
         started = time.monotonic()
-        process, stdout, stderr = await spawn(
-            self._runsc.command("exec", "--process", str(process_file),
-                                "--internal-pid-file", str(pid_file), sandbox_id),
-            stdin=asyncio.subprocess.PIPE,
-        )
-        pumps = [
-            asyncio.create_task(pump(stdout, Stream.STDOUT, sink)),
-            asyncio.create_task(pump(stderr, Stream.STDERR, sink)),
-            asyncio.create_task(_feed(process.stdin, stdin)),
-        ]
-        timed_out = False
+        try:
+            tag = await supervised.channel.spawn(argv, env, oci.WORKDIR, sink,
+                                                 AGENT_ANSWER_TIMEOUT_S, stdin=True,
+                                                 forked_script=forked)
+        except AgentError as refused:
+            if script is not None:
+                script.unlink(missing_ok=True)
+            return await _not_started(refused, sink, started)
+        try:
+            return await self._finish_exec(supervised, tag, stdin, timeout_s, started)
+        finally:
+            if script is not None:
+                script.unlink(missing_ok=True)
+
+    async def _finish_exec(
+        self, supervised: Supervised, tag: int, stdin: bytes, timeout_s: float, started: float
+    ) -> Outcome:
+        channel = supervised.channel
+        feeding = asyncio.create_task(channel.feed(tag, stdin))
         try:
             async with asyncio.timeout(timeout_s):
-                await process.wait()
+                exit_code = await channel.wait(tag)
         except TimeoutError:
-            timed_out = True
+            await self._kill_exec(supervised, tag)
+            return Outcome(exit_code=None, timed_out=True,
+                           duration_ms=int((time.monotonic() - started) * 1000))
+        except asyncio.CancelledError:
+            # The caller went away: the exec ends with its process group.
+            await asyncio.shield(self._kill_exec(supervised, tag))
+            raise
         finally:
-            if process.returncode is None:
-                await self._kill_exec(sandbox_id, pid_file)
-                await wait_or_kill(process, KILL_GRACE_S)
-            # A daemon the exec started may hold the pipes; what it writes later is not
-            # this exec's output.
-            await finish_pumps(pumps, grace_s=EXEC_DRAIN_GRACE_S)
-        duration_ms = int((time.monotonic() - started) * 1000)
-        if timed_out:
-            return Outcome(exit_code=None, timed_out=True, duration_ms=duration_ms)
-        exit_code = process.returncode
-        assert exit_code is not None
-        if exit_code == RUNSC_ERROR_EXIT and not await self._runsc.is_running(sandbox_id):
-            raise RuntimeFailure(f"sandbox {sandbox_id} is not running")
-        return self._ended(sandbox_id, exit_code, duration_ms)
+            feeding.cancel()
+        return self._ended(supervised.sandbox_id, exit_code,
+                           int((time.monotonic() - started) * 1000))
 
-    async def _kill_exec(self, sandbox_id: str, pid_file: Path) -> None:
-        """End a timed-out exec with its process group (an exec is its group's leader), so
-        that what it forked does not run on in the session; what it moved to a session of
-        its own (setsid) stays, as a daemon would."""
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
+    async def _kill_exec(self, supervised: Supervised, tag: int) -> None:
+        """End an exec with its process group (what it moved to a session of its own stays,
+        as a daemon would). An agent that cannot do that in time fails its sandbox."""
+        channel = supervised.channel
+        if channel.broken is not None:
             return
-        killer = pid_file.with_suffix(".kill.json")
-        killer.write_text(json.dumps(oci.group_kill_process(pid)))
+        channel.kill(tag)
         try:
-            await self._runsc.quietly("exec", "--process", str(killer), sandbox_id)
-        finally:
-            killer.unlink(missing_ok=True)
-        await self._runsc.quietly("kill", "--pid", str(pid), sandbox_id, "KILL")
+            async with asyncio.timeout(EXEC_KILL_GRACE_S):
+                await channel.wait(tag)
+        except (TimeoutError, RuntimeFailure):
+            log.error("runsc.exec_kill_failed", sandbox_id=supervised.sandbox_id)
+            await self._runsc.kill_all(supervised.sandbox_id)
 
     async def checkpoint(self, sandbox_id: str) -> str:
         image = self._checkpoints / checked(sandbox_id)
@@ -362,14 +412,23 @@ class RunscSandboxRuntime(SandboxRuntime):
         # The image holds the sandbox's memory: only root may read it.
         image.mkdir(mode=0o700, parents=True)
         started = time.monotonic()
+        supervised = self._supervised.get(sandbox_id)
+        if supervised is not None:
+            await self._pause(supervised)
+            supervised.ending = True
         code, output = await self._runsc.quietly(
             "checkpoint", "--image-path", str(image), sandbox_id
         )
         if code != 0:
+            if supervised is not None:
+                supervised.ending = False
             shutil.rmtree(image, ignore_errors=True)
             # runsc ends a sandbox whose image it could not write (a full disk), and may show
             # it as running for a moment: let it settle, so that `running_ids` tells the truth.
             await self._runsc.wait_until_stopped(sandbox_id, FAILED_CHECKPOINT_POLLS)
+            if supervised is not None and await self._runsc.is_running(sandbox_id):
+                with contextlib.suppress(RuntimeFailure, AgentError):
+                    await supervised.channel.unpause(AGENT_ANSWER_TIMEOUT_S)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
         for entry in image.iterdir():
             entry.chmod(0o600)
@@ -384,74 +443,49 @@ class RunscSandboxRuntime(SandboxRuntime):
                  image_bytes=sum(entry.stat().st_size for entry in image.iterdir()))
         return str(image)
 
+    async def _pause(self, supervised: Supervised) -> None:
+        """Quiet the agent so that no frame is cut by the checkpoint. One that does not
+        answer is checkpointed anyway: after a restore, the stream is found again."""
+        try:
+            await supervised.channel.pause(PAUSE_TIMEOUT_S)
+        except (RuntimeFailure, AgentError) as error:
+            log.warning("runsc.agent_pause_failed", sandbox_id=supervised.sandbox_id,
+                        error=str(error))
+
     async def discard_checkpoint(self, image: str) -> None:
         path = Path(image)
         if path.parent == self._checkpoints and ID_PATTERN.match(path.name):
             shutil.rmtree(path, ignore_errors=True)
 
-    # Files, by small helpers run in the sandbox (its files live in its memory) -----------
+    # Files, moved by the agent with the sandbox user's rights ----------------------------
 
     async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterable[bytes]) -> int:
-        async with self._file_helper(sandbox_id, files.write_argv(path), FILE_TRANSFER_TIMEOUT_S,
-                                     takes_input=True) as helper:
-            return await file_transfers.upload(helper, path, chunks)
+        channel = self._agent(sandbox_id).channel
+        try:
+            return await channel.write_file(path, aiter(chunks), FILE_TRANSFER_TIMEOUT_S)
+        except AgentError as refused:
+            raise file_error(refused, path) from None
 
     @contextlib.asynccontextmanager
     async def read_file(
         self, sandbox_id: str, path: str, limit_bytes: int
     ) -> AsyncIterator[OpenedFile]:
-        async with self._file_helper(sandbox_id, files.read_argv(path, limit_bytes),
-                                     FILE_TRANSFER_TIMEOUT_S) as helper:
-            yield await file_transfers.open_download(helper, path, limit_bytes)
+        channel = self._agent(sandbox_id).channel
+        try:
+            async with channel.read_file(path, limit_bytes, FILE_TRANSFER_TIMEOUT_S) as (
+                info, chunks,
+            ):
+                yield OpenedFile(info.size, _exactly(info.size, chunks, path, limit_bytes))
+        except AgentError as refused:
+            raise file_error(refused, path, limit_bytes) from None
 
     async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
-        async with self._file_helper(sandbox_id, files.list_argv(path),
-                                     FILE_CALL_TIMEOUT_S) as helper:
-            return await file_transfers.listing(helper, path)
-
-    @contextlib.asynccontextmanager
-    async def _file_helper(
-        self, sandbox_id: str, argv: list[str], timeout_s: float, takes_input: bool = False
-    ) -> AsyncIterator[file_transfers.FileHelper]:
-        """A file helper running in the sandbox, isolated from what the sandbox's code set
-        (see files.py), ended at its deadline, and gone with its files when the call ends,
-        however it ends."""
-        made = self._bundles.helper_files(checked(sandbox_id), argv, files.ENVIRONMENT)
-        process_file, pid_file = made
+        channel = self._agent(sandbox_id).channel
         try:
-            process, stdout, stderr = await spawn(
-                self._runsc.command("exec", "--process", str(process_file),
-                                    "--internal-pid-file", str(pid_file), sandbox_id),
-                stdin=asyncio.subprocess.PIPE if takes_input else asyncio.subprocess.DEVNULL,
-            )
-            helper = file_transfers.FileHelper(
-                process, stdout, stderr, timeout_s,
-                sandbox_gone=lambda: self._sandbox_gone(sandbox_id))
-            deadline = asyncio.create_task(self._end_helper_after(helper, sandbox_id, pid_file))
-            try:
-                yield helper
-            finally:
-                deadline.cancel()
-                await asyncio.wait({deadline})  # never raises the task's own cancellation
-                helper.close_input()
-                if process.returncode is None:
-                    await self._kill_exec(sandbox_id, pid_file)
-                    await wait_or_kill(process, KILL_GRACE_S)
-                await helper.close()
-        finally:
-            for path in made:
-                path.unlink(missing_ok=True)
-
-    async def _end_helper_after(
-        self, helper: file_transfers.FileHelper, sandbox_id: str, pid_file: Path
-    ) -> None:
-        await asyncio.sleep(helper.timeout_s)
-        helper.timed_out = True
-        await self._kill_exec(sandbox_id, pid_file)
-        await wait_or_kill(helper.process, KILL_GRACE_S)
-
-    async def _sandbox_gone(self, sandbox_id: str) -> bool:
-        return not await self._runsc.is_running(sandbox_id)
+            entries = await channel.list_files(path, MAX_LISTED, FILE_CALL_TIMEOUT_S)
+        except AgentError as refused:
+            raise file_error(refused, path) from None
+        return sorted(entries, key=lambda entry: entry.name)
 
     # What is on the host, for reconciling ------------------------------------------------
 
@@ -473,13 +507,35 @@ class RunscSandboxRuntime(SandboxRuntime):
             self._memory_watch.start(sandbox_id, limit_bytes)
 
 
-async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
-    """Give a process its stdin, then close it. One that ended first no longer wants it: its
-    stdin may be closed already (uvloop closes it as soon as the process has exited, and a
-    write then raises RuntimeError, not a ConnectionError)."""
-    if writer is None or writer.is_closing():
-        return
-    with contextlib.suppress(ConnectionError):
-        writer.write(data)
-        await writer.drain()
-    writer.close()
+async def _not_started(refused: AgentError, sink: OutputSink, started: float) -> Outcome:
+    """A program that cannot be started ends as a shell would report it: its reason on
+    stderr, 127 when it does not exist, 126 when it cannot be executed."""
+    await sink.write(Stream.STDERR, f"{refused.message}\n".encode())
+    code = NOT_FOUND if refused.code == errno.ENOENT else CANNOT_EXECUTE
+    return Outcome(exit_code=code, duration_ms=int((time.monotonic() - started) * 1000))
+
+
+async def _exactly(
+    size: int, chunks: AsyncIterator[bytes], path: str, limit_bytes: int
+) -> AsyncIterator[bytes]:
+    """The file's bytes, exactly as many as its size said (a file that grows or shrinks while
+    it is read is a failed transfer, never a wrong one)."""
+    sent = 0
+    try:
+        async for chunk in chunks:
+            sent += len(chunk)
+            if sent > size:
+                raise InvalidRequest(f"{path} grew while it was read; read it again")
+            yield chunk
+    except AgentError as refused:
+        raise file_error(refused, path, limit_bytes) from None
+    if sent != size:
+        raise InvalidRequest(f"{path} shrank while it was read; read it again")
+
+
+def _agent_identity() -> str:
+    """A checkpoint holds the agent in its memory: one made with another agent is refused."""
+    digest = hashlib.sha256()
+    for source in sorted(AGENT_DIR.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
