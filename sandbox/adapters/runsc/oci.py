@@ -17,6 +17,7 @@ SANDBOX_UID = 1000
 INPUT_DIR = "/sandbox/input"
 PACKAGES_DIR = "/sandbox/packages"
 WORKDIR = "/workspace"
+OOM_SCORE_ADJ = 1000
 
 _SCRIPT_NAMES = {Language.PYTHON: "main.py", Language.BASH: "main.sh"}
 _BASE_ENV = {
@@ -139,6 +140,13 @@ def build_config(
             "capabilities": no_capabilities,
             "rlimits": _rlimits(limits),
             "noNewPrivileges": True,
+            # runsc gives this to the sandbox's host processes (its kernel, the sentry, and
+            # its gofer), not to the address spaces it runs programs in. The kernel's OOM
+            # killer then ends the sandbox as a whole, which runsc reports as a SIGKILL,
+            # instead of one address space, which gVisor reports as the program's own exit
+            # status 1, a normal-looking exit. Under host-wide memory pressure, sandboxes go
+            # before the server.
+            "oomScoreAdj": OOM_SCORE_ADJ,
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": "sandbox",

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ STOP_POLLS = 200
 # not to hold up one that runs on.
 FAILED_CHECKPOINT_POLLS = 40
 FILE_CALL_TIMEOUT_S = 60.0
+# How runsc reports a sandbox whose processes were killed: the shell's 128 + SIGKILL.
+KILLED_EXIT = 128 + signal.SIGKILL
 
 
 @dataclass
@@ -188,13 +191,20 @@ class RunscSandboxRuntime(SandboxRuntime):
             log.error("runsc.failed", message=message)
             raise RuntimeFailure(f"runsc failed: {message}")
 
-    def _ended(self, sandbox_id: str, exit_code: int, duration_ms: int) -> Outcome:
-        limit = self._bundles.memory_bytes(sandbox_id)
-        oom = exit_code != 0 and limit > 0 and (
-            self._memory_watch.killed(sandbox_id)
-            or self._cgroups.out_of_memory(sandbox_id, limit)
-        )
+    def _ended(
+        self, sandbox_id: str, exit_code: int, duration_ms: int, oom_kills_before: int = 0
+    ) -> Outcome:
+        """Out of memory only when the sandbox was killed (runsc reports 128 + SIGKILL) and a
+        memory layer says it killed it: the kernel's OOM killer in the sandbox's cgroup since
+        `oom_kills_before`, or the memory watch. A script that exits by itself, with any
+        status, 137 included, keeps its status and no verdict."""
+        oom = exit_code == KILLED_EXIT and self._killed_for_memory(sandbox_id, oom_kills_before)
         return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
+
+    def _killed_for_memory(self, sandbox_id: str, oom_kills_before: int) -> bool:
+        return self._memory_watch.killed(sandbox_id) or (
+            self._cgroups.oom_kills(sandbox_id) > oom_kills_before
+        )
 
     async def _destroy(
         self, sandbox_id: str, process: asyncio.subprocess.Process | None = None
@@ -307,6 +317,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         timeout_s: float,
     ) -> Outcome:
         started = time.monotonic()
+        oom_kills_before = self._cgroups.oom_kills(sandbox_id)
         process, stdout, stderr = await spawn(
             self._runsc.command("exec", "--process", str(process_file),
                                 "--internal-pid-file", str(pid_file), sandbox_id),
@@ -336,8 +347,11 @@ class RunscSandboxRuntime(SandboxRuntime):
         exit_code = process.returncode
         assert exit_code is not None
         if exit_code == RUNSC_ERROR_EXIT and not await self._runsc.is_running(sandbox_id):
+            if self._killed_for_memory(sandbox_id, oom_kills_before):
+                # Passing the memory limit ends the whole sandbox, this exec with it.
+                return Outcome(exit_code=KILLED_EXIT, oom_killed=True, duration_ms=duration_ms)
             raise RuntimeFailure(f"sandbox {sandbox_id} is not running")
-        return self._ended(sandbox_id, exit_code, duration_ms)
+        return self._ended(sandbox_id, exit_code, duration_ms, oom_kills_before)
 
     async def _kill_exec(self, sandbox_id: str, pid_file: Path) -> None:
         """End a timed-out exec with its process group (an exec is its group's leader), so
