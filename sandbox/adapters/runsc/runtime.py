@@ -124,6 +124,16 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._bundles.remove(sandbox_id)
         self._cgroups.remove(sandbox_id)
 
+    # Removing folders can take long (a checkpoint holds up to the memory limit, maybe on a
+    # mounted bucket): it runs in a worker thread, never on the event loop.
+
+    async def _remove_bundle(self, sandbox_id: str) -> None:
+        self._cgroups.remove(sandbox_id)
+        await asyncio.to_thread(self._bundles.remove, sandbox_id)
+
+    async def _remove_image(self, image: Path) -> None:
+        await asyncio.to_thread(shutil.rmtree, image, ignore_errors=True)
+
     # One script in a sandbox made for it and gone afterwards ---------------------------
 
     async def run(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> Outcome:
@@ -214,8 +224,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         if process is not None and process.returncode is None:
             await wait_or_kill(process, KILL_GRACE_S)
         await self._end_supervision(sandbox_id)
-        self.remove_bundle(sandbox_id)
-        shutil.rmtree(self._checkpoints / sandbox_id, ignore_errors=True)
+        await self._remove_bundle(sandbox_id)
+        await self._remove_image(self._checkpoints / sandbox_id)
         self._memory_watch.forget(sandbox_id)
         self._live.discard(sandbox_id)
 
@@ -371,7 +381,7 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     async def checkpoint(self, sandbox_id: str) -> str:
         image = self._checkpoints / checked(sandbox_id)
-        shutil.rmtree(image, ignore_errors=True)
+        await self._remove_image(image)
         # The image holds the sandbox's memory: only root may read it.
         image.mkdir(mode=0o700, parents=True)
         started = time.monotonic()
@@ -379,13 +389,12 @@ class RunscSandboxRuntime(SandboxRuntime):
             "checkpoint", "--image-path", str(image), sandbox_id
         )
         if code != 0:
-            shutil.rmtree(image, ignore_errors=True)
+            await self._remove_image(image)
             # runsc ends a sandbox whose image it could not write (a full disk), and may show
             # it as running for a moment: let it settle, so that `running_ids` tells the truth.
             await self._runsc.wait_until_stopped(sandbox_id, FAILED_CHECKPOINT_POLLS)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
-        for entry in image.iterdir():
-            entry.chmod(0o600)
+        image_bytes = await asyncio.to_thread(_seal_image, image)
         # checkpoint can return while the container still shows as running; the same id is
         # reused by restore, so wait for it to stop, then delete it.
         await self._runsc.wait_until_stopped(sandbox_id, STOP_POLLS)
@@ -394,13 +403,13 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._cgroups.remove(sandbox_id)
         self._live.discard(sandbox_id)
         log.info("runsc.checkpointed", ms=int((time.monotonic() - started) * 1000),
-                 image_bytes=sum(entry.stat().st_size for entry in image.iterdir()))
+                 image_bytes=image_bytes)
         return str(image)
 
     async def discard_checkpoint(self, image: str) -> None:
         path = Path(image)
         if path.parent == self._checkpoints and ID_PATTERN.match(path.name):
-            shutil.rmtree(path, ignore_errors=True)
+            await self._remove_image(path)
 
     # Files, by small programs run in the sandbox (its files live in its memory) ---------
 
@@ -440,14 +449,28 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     async def leftover_ids(self) -> set[str]:
         found = {entry["id"] for entry in await self._runsc.containers()}
-        found.update(self._bundles.ids())
-        found.update(entry.name for entry in self._checkpoints.iterdir())
+        found.update(await asyncio.to_thread(self._bundles.ids))
+        found.update(await asyncio.to_thread(_names_in, self._checkpoints))
         found.update(self._cgroups.leftovers())
         return {sandbox_id for sandbox_id in found if ID_PATTERN.match(sandbox_id)}
 
     def _watch_memory(self, sandbox_id: str, limit_bytes: int) -> None:
         if not self._cgroups.enabled and limit_bytes > 0:
             self._memory_watch.start(sandbox_id, limit_bytes)
+
+
+def _seal_image(image: Path) -> int:
+    """Make every file of a checkpoint image readable by root only (runsc writes them
+    world-readable, and they hold the sandbox's memory); return the image's size."""
+    size = 0
+    for entry in image.iterdir():
+        entry.chmod(0o600)
+        size += entry.stat().st_size
+    return size
+
+
+def _names_in(folder: Path) -> list[str]:
+    return [entry.name for entry in folder.iterdir()]
 
 
 async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
