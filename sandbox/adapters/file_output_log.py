@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
+from sandbox.adapters.private import private_folder
 from sandbox.domain.ids import checked_sandbox_id
 from sandbox.domain.model import Stream
 from sandbox.domain.ports import OutputLog, OutputSink, StoredOutput
@@ -66,8 +67,7 @@ def _private_open(path: Path) -> BinaryIO:
 
 class FileOutputLog(OutputLog):
     def __init__(self, root: Path) -> None:
-        self._root = root
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._root = private_folder(root)
 
     def _folder(self, sandbox_id: str) -> Path:
         return self._root / checked_sandbox_id(sandbox_id)

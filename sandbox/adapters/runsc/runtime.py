@@ -15,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from sandbox.adapters.private import private_folder, private_tree_files
 from sandbox.adapters.runsc import cgroups, files, memory, oci
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
 from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
@@ -62,13 +63,21 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
 
     async def start(self) -> None:
-        for folder in (self._runsc.root, self._bundles.root, self._checkpoints):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await asyncio.to_thread(self._make_state_private)
         self._cgroups = cgroups.detect(self._cgroup_parent())
         self._runsc.ignore_cgroups = not self._cgroups.enabled
         self._version = await self._runsc.version()
         log.info("runsc.ready", version=self._version, cgroups=type(self._cgroups).__name__,
                  rootfs=str(self._rootfs), rootfs_identity=self._rootfs_identity())
+
+    def _make_state_private(self) -> None:
+        """The state folder and what is in it are the server's user's alone, at every start:
+        bundles hold sessions' env values, checkpoints their memory."""
+        state = self._settings.state_dir
+        for folder in (state, self._runsc.root, self._bundles.root, state / "packages",
+                       self._checkpoints):
+            private_folder(folder)
+        private_tree_files(self._checkpoints)
 
     def _cgroup_parent(self) -> str:
         """One cgroup parent per state folder, so two servers (or test runs) on one host
@@ -145,7 +154,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             started = time.monotonic()
             process, stdout, stderr = await spawn(self._runsc.command(
                 "run", "--bundle", str(bundle), sandbox_id,
-                log_file=self._bundles.log_file(sandbox_id),
+                log_file=self._bundles.fresh_log_file(sandbox_id),
             ))
             return await self._supervise(spec, process, stdout, stderr, sink, started)
         finally:
@@ -268,8 +277,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor: its
         exit code is the init's own, which `runsc wait` loses when the init ends quickly.
         Returns once the sandbox runs (or already ended)."""
-        log_file = self._bundles.log_file(sandbox_id)
-        log_file.unlink(missing_ok=True)
+        log_file = self._bundles.fresh_log_file(sandbox_id)
         process, stdout, stderr = await spawn(self._runsc.command(*args, log_file=log_file))
         self._supervised[sandbox_id] = _Supervised(process, [
             asyncio.create_task(pump(stdout, Stream.STDOUT, sink)),
