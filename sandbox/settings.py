@@ -61,6 +61,9 @@ class Settings:
     runsc_platform: str = "systrap"
     # Empty: one parent per state folder (gvisor-sandbox-<hash of the folder>).
     cgroup_parent: str = ""
+    # Refuse to start (runsc runtime) where cgroups cannot be used: there the CPU quota is
+    # not held at all and memory only by polling (see the limits in /readyz).
+    require_cgroups: bool = False
     log_format: str = "json"
     log_level: str = "info"
     default_timeout_s: float = 30.0

@@ -138,3 +138,14 @@ async def test_the_identity_names_the_rootfs(runtime: SandboxRuntime) -> None:
 
     assert isinstance(identity.get("rootfs"), str)
     assert identity["rootfs"] != ""
+
+
+async def test_the_limit_layers_name_every_limit_and_hold_wall_time_on_the_server(
+    runtime: SandboxRuntime,
+) -> None:
+    layers = runtime.limit_layers()
+
+    assert set(layers) == {"memory", "cpu", "pids", "open_files", "file_size", "tmp",
+                           "wall_time", "output"}
+    assert layers["wall_time"] == ["server_timer"]
+    assert layers["memory"] != []

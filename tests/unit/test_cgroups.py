@@ -233,3 +233,10 @@ def test_remove_parent_takes_the_parent_from_every_hierarchy_and_nothing_else(
     assert not (tmp_path / "pids" / "owned").exists()
     assert not (tmp_path / "owned").exists()
     assert (tmp_path / "memory" / "someone-else" / OTHER).is_dir()
+
+
+def test_a_host_without_cgroups_is_told_why(tmp_path: Path) -> None:
+    found = detect("owned", root=tmp_path)
+
+    assert isinstance(found, NoCgroups)
+    assert found.reason == f"the cgroup tree at {tmp_path / 'memory'} is missing or not writable"

@@ -191,6 +191,9 @@ class CgroupsV2(SandboxCgroups):
 
 
 class NoCgroups(SandboxCgroups):
+    def __init__(self, reason: str = "cgroups are not used") -> None:
+        self.reason = reason
+
     def create(self, sandbox_id: str, memory_bytes: int) -> str:
         return ""
 
@@ -209,19 +212,20 @@ class NoCgroups(SandboxCgroups):
 
 
 def detect(parent: str, root: Path = CGROUP_ROOT) -> SandboxCgroups:
-    """The cgroup flavour this host offers, or NoCgroups when the tree is not writable."""
+    """The cgroup flavour this host offers, or NoCgroups (saying why) when the tree is not
+    writable."""
     if (root / "cgroup.controllers").exists():
         candidate: SandboxCgroups = CgroupsV2(parent, root)
-        writable = os.access(root, os.W_OK)
+        needed = root
     else:
         candidate = CgroupsV1(parent, root)
-        writable = os.access(root / "memory", os.W_OK)
-    if not writable:
-        return NoCgroups()
+        needed = root / "memory"
+    if not os.access(needed, os.W_OK):
+        return NoCgroups(f"the cgroup tree at {needed} is missing or not writable")
     try:
         probe = "probe" + os.urandom(6).hex()
         candidate.create(probe, 64 * 1024 * 1024)
         candidate.remove(probe)
-    except OSError:
-        return NoCgroups()
+    except OSError as error:
+        return NoCgroups(f"a cgroup cannot be made under {needed}: {error.strerror}")
     return candidate

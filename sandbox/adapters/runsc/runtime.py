@@ -15,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from sandbox.adapters import limit_layers
 from sandbox.adapters.private import private_folder, private_tree_files
 from sandbox.adapters.runsc import cgroups, files, memory, oci
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
@@ -46,6 +47,10 @@ class _Supervised:
     pumps: list[asyncio.Task[None]]
 
 
+class CgroupsRequired(RuntimeFailure):
+    """The operator asked for cgroups (SANDBOX_REQUIRE_CGROUPS) and the host has none."""
+
+
 class RunscSandboxRuntime(SandboxRuntime):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -65,10 +70,26 @@ class RunscSandboxRuntime(SandboxRuntime):
     async def start(self) -> None:
         await asyncio.to_thread(self._make_state_private)
         self._cgroups = cgroups.detect(self._cgroup_parent())
+        self._require_cgroups()
         self._runsc.ignore_cgroups = not self._cgroups.enabled
         self._version = await self._runsc.version()
         log.info("runsc.ready", version=self._version, cgroups=type(self._cgroups).__name__,
-                 rootfs=str(self._rootfs), rootfs_identity=self._rootfs_identity())
+                 rootfs=str(self._rootfs), rootfs_identity=self._rootfs_identity(),
+                 limits=self.limit_layers())
+        weakened = limit_layers.weakened(self.limit_layers())
+        if weakened and isinstance(self._cgroups, cgroups.NoCgroups):
+            log.warning("runsc.limits_weakened", reason=self._cgroups.reason, limits=weakened,
+                        hint="set SANDBOX_REQUIRE_CGROUPS=true to refuse to start so")
+
+    def _require_cgroups(self) -> None:
+        if self._settings.require_cgroups and isinstance(self._cgroups, cgroups.NoCgroups):
+            message = (f"SANDBOX_REQUIRE_CGROUPS is true but {self._cgroups.reason}: no CPU "
+                       "quota and only a polled memory limit would hold sandboxes")
+            log.error("runsc.cgroups_required", reason=self._cgroups.reason)
+            raise CgroupsRequired(message)
+
+    def limit_layers(self) -> dict[str, list[str]]:
+        return limit_layers.limit_layers(self._cgroups.enabled)
 
     def _make_state_private(self) -> None:
         """The state folder and what is in it are the server's user's alone, at every start:
