@@ -70,6 +70,9 @@ class Settings:
     # Empty: one parent per state folder, gvisor-sandbox-<random>, named at its first start in
     # STATE_DIR/cgroup-parent (so a restart finds its own leftovers there).
     cgroup_parent: str = ""
+    # Refuse to start (runsc runtime) where cgroups cannot be used: there the CPU quota is
+    # not held at all and memory only by polling (see the limits in /readyz).
+    require_cgroups: bool = False
     log_format: str = "json"
     log_level: str = "info"
     default_timeout_s: float = 30.0

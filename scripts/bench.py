@@ -12,15 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,6 +351,61 @@ async def measure_loop_lag(state_dir: Path) -> None:
           f"{lag * 1000:.1f} ms (the request took {took * 1000:.0f} ms)")
     print(f"  while a short script is: {plain_lag * 1000:.1f} ms "
           f"(the request took {plain_took * 1000:.0f} ms)")
+# The event loop while a large checkpoint is removed: how long every other request and timer
+# of the server waits.
+
+CHECKPOINT_MIB = 1024
+TICK_S = 0.001
+
+
+async def worst_loop_lag_ms(work: Callable[[], Awaitable[None]]) -> float:
+    """The longest the event loop was late for a 1 ms timer while `work` ran."""
+    worst = 0.0
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        nonlocal worst
+        while not done.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(TICK_S)
+            worst = max(worst, time.perf_counter() - before - TICK_S)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.05)
+    await work()
+    done.set()
+    await ticker
+    return worst * 1000
+
+
+def write_checkpoint(image: Path) -> None:
+    image.mkdir(parents=True)
+    block = os.urandom(2**20)
+    with (image / "checkpoint.img").open("wb") as out:
+        for _ in range(CHECKPOINT_MIB):
+            out.write(block)
+        os.fsync(out.fileno())
+
+
+def measure_checkpoint_removal(runtime: RunscSandboxRuntime, settings: Settings) -> None:
+    async def on_the_loop(image: Path) -> None:
+        shutil.rmtree(image)  # what the service did before
+
+    async def in_a_thread(image: Path) -> None:
+        await runtime.discard_checkpoint(str(image))
+
+    lags = {}
+    for name, remove in (("on the event loop (before)", on_the_loop),
+                         ("in a worker thread (the service now)", in_a_thread)):
+        image = settings.checkpoints / new_sandbox_id()
+        write_checkpoint(image)
+        lags[name] = asyncio.run(worst_loop_lag_ms(functools.partial(remove, image)))
+        if image.exists():
+            raise BenchError(f"the checkpoint {image} was not removed")
+    print()
+    print(f"removing a {CHECKPOINT_MIB} MiB checkpoint folder, worst lag of the event loop:")
+    for name, lag in lags.items():
+        print(f"  {name}: {lag:.1f} ms")
 
 
 def runsc_version(runtime: RunscSandboxRuntime) -> str:
@@ -410,6 +467,7 @@ def main() -> int:
                 report(cases, args.runs, settings, runsc_version(runtime))
                 measure_packages(base_url, args.runs)
             asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
+            measure_checkpoint_removal(runtime, settings)
         except BenchError as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from sandbox.adapters.limit_layers import limit_layers
 from sandbox.domain.errors import FileNotFoundInSandbox, PayloadTooLarge, RuntimeFailure
 from sandbox.domain.model import FileEntry, Language, Outcome, Program, SandboxSpec, Stream
 from sandbox.domain.ports import FILE_CHUNK_BYTES, OpenedFile, OutputSink, SandboxRuntime
@@ -84,6 +85,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         self.live: set[str] = set()
         self.runs: list[tuple[SandboxSpec, Program]] = []
         self.problems: list[str] = []
+        # The host the fake pretends to run on: tests set False for one without cgroups.
+        self.cgroups = True
 
     def program(self, source: bytes, behaviour: FakeBehaviour) -> None:
         self._programmed[source] = behaviour
@@ -94,6 +97,9 @@ class FakeSandboxRuntime(SandboxRuntime):
 
     async def readiness(self) -> list[str]:
         return list(self.problems)
+
+    def limit_layers(self) -> dict[str, list[str]]:
+        return limit_layers(self.cgroups)
 
     async def run(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> Outcome:
         self.runs.append((spec, program))

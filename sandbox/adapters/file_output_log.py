@@ -5,9 +5,12 @@ when the cap was hit."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
+from sandbox.adapters.private import private_folder
 from sandbox.domain.ids import checked_sandbox_id
 from sandbox.domain.model import Stream
 from sandbox.domain.ports import OutputLog, OutputSink, StoredOutput
@@ -16,25 +19,55 @@ READ_LIMIT = 4 * 1024 * 1024
 
 
 class _FileSink(OutputSink):
+    """Appends each stream to its file. The disk is touched in a worker thread (a slow or
+    full disk must not stall the event loop); sizes are kept here, so that once a stream is
+    full, its output is dropped without touching the disk at all."""
+
     def __init__(self, folder: Path, limit: int) -> None:
         self._folder = folder
         self._limit = limit
+        # Unknown until the first write: a restored sandbox appends to what is there.
+        self._sizes: dict[Stream, int] = {}
+        self._marked: set[Stream] = set()
 
     async def write(self, stream: Stream, data: bytes) -> None:
-        path = self._folder / stream.value
-        size = path.stat().st_size if path.exists() else 0
-        room = self._limit - size
-        if len(data) > room:
-            (self._folder / f"{stream.value}.truncated").touch()
-        if room > 0:
-            with path.open("ab") as out:
-                out.write(data[:room])
+        size = self._sizes.get(stream)
+        if size is None:
+            size = await asyncio.to_thread(_size_of, self._folder / stream.value)
+        room = max(self._limit - size, 0)
+        kept = data[:room]
+        self._sizes[stream] = size + len(kept)
+        overflow = len(data) > room and stream not in self._marked
+        if overflow:
+            self._marked.add(stream)
+        if kept or overflow:
+            await asyncio.to_thread(self._append, stream, kept, overflow)
+
+    def _append(self, stream: Stream, data: bytes, overflow: bool) -> None:
+        if data:
+            with _private_open(self._folder / stream.value) as out:
+                out.write(data)
+        if overflow:
+            _private_open(self._folder / f"{stream.value}.truncated").close()
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _private_open(path: Path) -> BinaryIO:
+    """Open for appending, made readable by the server's user only: output may hold
+    secrets."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                             0o600), "ab")
 
 
 class FileOutputLog(OutputLog):
     def __init__(self, root: Path) -> None:
-        self._root = root
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._root = private_folder(root)
 
     def _folder(self, sandbox_id: str) -> Path:
         return self._root / checked_sandbox_id(sandbox_id)

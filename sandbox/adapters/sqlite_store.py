@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from sandbox.adapters import records
+from sandbox.adapters.private import create_private_file, private_files, private_folder
 from sandbox.domain.errors import InvalidState
 from sandbox.domain.model import Sandbox, SandboxState
 from sandbox.domain.ports import SandboxStore
@@ -26,9 +27,17 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 """
 
 
+def _companions(path: Path) -> list[Path]:
+    return [path.with_name(f"{path.name}-{suffix}") for suffix in ("wal", "shm", "journal")]
+
+
 class SqliteSandboxStore(SandboxStore):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Records hold sessions' env values, often secrets. SQLite gives the -wal and -shm
+        # files the database's own mode; those left by an older start are tightened here.
+        private_folder(path.parent)
+        create_private_file(path)
+        private_files(*_companions(path))
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

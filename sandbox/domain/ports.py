@@ -66,6 +66,11 @@ class SandboxRuntime(abc.ABC):
     async def readiness(self) -> list[str]:
         """Problems that stop the runtime from running sandboxes now; empty when ready."""
 
+    @abc.abstractmethod
+    def limit_layers(self) -> dict[str, list[str]]:
+        """Which layers hold each limit on this host, strongest first (e.g. "memory":
+        ["cgroup"], "cpu": []): an empty list means the limit is not held here."""
+
     @property
     @abc.abstractmethod
     def identity(self) -> dict[str, str]:

@@ -18,6 +18,9 @@ log = structlog.get_logger(__name__)
 # SERVER_OPTIONS is re-exported for the tests that serve the app as this command does.
 __all__ = ["SERVER_OPTIONS", "main"]
 
+# As uvicorn's own command line: 2 is kept for bad settings.
+STARTUP_FAILED = 3
+
 
 def main() -> None:
     try:
@@ -30,7 +33,13 @@ def main() -> None:
     # Only the digests are kept; the tokens must not reach the processes we start (pip, runsc).
     os.environ.pop("SANDBOX_API_TOKENS", None)
     log.info("server.starting", host=settings.host, port=settings.port, runtime=settings.runtime)
-    uvicorn.Server(server_config(create_app(settings), settings)).run()
+    server = uvicorn.Server(server_config(create_app(settings), settings))
+    server.run()
+    if not server.started:
+        # The app refused to start (SANDBOX_REQUIRE_CGROUPS on a host without cgroups, say):
+        # the log says why; a service manager must see a failure, not a clean exit.
+        print("sandbox: the server did not start; the log above says why", file=sys.stderr)
+        sys.exit(STARTUP_FAILED)
 
 
 def _fail(message: str) -> None:

@@ -227,7 +227,10 @@ SCHEMAS: Schema = {
         "path": {"type": "string"}, "size": {"type": "integer"}}},
     "Status": {"type": "object", "properties": {
         "status": {"type": "string"}, "problems": {"type": "array",
-                                                   "items": {"type": "string"}}}},
+                                                   "items": {"type": "string"}},
+        # /readyz: for each limit, the layers that hold it on this host (empty: none).
+        "limits": {"type": "object", "additionalProperties": {
+            "type": "array", "items": {"type": "string"}}}}},
 }
 
 DOCUMENT: Schema = {

@@ -272,3 +272,12 @@ async def test_listing_a_folder_names_its_files_with_their_sizes(
 
     assert [(entry.name, entry.kind, entry.size) for entry in listed] == [
         ("a.txt", "file", 3), ("b.bin", "file", 2)]
+async def test_the_limit_layers_name_every_limit_and_hold_wall_time_on_the_server(
+    runtime: SandboxRuntime,
+) -> None:
+    layers = runtime.limit_layers()
+
+    assert set(layers) == {"memory", "cpu", "pids", "open_files", "file_size", "tmp",
+                           "wall_time", "output"}
+    assert layers["wall_time"] == ["server_timer"]
+    assert layers["memory"] != []

@@ -12,11 +12,28 @@ def test_healthz_answers_ok(client: TestClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
-def test_readyz_answers_ready_when_the_runtime_is(client: TestClient) -> None:
+def test_readyz_answers_ready_with_the_layers_that_hold_each_limit(client: TestClient) -> None:
     response = client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ready"}
+    assert response.json() == {"status": "ready", "limits": {
+        "memory": ["cgroup"], "cpu": ["cgroup"], "pids": ["rlimit", "cgroup"],
+        "open_files": ["rlimit"], "file_size": ["rlimit"], "tmp": ["gvisor_tmpfs"],
+        "wall_time": ["server_timer"], "output": ["server_cap"],
+    }}
+
+
+def test_readyz_says_which_limits_are_weaker_on_a_host_without_cgroups(
+    client: TestClient, runtime: FakeSandboxRuntime
+) -> None:
+    runtime.cgroups = False
+
+    limits = client.get("/readyz").json()["limits"]
+
+    assert limits["cpu"] == []
+    assert limits["memory"] == ["memory_watch"]
+    assert limits["pids"] == ["rlimit"]
+    assert limits["wall_time"] == ["server_timer"]
 
 
 def test_readyz_is_a_503_listing_the_runtimes_problems(
@@ -27,10 +44,9 @@ def test_readyz_is_a_503_listing_the_runtimes_problems(
     response = client.get("/readyz")
 
     assert response.status_code == 503
-    assert response.json() == {
-        "status": "not_ready",
-        "problems": ["runsc not found", "rootfs missing"],
-    }
+    assert response.json()["status"] == "not_ready"
+    assert response.json()["problems"] == ["runsc not found", "rootfs missing"]
+    assert response.json()["limits"]["cpu"] == ["cgroup"]
 
 
 def test_healthz_stays_ok_while_the_runtime_is_not_ready(

@@ -736,6 +736,14 @@ def without_cgroups(runtime: RunscSandboxRuntime) -> RunscSandboxRuntime:
     return runtime
 
 
+async def test_without_cgroups_the_runtime_says_cpu_is_not_held_and_memory_only_watched(
+    without_cgroups: RunscSandboxRuntime,
+) -> None:
+    layers = without_cgroups.limit_layers()
+
+    assert (layers["cpu"], layers["memory"], layers["pids"]) == ([], ["memory_watch"], ["rlimit"])
+
+
 async def test_without_cgroups_a_memory_bomb_is_ended_by_the_memory_watch(
     without_cgroups: RunscSandboxRuntime, limits: Limits
 ) -> None:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from integration.support import leftovers, runtime_settings, started_runtime
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.errors import RuntimeFailure
-from sandbox.domain.model import Language, Limits, Stream
+from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.model import IDLE, Language, Limits, SandboxSpec, Stream
+from sandbox.domain.output import OutputCapture
 from sandbox.domain.services import ExecutionEvents, execute_script
 from sandbox.settings import Settings
 
@@ -99,3 +106,36 @@ async def test_four_executions_at_once_each_get_their_own_output(
     assert [result.stdout.text for result in results] == [f"run {n}\n" for n in range(4)]
     assert [result.outcome.exit_code for result in results] == [0, 0, 0, 0]
     assert len({result.sandbox_id for result in results}) == 4
+
+
+async def test_a_checkpoint_is_sealed_measured_and_removed_off_the_event_loop(
+    runtime: RunscSandboxRuntime, limits: Limits, settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An image holds up to the memory limit, maybe on a mounted bucket: making it private,
+    measuring it and removing it must not stall the server's event loop."""
+    sandbox_id = new_sandbox_id()
+    await runtime.launch(SandboxSpec(sandbox_id=sandbox_id, limits=limits), IDLE,
+                         OutputCapture(1024))
+    checkpoints = str(settings.checkpoints)
+    calls: list[tuple[str, bool]] = []
+
+    def recording(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(path).startswith(checkpoints):
+                calls.append((name, threading.current_thread() is threading.main_thread()))
+            return real(path, *args, **kwargs)
+        return wrapper
+
+    for module, name in ((shutil, "rmtree"), (os, "chmod"), (os, "stat")):
+        monkeypatch.setattr(module, name, recording(name, getattr(module, name)))
+    try:
+        image = await runtime.checkpoint(sandbox_id)
+        await runtime.discard_checkpoint(image)
+    finally:
+        monkeypatch.undo()
+        await runtime.destroy(sandbox_id)
+
+    assert {"chmod", "stat", "rmtree"} <= {name for name, _ in calls}
+    assert [name for name, on_loop in calls if on_loop] == []
+    assert not Path(image).exists()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
 
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
-from sandbox.domain.model import Language, Limits
+from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.model import IDLE, Language, Limits, Program, SandboxSpec
+from sandbox.domain.output import OutputCapture
 from sandbox.domain.services import execute_script
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
@@ -49,10 +52,13 @@ async def test_a_script_ignoring_sigterm_is_still_ended_at_the_timeout(
     assert result.stdout.text == "armed\n"
 
 
+MEMORY_BOMB = b"blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 1024 * 1024))\n"
+
+
 async def test_a_memory_bomb_is_reported_as_out_of_memory(
     runtime: RunscSandboxRuntime, limits: Limits
 ) -> None:
-    source = b"blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 1024 * 1024))\n"
+    source = MEMORY_BOMB
 
     result = await execute_script(
         runtime, Language.PYTHON, source, dataclasses.replace(limits, memory_mb=128)
@@ -74,6 +80,83 @@ async def test_a_script_within_its_memory_is_not_reported_as_out_of_memory(
 
     assert result.outcome.exit_code == 3
     assert result.outcome.oom_killed is False
+
+
+NEAR_THE_LIMIT_THEN_EXIT_1 = b"""
+block = bytearray({mib} * 1024 * 1024)
+for page in range(0, len(block), 4096):
+    block[page] = 1
+print("allocated", flush=True)
+raise SystemExit(1)
+"""
+
+
+@pytest.mark.parametrize("mib", [105, 110])
+async def test_a_script_that_exits_by_itself_near_its_memory_limit_is_not_out_of_memory(
+    runtime: RunscSandboxRuntime, limits: Limits, mib: int
+) -> None:
+    """The cgroup's peak usage reaches the limit here (gVisor's own memory counts too), but
+    the script printed and exited with its own status: no out-of-memory verdict."""
+    source = NEAR_THE_LIMIT_THEN_EXIT_1.replace(b"{mib}", str(mib).encode())
+
+    result = await execute_script(
+        runtime, Language.PYTHON, source, dataclasses.replace(limits, memory_mb=128)
+    )
+
+    assert result.stdout.text == "allocated\n"
+    assert result.outcome.exit_code == 1
+    assert result.outcome.oom_killed is False
+
+
+async def test_a_script_killed_for_passing_its_memory_limit_says_so_and_printed_nothing_after(
+    runtime: RunscSandboxRuntime, limits: Limits
+) -> None:
+    source = NEAR_THE_LIMIT_THEN_EXIT_1.replace(b"{mib}", b"200")
+
+    result = await execute_script(
+        runtime, Language.PYTHON, source, dataclasses.replace(limits, memory_mb=128)
+    )
+
+    assert result.stdout.text == ""
+    assert result.outcome.oom_killed is True
+    assert result.outcome.exit_code == 137
+
+
+async def test_a_child_killed_for_memory_ends_the_whole_sandbox_with_the_verdict(
+    runtime: RunscSandboxRuntime, limits: Limits
+) -> None:
+    """The kernel kills the sandbox as a whole (its sentry), never one process of it: the
+    script cannot go on to exit by itself, so its status is never taken for a normal one."""
+    source = (
+        b"python3 -c 'b = []\nwhile True: b.append(bytearray(16 << 20))'\n"
+        b"echo after $?\n"
+        b"exit 3\n"
+    )
+
+    result = await execute_script(
+        runtime, Language.BASH, source, dataclasses.replace(limits, memory_mb=128)
+    )
+
+    assert result.stdout.text == ""
+    assert (result.outcome.exit_code, result.outcome.oom_killed) == (137, True)
+
+
+async def test_an_exec_past_the_memory_limit_ends_its_session_out_of_memory(
+    runtime: RunscSandboxRuntime, limits: Limits
+) -> None:
+    sandbox_id = new_sandbox_id()
+    spec = SandboxSpec(sandbox_id=sandbox_id, limits=dataclasses.replace(limits, memory_mb=128))
+    bomb = Program.script(Language.PYTHON, MEMORY_BOMB)
+    await runtime.launch(spec, IDLE, OutputCapture(MIB))
+    try:
+        executed = await runtime.exec(sandbox_id, bomb, OutputCapture(MIB), b"", 20)
+        async with asyncio.timeout(HANG_MS / 1000):
+            ended = await runtime.wait(sandbox_id)
+    finally:
+        await runtime.destroy(sandbox_id)
+
+    assert (executed.exit_code, executed.oom_killed) == (137, True)
+    assert (ended.exit_code, ended.oom_killed) == (137, True)
 
 
 async def test_an_output_flood_is_capped_per_stream_and_the_script_finishes(

@@ -7,6 +7,7 @@ removal tests use trees of folders only, as runsc leaves them in the other contr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -34,33 +35,83 @@ def test_v1_create_sets_the_memory_limit_without_swap(tmp_path: Path) -> None:
     assert cgroups_path == f"/owned/{SANDBOX}/sandbox"
 
 
-@pytest.mark.parametrize(
-    ("failcnt", "peak", "oom"),
-    [
-        (0, 10 * MIB, False),
-        (3, 10 * MIB, True),
-        (0, 128 * MIB, True),
-        (0, 126 * MIB, True),  # within 4 MiB of the limit counts as having reached it
-        (0, 123 * MIB, False),
-    ],
-)
-def test_v1_out_of_memory_reads_the_failure_count_and_the_peak(
-    tmp_path: Path, failcnt: int, peak: int, oom: bool
-) -> None:
+def kernel_notifies_oom(memory: Path) -> None:
+    """What the kernel does when the OOM killer acts on a v1 cgroup: signal every eventfd
+    registered for `memory.oom_control` through `cgroup.event_control` ("<eventfd> <fd>")."""
+    eventfd, _control = (memory / "cgroup.event_control").read_text().split()
+    os.eventfd_write(int(eventfd), 1)
+
+
+def v1_tree(root: Path) -> Path:
+    """A sandbox cgroup as the kernel shows it before the service writes to it."""
+    memory = root / "memory" / "owned" / SANDBOX
+    memory.mkdir(parents=True)
+    (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+    return memory
+
+
+def test_v1_counts_the_kernels_oom_notifications_since_create(tmp_path: Path) -> None:
+    memory = v1_tree(tmp_path)
     cgroups = CgroupsV1("owned", root=tmp_path)
     cgroups.create(SANDBOX, 128 * MIB)
-    memory = tmp_path / "memory" / "owned" / SANDBOX
-    (memory / "memory.failcnt").write_text(f"{failcnt}\n")
-    (memory / "memory.max_usage_in_bytes").write_text(f"{peak}\n")
+    before = cgroups.oom_kills(SANDBOX)
 
-    assert cgroups.out_of_memory(SANDBOX, 128 * MIB) is oom
+    kernel_notifies_oom(memory)
+    kernel_notifies_oom(memory)
+
+    assert before == 0
+    assert cgroups.oom_kills(SANDBOX) == 2
+    assert cgroups.oom_kills(SANDBOX) == 2
 
 
-def test_v1_out_of_memory_is_false_when_the_counters_are_gone(tmp_path: Path) -> None:
+def test_v1_a_cgroup_near_its_limit_without_an_oom_notification_has_no_kill(
+    tmp_path: Path,
+) -> None:
+    """The peak usage and the failure count are no verdict: on this host the peak reaches the
+    limit in sandboxes never short of memory."""
+    memory = v1_tree(tmp_path)
     cgroups = CgroupsV1("owned", root=tmp_path)
-    (tmp_path / "memory").mkdir()
+    cgroups.create(SANDBOX, 128 * MIB)
+    (memory / "memory.max_usage_in_bytes").write_text(f"{128 * MIB}\n")
+    (memory / "memory.failcnt").write_text("3\n")
 
-    assert cgroups.out_of_memory(SANDBOX, 128 * MIB) is False
+    assert cgroups.oom_kills(SANDBOX) == 0
+
+
+def test_v1_create_again_counts_afresh_and_remove_stops_counting(tmp_path: Path) -> None:
+    memory = v1_tree(tmp_path)
+    cgroups = CgroupsV1("owned", root=tmp_path)
+    cgroups.create(SANDBOX, 128 * MIB)
+    kernel_notifies_oom(memory)
+    cgroups.oom_kills(SANDBOX)
+
+    cgroups.create(SANDBOX, 128 * MIB)  # a restore under the same id
+    recreated = cgroups.oom_kills(SANDBOX)
+    cgroups.remove(SANDBOX)
+
+    assert recreated == 0
+    assert cgroups.oom_kills(SANDBOX) == 0
+
+
+def test_v1_remove_closes_the_eventfd(tmp_path: Path) -> None:
+    memory = v1_tree(tmp_path)
+    cgroups = CgroupsV1("owned", root=tmp_path)
+    cgroups.create(SANDBOX, 128 * MIB)
+    eventfd = int((memory / "cgroup.event_control").read_text().split()[0])
+
+    cgroups.remove(SANDBOX)
+
+    with pytest.raises(OSError):
+        os.fstat(eventfd)
+
+
+def test_v1_without_an_oom_control_file_a_sandbox_still_gets_its_cgroup(tmp_path: Path) -> None:
+    cgroups = CgroupsV1("owned", root=tmp_path)
+
+    cgroups_path = cgroups.create(SANDBOX, 128 * MIB)
+
+    assert cgroups_path == f"/owned/{SANDBOX}/sandbox"
+    assert cgroups.oom_kills(SANDBOX) == 0
 
 
 def test_v1_remove_deletes_the_sandbox_in_every_controller_and_nothing_else(
@@ -116,25 +167,23 @@ def test_v2_create_enables_controllers_and_sets_the_memory_limit_without_swap(
 
 
 @pytest.mark.parametrize(
-    ("events", "oom"),
+    ("events", "kills"),
     [
-        ("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n", True),
-        ("low 0\nhigh 0\nmax 12\noom 1\noom_kill 0\n", False),
-        ("", False),
+        ("low 0\nhigh 0\nmax 12\noom 1\noom_kill 2\n", 2),
+        ("low 0\nhigh 0\nmax 12\noom 1\noom_kill 0\n", 0),
+        ("", 0),
     ],
 )
-def test_v2_out_of_memory_reads_the_oom_kill_count(
-    tmp_path: Path, events: str, oom: bool
-) -> None:
+def test_v2_oom_kills_reads_the_oom_kill_count(tmp_path: Path, events: str, kills: int) -> None:
     cgroups = CgroupsV2("owned", root=tmp_path)
     cgroups.create(SANDBOX, 64 * MIB)
     (tmp_path / "owned" / SANDBOX / "memory.events").write_text(events)
 
-    assert cgroups.out_of_memory(SANDBOX, 64 * MIB) is oom
+    assert cgroups.oom_kills(SANDBOX) == kills
 
 
-def test_v2_out_of_memory_is_false_when_the_cgroup_is_gone(tmp_path: Path) -> None:
-    assert CgroupsV2("owned", root=tmp_path).out_of_memory(SANDBOX, 64 * MIB) is False
+def test_v2_oom_kills_is_zero_when_the_cgroup_is_gone(tmp_path: Path) -> None:
+    assert CgroupsV2("owned", root=tmp_path).oom_kills(SANDBOX) == 0
 
 
 def test_v2_remove_deletes_the_sandbox_tree_and_nothing_else(tmp_path: Path) -> None:
@@ -154,7 +203,7 @@ def test_without_cgroups_runsc_gets_no_cgroups_path_and_nothing_is_left() -> Non
     cgroups = NoCgroups()
 
     assert cgroups.create(SANDBOX, 64 * MIB) == ""
-    assert cgroups.out_of_memory(SANDBOX, 64 * MIB) is False
+    assert cgroups.oom_kills(SANDBOX) == 0
     assert cgroups.leftovers() == []
     assert cgroups.enabled is False
 
@@ -184,3 +233,10 @@ def test_remove_parent_takes_the_parent_from_every_hierarchy_and_nothing_else(
     assert not (tmp_path / "pids" / "owned").exists()
     assert not (tmp_path / "owned").exists()
     assert (tmp_path / "memory" / "someone-else" / OTHER).is_dir()
+
+
+def test_a_host_without_cgroups_is_told_why(tmp_path: Path) -> None:
+    found = detect("owned", root=tmp_path)
+
+    assert isinstance(found, NoCgroups)
+    assert found.reason == f"the cgroup tree at {tmp_path / 'memory'} is missing or not writable"

@@ -186,3 +186,9 @@ def test_the_config_is_plain_json() -> None:
     config = config_of()
 
     assert json.loads(json.dumps(config)) == config
+
+
+def test_the_kernels_oom_killer_takes_the_sandbox_before_anything_else() -> None:
+    """runsc gives this score to the sandbox's own host processes: an OOM kill then ends the
+    sandbox as a whole, never one program in it that gVisor would report as exit status 1."""
+    assert config_of()["process"]["oomScoreAdj"] == 1000

@@ -8,6 +8,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from sandbox.adapters.private import create_private_file
 from sandbox.adapters.runsc import oci
 from sandbox.adapters.runsc.cli import first_error
 from sandbox.domain.ids import ID_PATTERN
@@ -34,22 +35,34 @@ class Bundles:
     def log_file(self, sandbox_id: str) -> Path:
         return self.path(sandbox_id) / "runsc.log"
 
+    def fresh_log_file(self, sandbox_id: str) -> Path:
+        """An empty runsc log, private: runsc would create it readable by everyone."""
+        log_file = self.log_file(sandbox_id)
+        log_file.unlink(missing_ok=True)
+        create_private_file(log_file)
+        return log_file
+
     def write(
         self, spec: SandboxSpec, program: Program, cgroups_path: str, agent_dir: Path | None = None
     ) -> Path:
         bundle = self.path(spec.sandbox_id)
         input_dir = bundle / "input"
-        bundle.mkdir(mode=0o711)
+        # runsc reads the bundle as root, so it is the server's user's alone (its config
+        # holds the session's env values). Inside, the sandbox's user reads its scripts
+        # through the read-only input mount, which shows the host's modes: 0755 and 0644.
+        bundle.mkdir(mode=0o700)
+        bundle.chmod(0o700)
         input_dir.mkdir(mode=0o755)
+        input_dir.chmod(0o755)
         if program.language is not None:
             script = input_dir / oci.script_name(program.language)
             script.write_bytes(program.source)
             script.chmod(0o644)
         config = oci.build_config(spec, program, self.rootfs, input_dir, cgroups_path,
                                   agent_dir)
-        (bundle / "config.json").write_text(json.dumps(config))
+        _write_private(bundle / "config.json", json.dumps(config))
         memory_bytes = spec.limits.memory_mb * 1024 * 1024
-        (bundle / "limits.json").write_text(json.dumps({"memory_bytes": memory_bytes}))
+        _write_private(bundle / "limits.json", json.dumps({"memory_bytes": memory_bytes}))
         return bundle
 
     def exists(self, sandbox_id: str) -> bool:
@@ -87,3 +100,8 @@ class Bundles:
         script.write_bytes(program.source)
         script.chmod(0o644)
         return [oci.program_argv(program)[0], f"{oci.INPUT_DIR}/{script.name}"], script
+
+
+def _write_private(path: Path, text: str) -> None:
+    create_private_file(path)
+    path.write_text(text)

@@ -2,9 +2,19 @@
 
 runsc creates its own cgroup at `cgroupsPath` and removes it when the container is deleted,
 so counters kept there are lost by the time a verdict is needed. The service therefore makes a
-parent cgroup per sandbox, sets the memory limit on it and reads the out-of-memory verdict
-from it before removing it. Hosts without a writable cgroup tree (some container hosts) get
-`NoCgroups`: runsc then runs with `--ignore-cgroups` and memory is bounded by the other layers.
+parent cgroup per sandbox, sets the memory limit on it and counts the kernel's out-of-memory
+kills there until it removes it. Hosts without a writable cgroup tree (some container hosts)
+get `NoCgroups`: runsc then runs with `--ignore-cgroups` and memory is bounded by the other
+layers.
+
+Measured on this host's cgroup v1 (kernel 6.18, runsc 20240729): when the OOM killer acts,
+`failcnt` and `oom_control`'s `oom_kill` of the parent stay 0 (v1 counts kills only in the
+cgroup of the killed task, runsc's own child, which is gone by the time runsc returns), and the
+peak usage reaches the limit even in sandboxes that were never short of memory (gVisor's own
+memory counts there too). The one signal that is both present and exact is v1's OOM
+notification: an eventfd registered through `cgroup.event_control`, signalled each time the
+OOM killer acts on the cgroup, and only then. cgroup v2 counts kills hierarchically in
+`memory.events`.
 """
 
 from __future__ import annotations
@@ -29,7 +39,10 @@ class SandboxCgroups(abc.ABC):
         """Make the parent cgroup; return the `cgroupsPath` to give runsc."""
 
     @abc.abstractmethod
-    def out_of_memory(self, sandbox_id: str, memory_bytes: int) -> bool: ...
+    def oom_kills(self, sandbox_id: str) -> int:
+        """How many times the kernel's OOM killer acted in the sandbox's cgroup since
+        `create` (0 where it cannot tell). Callers compare readings: a kill happened between
+        two readings when the second is larger."""
 
     @abc.abstractmethod
     def remove(self, sandbox_id: str) -> None: ...
@@ -102,12 +115,52 @@ def parent_of(state_dir: Path) -> str:
         return parent_of(state_dir)
     finally:
         draft.unlink(missing_ok=True)
+class _OomNotifications:
+    """cgroup v1's out-of-memory notification, one eventfd per sandbox cgroup.
+
+    The kernel signals the eventfd when the OOM killer acts on the cgroup, and once more when
+    the cgroup is removed: stop watching (close the eventfd) before removing it."""
+
+    def __init__(self) -> None:
+        self._eventfds: dict[str, int] = {}
+        self._counts: dict[str, int] = {}
+
+    def watch(self, sandbox_id: str, cgroup: Path) -> None:
+        self.forget(sandbox_id)
+        eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            control = os.open(cgroup / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                (cgroup / "cgroup.event_control").write_text(f"{eventfd} {control}")
+            finally:
+                os.close(control)
+        except OSError as error:
+            os.close(eventfd)
+            # Without it an OOM kill reads as a plain SIGKILL: worth a warning, not a failure.
+            log.warning("cgroup.oom_notification_failed", path=str(cgroup), error=str(error))
+            return
+        self._eventfds[sandbox_id] = eventfd
+        self._counts[sandbox_id] = 0
+
+    def count(self, sandbox_id: str) -> int:
+        eventfd = self._eventfds.get(sandbox_id)
+        if eventfd is not None:
+            with contextlib.suppress(BlockingIOError):
+                self._counts[sandbox_id] += os.eventfd_read(eventfd)
+        return self._counts.get(sandbox_id, 0)
+
+    def forget(self, sandbox_id: str) -> None:
+        eventfd = self._eventfds.pop(sandbox_id, None)
+        self._counts.pop(sandbox_id, None)
+        if eventfd is not None:
+            os.close(eventfd)
 
 
 class CgroupsV1(SandboxCgroups):
     def __init__(self, parent: str, root: Path = CGROUP_ROOT) -> None:
         self.parent = parent
         self.root = root
+        self._notifications = _OomNotifications()
 
     def _memory(self, sandbox_id: str) -> Path:
         return self.root / "memory" / self.parent / sandbox_id
@@ -119,20 +172,14 @@ class CgroupsV1(SandboxCgroups):
         # Where swap accounting exists, swap must not extend the limit.
         with contextlib.suppress(OSError):
             (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
+        self._notifications.watch(sandbox_id, memory)
         return f"/{self.parent}/{sandbox_id}/sandbox"
 
-    def out_of_memory(self, sandbox_id: str, memory_bytes: int) -> bool:
-        # The kernels here never raise failcnt or oom_kill in v1; the peak reaching the
-        # limit is what is left to read (the caller pairs it with an abnormal end).
-        memory = self._memory(sandbox_id)
-        try:
-            failures = int((memory / "memory.failcnt").read_text())
-            peak = int((memory / "memory.max_usage_in_bytes").read_text())
-        except (OSError, ValueError):
-            return False
-        return failures > 0 or peak >= memory_bytes - 4 * 1024 * 1024
+    def oom_kills(self, sandbox_id: str) -> int:
+        return self._notifications.count(sandbox_id)
 
     def remove(self, sandbox_id: str) -> None:
+        self._notifications.forget(sandbox_id)
         for controller in self.root.iterdir():
             _remove_tree(controller / self.parent / sandbox_id)
 
@@ -162,13 +209,14 @@ class CgroupsV2(SandboxCgroups):
         (own / "cgroup.subtree_control").write_text(enable)
         return f"/{self.parent_dir.name}/{sandbox_id}/sandbox"
 
-    def out_of_memory(self, sandbox_id: str, memory_bytes: int) -> bool:
+    def oom_kills(self, sandbox_id: str) -> int:
+        # memory.events is hierarchical: it counts the kills in runsc's child cgroup too.
         try:
             events = (self.parent_dir / sandbox_id / "memory.events").read_text()
         except OSError:
-            return False
+            return 0
         counts = dict(line.split() for line in events.splitlines() if line.strip())
-        return int(counts.get("oom_kill", "0")) > 0
+        return int(counts.get("oom_kill", "0"))
 
     def remove(self, sandbox_id: str) -> None:
         _remove_tree(self.parent_dir / sandbox_id)
@@ -180,11 +228,14 @@ class CgroupsV2(SandboxCgroups):
 
 
 class NoCgroups(SandboxCgroups):
+    def __init__(self, reason: str = "cgroups are not used") -> None:
+        self.reason = reason
+
     def create(self, sandbox_id: str, memory_bytes: int) -> str:
         return ""
 
-    def out_of_memory(self, sandbox_id: str, memory_bytes: int) -> bool:
-        return False
+    def oom_kills(self, sandbox_id: str) -> int:
+        return 0
 
     def remove(self, sandbox_id: str) -> None:
         return None
@@ -198,19 +249,20 @@ class NoCgroups(SandboxCgroups):
 
 
 def detect(parent: str, root: Path = CGROUP_ROOT) -> SandboxCgroups:
-    """The cgroup flavour this host offers, or NoCgroups when the tree is not writable."""
+    """The cgroup flavour this host offers, or NoCgroups (saying why) when the tree is not
+    writable."""
     if (root / "cgroup.controllers").exists():
         candidate: SandboxCgroups = CgroupsV2(parent, root)
-        writable = os.access(root, os.W_OK)
+        needed = root
     else:
         candidate = CgroupsV1(parent, root)
-        writable = os.access(root / "memory", os.W_OK)
-    if not writable:
-        return NoCgroups()
+        needed = root / "memory"
+    if not os.access(needed, os.W_OK):
+        return NoCgroups(f"the cgroup tree at {needed} is missing or not writable")
     try:
         probe = "probe" + os.urandom(6).hex()
         candidate.create(probe, 64 * 1024 * 1024)
         candidate.remove(probe)
-    except OSError:
-        return NoCgroups()
+    except OSError as error:
+        return NoCgroups(f"a cgroup cannot be made under {needed}: {error.strerror}")
     return candidate

@@ -19,6 +19,7 @@ PACKAGES_DIR = "/sandbox/packages"
 AGENT_DIR = "/sandbox/agent"
 AGENT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
 WORKDIR = "/workspace"
+OOM_SCORE_ADJ = 1000
 
 _SCRIPT_NAMES = {Language.PYTHON: "main.py", Language.BASH: "main.sh"}
 _BASE_ENV = {
@@ -60,6 +61,7 @@ def agent_process(limits: Limits) -> dict[str, Any]:
                          "permitted": capabilities, "inheritable": [], "ambient": []},
         "rlimits": _rlimits(limits),
         "noNewPrivileges": True,
+        "oomScoreAdj": OOM_SCORE_ADJ,  # see build_config
     }
 
 
@@ -138,6 +140,13 @@ def build_config(
             "capabilities": no_capabilities,
             "rlimits": _rlimits(limits),
             "noNewPrivileges": True,
+            # runsc gives this to the sandbox's host processes (its kernel, the sentry, and
+            # its gofer), not to the address spaces it runs programs in. The kernel's OOM
+            # killer then ends the sandbox as a whole, which runsc reports as a SIGKILL,
+            # instead of one address space, which gVisor reports as the program's own exit
+            # status 1, a normal-looking exit. Under host-wide memory pressure, sandboxes go
+            # before the server.
+            "oomScoreAdj": OOM_SCORE_ADJ,
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": "sandbox",

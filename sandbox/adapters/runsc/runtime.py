@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import TypeVar
 
 import structlog
 
+from sandbox.adapters import limit_layers
+from sandbox.adapters.private import private_folder, private_tree_files
 from sandbox.adapters.runsc import cgroups, memory, oci
 from sandbox.adapters.runsc.agent_channel import MAIN_TAG, AgentError
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
@@ -50,6 +53,12 @@ MAX_LISTED = 10_000
 AGENT_DIR = Path(__file__).parent / "inside"
 # What a program that cannot be started exits with, as a shell would say it.
 CANNOT_EXECUTE, NOT_FOUND = 126, 127
+# How runsc reports a sandbox whose processes were killed: the shell's 128 + SIGKILL.
+KILLED_EXIT = 128 + signal.SIGKILL
+
+
+class CgroupsRequired(RuntimeFailure):
+    """The operator asked for cgroups (SANDBOX_REQUIRE_CGROUPS) and the host has none."""
 
 
 class RunscSandboxRuntime(SandboxRuntime):
@@ -70,13 +79,37 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
 
     async def start(self) -> None:
-        for folder in (self._runsc.root, self._bundles.root, self._checkpoints):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await asyncio.to_thread(self._make_state_private)
         self._cgroups = cgroups.detect(self._cgroup_parent())
+        self._require_cgroups()
         self._runsc.ignore_cgroups = not self._cgroups.enabled
         self._version = await self._runsc.version()
         log.info("runsc.ready", version=self._version, cgroups=type(self._cgroups).__name__,
-                 rootfs=str(self._rootfs), rootfs_identity=self._rootfs_identity())
+                 rootfs=str(self._rootfs), rootfs_identity=self._rootfs_identity(),
+                 limits=self.limit_layers())
+        weakened = limit_layers.weakened(self.limit_layers())
+        if weakened and isinstance(self._cgroups, cgroups.NoCgroups):
+            log.warning("runsc.limits_weakened", reason=self._cgroups.reason, limits=weakened,
+                        hint="set SANDBOX_REQUIRE_CGROUPS=true to refuse to start so")
+
+    def _require_cgroups(self) -> None:
+        if self._settings.require_cgroups and isinstance(self._cgroups, cgroups.NoCgroups):
+            message = (f"SANDBOX_REQUIRE_CGROUPS is true but {self._cgroups.reason}: no CPU "
+                       "quota and only a polled memory limit would hold sandboxes")
+            log.error("runsc.cgroups_required", reason=self._cgroups.reason)
+            raise CgroupsRequired(message)
+
+    def limit_layers(self) -> dict[str, list[str]]:
+        return limit_layers.limit_layers(self._cgroups.enabled)
+
+    def _make_state_private(self) -> None:
+        """The state folder and what is in it are the server's user's alone, at every start:
+        bundles hold sessions' env values, checkpoints their memory."""
+        state = self._settings.state_dir
+        for folder in (state, self._runsc.root, self._bundles.root, state / "packages",
+                       self._checkpoints):
+            private_folder(folder)
+        private_tree_files(self._checkpoints)
 
     def _cgroup_parent(self) -> str:
         """One cgroup parent per state folder (named in it), so two servers (or test runs,
@@ -132,6 +165,16 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._bundles.remove(sandbox_id)
         self._cgroups.remove(sandbox_id)
 
+    # Removing folders can take long (a checkpoint holds up to the memory limit, maybe on a
+    # mounted bucket): it runs in a worker thread, never on the event loop.
+
+    async def _remove_bundle(self, sandbox_id: str) -> None:
+        self._cgroups.remove(sandbox_id)
+        await asyncio.to_thread(self._bundles.remove, sandbox_id)
+
+    async def _remove_image(self, image: Path) -> None:
+        await asyncio.to_thread(shutil.rmtree, image, ignore_errors=True)
+
     # One script in a sandbox made for it and gone afterwards ---------------------------
 
     async def run(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> Outcome:
@@ -143,7 +186,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             started = time.monotonic()
             process, stdout, stderr = await spawn(self._runsc.command(
                 "run", "--bundle", str(bundle), sandbox_id,
-                log_file=self._bundles.log_file(sandbox_id),
+                log_file=self._bundles.fresh_log_file(sandbox_id),
             ))
             return await self._supervise(spec, process, stdout, stderr, sink, started)
         finally:
@@ -199,14 +242,20 @@ class RunscSandboxRuntime(SandboxRuntime):
             log.error("runsc.failed", message=message)
             raise RuntimeFailure(f"runsc failed: {message}")
 
-    def _ended(self, sandbox_id: str, exit_code: int, duration_ms: int) -> Outcome:
-        oom = exit_code != 0 and self._out_of_memory(sandbox_id)
+    def _ended(
+        self, sandbox_id: str, exit_code: int, duration_ms: int, oom_kills_before: int = 0
+    ) -> Outcome:
+        """Out of memory only when the sandbox was killed (runsc reports 128 + SIGKILL) and a
+        memory layer says it killed it: the kernel's OOM killer in the sandbox's cgroup since
+        `oom_kills_before`, or the memory watch. A script that exits by itself, with any
+        status, 137 included, keeps its status and no verdict."""
+        oom = exit_code == KILLED_EXIT and self._killed_for_memory(sandbox_id, oom_kills_before)
         return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=duration_ms)
 
-    def _out_of_memory(self, sandbox_id: str) -> bool:
-        limit = self._bundles.memory_bytes(sandbox_id)
-        return limit > 0 and (self._memory_watch.killed(sandbox_id)
-                              or self._cgroups.out_of_memory(sandbox_id, limit))
+    def _killed_for_memory(self, sandbox_id: str, oom_kills_before: int) -> bool:
+        return self._memory_watch.killed(sandbox_id) or (
+            self._cgroups.oom_kills(sandbox_id) > oom_kills_before
+        )
 
     async def _destroy(
         self, sandbox_id: str, process: asyncio.subprocess.Process | None = None
@@ -219,8 +268,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         if process is not None and process.returncode is None:
             await wait_or_kill(process, KILL_GRACE_S)
         await self._end_supervision(sandbox_id)
-        self.remove_bundle(sandbox_id)
-        shutil.rmtree(self._checkpoints / sandbox_id, ignore_errors=True)
+        await self._remove_bundle(sandbox_id)
+        await self._remove_image(self._checkpoints / sandbox_id)
         self._memory_watch.forget(sandbox_id)
         self._live.discard(sandbox_id)
 
@@ -282,8 +331,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor, with
         the agent's channel on its stdio."""
         sandbox_id = spec.sandbox_id
-        log_file = self._bundles.log_file(sandbox_id)
-        log_file.unlink(missing_ok=True)
+        log_file = self._bundles.fresh_log_file(sandbox_id)
 
         async def broken(reason: str) -> None:
             # Only this sandbox pays for its agent: it is ended, and `wait` says why. (While
@@ -338,8 +386,10 @@ class RunscSandboxRuntime(SandboxRuntime):
             return Outcome(exit_code=None, duration_ms=duration_ms)
         if exit_code is None:
             failure = supervised.channel.broken or "the sandbox's agent ended"
-            return Outcome(exit_code=None, duration_ms=duration_ms, failure=failure,
-                           oom_killed=self._out_of_memory(sandbox_id))
+            if self._killed_for_memory(sandbox_id, 0):
+                # Passing the memory limit ends the whole sandbox, its agent with it.
+                return Outcome(exit_code=KILLED_EXIT, oom_killed=True, duration_ms=duration_ms)
+            return Outcome(exit_code=None, duration_ms=duration_ms, failure=failure)
         return self._ended(sandbox_id, exit_code, duration_ms)
 
     async def _end_supervision(self, sandbox_id: str) -> None:
@@ -356,6 +406,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         env = [*supervised.env, *(f"{key}={value}" for key, value in program.env)]
         # The zygote has the session's environment: an exec with its own runs as started.
         forked = argv[1] if program.language is Language.PYTHON and not program.env else None
+        oom_kills_before = self._cgroups.oom_kills(sandbox_id)
         started = time.monotonic()
         try:
             tag = await supervised.channel.spawn(argv, env, oci.WORKDIR, sink,
@@ -366,13 +417,15 @@ class RunscSandboxRuntime(SandboxRuntime):
                 script.unlink(missing_ok=True)
             return await _not_started(refused, sink, started)
         try:
-            return await self._finish_exec(supervised, tag, stdin, timeout_s, started)
+            return await self._finish_exec(supervised, tag, stdin, timeout_s, started,
+                                           oom_kills_before)
         finally:
             if script is not None:
                 script.unlink(missing_ok=True)
 
     async def _finish_exec(
-        self, supervised: Supervised, tag: int, stdin: bytes, timeout_s: float, started: float
+        self, supervised: Supervised, tag: int, stdin: bytes, timeout_s: float, started: float,
+        oom_kills_before: int,
     ) -> Outcome:
         channel = supervised.channel
         feeding = asyncio.create_task(channel.feed(tag, stdin))
@@ -387,10 +440,24 @@ class RunscSandboxRuntime(SandboxRuntime):
             # The caller went away: the exec ends with its process group.
             await asyncio.shield(self._kill_exec(supervised, tag))
             raise
+        except RuntimeFailure:
+            if not await self._ended_for_memory(supervised, oom_kills_before):
+                raise
+            # Passing the memory limit ends the whole sandbox, this exec with it.
+            return Outcome(exit_code=KILLED_EXIT, oom_killed=True,
+                           duration_ms=int((time.monotonic() - started) * 1000))
         finally:
             feeding.cancel()
         return self._ended(supervised.sandbox_id, exit_code,
-                           int((time.monotonic() - started) * 1000))
+                           int((time.monotonic() - started) * 1000), oom_kills_before)
+
+    async def _ended_for_memory(self, supervised: Supervised, oom_kills_before: int) -> bool:
+        """Whether the sandbox itself ended, killed for its memory (its agent with it)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(KILL_GRACE_S):
+                await supervised.process.wait()
+        return (supervised.process.returncode is not None
+                and self._killed_for_memory(supervised.sandbox_id, oom_kills_before))
 
     async def _kill_exec(self, supervised: Supervised, tag: int) -> None:
         """End an exec with its process group (what it moved to a session of its own stays,
@@ -408,7 +475,7 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     async def checkpoint(self, sandbox_id: str) -> str:
         image = self._checkpoints / checked(sandbox_id)
-        shutil.rmtree(image, ignore_errors=True)
+        await self._remove_image(image)
         # The image holds the sandbox's memory: only root may read it.
         image.mkdir(mode=0o700, parents=True)
         started = time.monotonic()
@@ -430,8 +497,7 @@ class RunscSandboxRuntime(SandboxRuntime):
                 with contextlib.suppress(RuntimeFailure, AgentError):
                     await supervised.channel.unpause(AGENT_ANSWER_TIMEOUT_S)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
-        for entry in image.iterdir():
-            entry.chmod(0o600)
+        image_bytes = await asyncio.to_thread(_seal_image, image)
         # checkpoint can return while the container still shows as running; the same id is
         # reused by restore, so wait for it to stop, then delete it.
         await self._runsc.wait_until_stopped(sandbox_id, STOP_POLLS)
@@ -440,7 +506,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._cgroups.remove(sandbox_id)
         self._live.discard(sandbox_id)
         log.info("runsc.checkpointed", ms=int((time.monotonic() - started) * 1000),
-                 image_bytes=sum(entry.stat().st_size for entry in image.iterdir()))
+                 image_bytes=image_bytes)
         return str(image)
 
     async def _pause(self, supervised: Supervised) -> None:
@@ -455,7 +521,7 @@ class RunscSandboxRuntime(SandboxRuntime):
     async def discard_checkpoint(self, image: str) -> None:
         path = Path(image)
         if path.parent == self._checkpoints and ID_PATTERN.match(path.name):
-            shutil.rmtree(path, ignore_errors=True)
+            await self._remove_image(path)
 
     # Files, moved by the agent with the sandbox user's rights ----------------------------
 
@@ -497,8 +563,8 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     async def leftover_ids(self) -> set[str]:
         found = {entry["id"] for entry in await self._runsc.containers()}
-        found.update(self._bundles.ids())
-        found.update(entry.name for entry in self._checkpoints.iterdir())
+        found.update(await asyncio.to_thread(self._bundles.ids))
+        found.update(await asyncio.to_thread(_names_in, self._checkpoints))
         found.update(self._cgroups.leftovers())
         return {sandbox_id for sandbox_id in found if ID_PATTERN.match(sandbox_id)}
 
@@ -539,3 +605,27 @@ def _agent_identity() -> str:
     for source in sorted(AGENT_DIR.glob("*.py")):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
+def _seal_image(image: Path) -> int:
+    """Make every file of a checkpoint image readable by root only (runsc writes them
+    world-readable, and they hold the sandbox's memory); return the image's size."""
+    size = 0
+    for entry in image.iterdir():
+        entry.chmod(0o600)
+        size += entry.stat().st_size
+    return size
+
+
+def _names_in(folder: Path) -> list[str]:
+    return [entry.name for entry in folder.iterdir()]
+
+
+async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
+    """Give a process its stdin, then close it. One that ended first no longer wants it: its
+    stdin may be closed already (uvloop closes it as soon as the process has exited, and a
+    write then raises RuntimeError, not a ConnectionError)."""
+    if writer is None or writer.is_closing():
+        return
+    with contextlib.suppress(ConnectionError):
+        writer.write(data)
+        await writer.drain()
+    writer.close()

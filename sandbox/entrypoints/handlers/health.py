@@ -1,4 +1,5 @@
-"""Liveness (the process answers) and readiness (the runtime can run sandboxes now)."""
+"""Liveness (the process answers) and readiness (the runtime can run sandboxes now, and
+which layers hold its limits on this host)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ async def report_readiness(
     installer: PackageInstaller = Provide[Container.package_installer],
 ) -> Response:
     problems = [*await runtime.readiness(), *await installer.readiness()]
+    # Which layer holds each limit on this host: an empty list is a limit not held at all.
+    limits = runtime.limit_layers()
     if problems:
         log.warning("runtime.not_ready", problems=problems)
-        return JSONResponse({"status": "not_ready", "problems": problems}, status_code=503)
-    return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not_ready", "problems": problems, "limits": limits},
+                            status_code=503)
+    return JSONResponse({"status": "ready", "limits": limits})
