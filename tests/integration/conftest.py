@@ -16,7 +16,7 @@ from integration.support import (
     started_runtime,
 )
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.model import Limits
 from sandbox.settings import Settings
 
@@ -39,9 +39,9 @@ async def runtime(settings: Settings) -> AsyncIterator[RunscSandboxRuntime]:
 
 
 @pytest.fixture
-async def service(
+async def sandboxes(
     runtime: RunscSandboxRuntime, settings: Settings
-) -> AsyncIterator[SandboxService]:
+) -> AsyncIterator[Sandboxes]:
     """The lifecycle service on the test's runtime; the test deletes what it made."""
     async with managed_sandboxes(runtime, settings) as managed:
         yield managed

@@ -20,7 +20,8 @@ from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.errors import RuntimeFailure
-from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
+from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
+from sandbox.domain.lifecycle.shutdown import shut_down
 from sandbox.settings import Settings
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -89,16 +90,16 @@ async def started_runtime(
 @contextlib.asynccontextmanager
 async def managed_sandboxes(
     runtime: RunscSandboxRuntime, settings: Settings, policy: LifecyclePolicy | None = None
-) -> AsyncIterator[SandboxService]:
+) -> AsyncIterator[Sandboxes]:
     """The lifecycle service as the server builds it, on this runtime and state folder."""
     store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
-    service = SandboxService(
+    sandboxes = Sandboxes(
         runtime, store, FileOutputLog(settings.state_dir / "outputs"), policy or LifecyclePolicy()
     )
     try:
-        yield service
+        yield sandboxes
     finally:
-        await service.close()
+        await shut_down(sandboxes)
         store.close()
 
 

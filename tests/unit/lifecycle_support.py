@@ -9,11 +9,23 @@ from collections.abc import Callable
 import anyio
 
 from sandbox.adapters.fake import FakeSandboxRuntime
-from sandbox.domain.lifecycle import SandboxService
-from sandbox.domain.model import Language, Limits, Outcome, Program, Sandbox, SandboxState
+from sandbox.domain.lifecycle.creation import create_session, run_detached
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.lifecycle.suspension import suspend_sandbox
+from sandbox.domain.lifecycle.work import exec_in_sandbox
+from sandbox.domain.model import (
+    ExecutionResult,
+    Language,
+    Limits,
+    Outcome,
+    Program,
+    Sandbox,
+    SandboxSpec,
+    SandboxState,
+)
 from sandbox.domain.ports import OutputSink
 
-NewService = Callable[..., SandboxService]
+NewSandboxes = Callable[..., Sandboxes]
 
 LIMITS = Limits(timeout_s=30)
 
@@ -31,10 +43,11 @@ class ManualClock:
 
 class ControlledRuntime(FakeSandboxRuntime):
     """The fake runtime, plus what tests steer: its identity (as after an upgrade), and execs
-    that, once held, wait inside the sandbox until released."""
+    that, once held, wait inside the sandbox until released; and what it was asked to launch."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.launched: list[tuple[SandboxSpec, Program]] = []
         self.version = "fake"
         self.exec_entered = asyncio.Event()
         self.exec_gate = asyncio.Event()
@@ -43,6 +56,10 @@ class ControlledRuntime(FakeSandboxRuntime):
     @property
     def identity(self) -> dict[str, str]:
         return {"runtime": self.version, "rootfs": "fake"}
+
+    async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
+        self.launched.append((spec, program))
+        await super().launch(spec, program, sink)
 
     def hold_execs(self) -> None:
         self.exec_entered.clear()
@@ -59,28 +76,33 @@ class ControlledRuntime(FakeSandboxRuntime):
         return await super().exec(sandbox_id, program, sink, stdin, timeout_s)
 
 
-async def settled(service: SandboxService, sandbox_id: str) -> Sandbox:
+async def settled(sandboxes: Sandboxes, sandbox_id: str) -> Sandbox:
     """The record once the sandbox has stopped running (its supervisor has recorded how)."""
     with anyio.fail_after(5):
         while True:
-            sandbox = await service.get(sandbox_id)
+            sandbox = await sandboxes.get(sandbox_id)
             if sandbox.state not in (SandboxState.CREATING, SandboxState.RUNNING):
                 return sandbox
             await asyncio.sleep(0.01)
 
 
-async def session(service: SandboxService, idle_timeout_s: float | None = None) -> Sandbox:
-    return await service.create_session(Language.PYTHON, LIMITS, idle_timeout_s=idle_timeout_s)
+async def session(sandboxes: Sandboxes, idle_timeout_s: float | None = None) -> Sandbox:
+    return await create_session(sandboxes, Language.PYTHON, LIMITS, idle_timeout_s=idle_timeout_s)
 
 
-async def suspended_session(service: SandboxService) -> Sandbox:
-    return await service.suspend((await session(service)).sandbox_id)
+async def suspended_session(sandboxes: Sandboxes) -> Sandbox:
+    return await suspend_sandbox(sandboxes, (await session(sandboxes)).sandbox_id)
 
 
-async def exited_script(service: SandboxService, source: str = "sys.exit(3)") -> Sandbox:
-    sandbox = await service.run_detached(Language.PYTHON, source.encode(), LIMITS)
-    return await settled(service, sandbox.sandbox_id)
+async def exited_script(sandboxes: Sandboxes, source: str = "sys.exit(3)") -> Sandbox:
+    sandbox = await run_detached(sandboxes, Language.PYTHON, source.encode(), LIMITS)
+    return await settled(sandboxes, sandbox.sandbox_id)
 
 
 def python(source: str) -> Program:
     return Program.script(Language.PYTHON, source.encode())
+
+
+async def run_python(sandboxes: Sandboxes, sandbox_id: str, source: str = "") -> ExecutionResult:
+    """An exec of a Python script in the sandbox, with no stdin and its default timeout."""
+    return await exec_in_sandbox(sandboxes, sandbox_id, python(source), b"", None)

@@ -11,7 +11,9 @@ from dependency_injector import providers
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.containers import Container
 from sandbox.domain.errors import RuntimeFailure
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle import reaping
+from sandbox.domain.lifecycle.creation import create_session
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.model import Language, Limits
 from sandbox.settings import Settings
 
@@ -81,15 +83,15 @@ class RuntimeThatFailsToList(FakeSandboxRuntime):
         return await super().running_ids()
 
 
-async def test_the_sandbox_service_keeps_its_records_in_sqlite_under_the_state_dir(
+async def test_the_sandboxes_keep_their_records_in_sqlite_under_the_state_dir(
     tmp_path: Path,
 ) -> None:
     container = Container(settings=Settings(runtime="fake", state_dir=tmp_path))
 
     await awaited(container.init_resources())
-    pending: Any = container.sandbox_service()  # an async resource answers a future
-    service: SandboxService = await pending
-    await service.create_session(Language.PYTHON, Limits())
+    pending: Any = container.sandboxes()  # an async resource answers a future
+    sandboxes: Sandboxes = await pending
+    await create_session(sandboxes, Language.PYTHON, Limits())
     await awaited(container.shutdown_resources())
 
     assert (tmp_path / "sandboxes.db").exists()
@@ -120,11 +122,11 @@ async def test_the_reaper_goes_on_after_a_round_fails(
     settings = Settings(runtime="fake", state_dir=tmp_path, reap_interval_s=0.01)
     rounds: list[int] = []
 
-    async def failing_reap(self: SandboxService) -> None:
+    async def failing_reap(sandboxes: Sandboxes) -> None:
         rounds.append(1)
         raise RuntimeError("the store is locked")
 
-    monkeypatch.setattr(SandboxService, "reap", failing_reap)
+    monkeypatch.setattr(reaping, "reap", failing_reap)
     container = Container(settings=settings)
 
     await awaited(container.init_resources())

@@ -8,16 +8,24 @@ from lifecycle_support import (
     LIMITS,
     ControlledRuntime,
     ManualClock,
-    NewService,
+    NewSandboxes,
     exited_script,
     session,
     suspended_session,
 )
 
 from sandbox.adapters.memory_store import InMemoryOutputLog, InMemorySandboxStore
+from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import new_sandbox_id
-from sandbox.domain.lifecycle import IDLE, LifecyclePolicy, SandboxService
+from sandbox.domain.lifecycle.creation import run_detached
+from sandbox.domain.lifecycle.reading import read_output
+from sandbox.domain.lifecycle.reconciliation import reconcile
+from sandbox.domain.lifecycle.restoration import restore_sandbox
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.lifecycle.shutdown import shut_down
+from sandbox.domain.lifecycle.work import read_file, write_file
 from sandbox.domain.model import (
+    IDLE,
     Language,
     Sandbox,
     SandboxKind,
@@ -30,22 +38,22 @@ from sandbox.domain.output import OutputCapture
 pytestmark = pytest.mark.anyio
 
 
-async def restarted(new_service: NewService, before: SandboxService) -> SandboxService:
-    await before.close()
-    after = new_service()
-    await after.reconcile()
+async def restarted(new_sandboxes: NewSandboxes, before: Sandboxes) -> Sandboxes:
+    await shut_down(before)
+    after = new_sandboxes()
+    await reconcile(after)
     return after
 
 
 async def test_a_record_left_creating_becomes_failed(
-    new_service: NewService, store: InMemorySandboxStore, clock: ManualClock
+    new_sandboxes: NewSandboxes, store: InMemorySandboxStore, clock: ManualClock
 ) -> None:
     sandbox = Sandbox(sandbox_id=new_sandbox_id(), kind=SandboxKind.SESSION,
                       state=SandboxState.CREATING, language=Language.PYTHON, limits=LIMITS,
                       created_at=clock(), updated_at=clock())
     await store.add(sandbox)
 
-    await new_service().reconcile()
+    await reconcile(new_sandboxes())
 
     reconciled = await store.get(sandbox.sandbox_id)
     assert reconciled is not None
@@ -54,15 +62,15 @@ async def test_a_record_left_creating_becomes_failed(
 
 
 async def test_a_detached_script_that_still_ran_is_ended_with_the_restart_as_reason(
-    new_service: NewService, runtime: ControlledRuntime
+    new_sandboxes: NewSandboxes, runtime: ControlledRuntime
 ) -> None:
-    before = new_service()
-    sandbox = await before.run_detached(Language.PYTHON, b'print("so far")\ntime.sleep(60)\n',
+    before = new_sandboxes()
+    sandbox = await run_detached(before, Language.PYTHON, b'print("so far")\ntime.sleep(60)\n',
                                         LIMITS)
 
-    after = await restarted(new_service, before)
+    after = await restarted(new_sandboxes, before)
 
-    reconciled, stdout, _ = await after.read_output(sandbox.sandbox_id)
+    reconciled, stdout, _ = await read_output(after, sandbox.sandbox_id)
     assert (reconciled.state, reconciled.exit_code) == (SandboxState.EXITED, None)
     assert "server restarted while it ran" in reconciled.reason
     assert reconciled.running_since is None
@@ -71,31 +79,31 @@ async def test_a_detached_script_that_still_ran_is_ended_with_the_restart_as_rea
 
 
 async def test_a_session_that_still_ran_is_suspended_and_can_be_restored(
-    new_service: NewService, runtime: ControlledRuntime
+    new_sandboxes: NewSandboxes, runtime: ControlledRuntime
 ) -> None:
-    before = new_service()
+    before = new_sandboxes()
     sandbox = await session(before)
-    await before.write_file(sandbox.sandbox_id, "/workspace/notes", b"kept")
+    await write_file(before, sandbox.sandbox_id, "/workspace/notes", b"kept")
 
-    after = await restarted(new_service, before)
+    after = await restarted(new_sandboxes, before)
 
     reconciled = await after.get(sandbox.sandbox_id)
     assert reconciled.state is SandboxState.SUSPENDED
     assert reconciled.reason == "suspended when the server restarted"
     assert runtime.live == set()
-    await after.restore(sandbox.sandbox_id)
-    assert await after.read_file(sandbox.sandbox_id, "/workspace/notes") == b"kept"
+    await restore_sandbox(after, sandbox.sandbox_id)
+    assert await read_file(after, sandbox.sandbox_id, "/workspace/notes") == b"kept"
 
 
 async def test_a_running_record_whose_sandbox_is_gone_is_ended_with_a_reason(
-    new_service: NewService, runtime: ControlledRuntime
+    new_sandboxes: NewSandboxes, runtime: ControlledRuntime
 ) -> None:
-    before = new_service()
+    before = new_sandboxes()
     sandbox = await session(before)
-    await before.close()
+    await shut_down(before)
     await runtime.destroy(sandbox.sandbox_id)  # the host rebooted, say
 
-    after = await restarted(new_service, before)
+    after = await restarted(new_sandboxes, before)
 
     reconciled = await after.get(sandbox.sandbox_id)
     assert reconciled.state is SandboxState.EXITED
@@ -103,81 +111,84 @@ async def test_a_running_record_whose_sandbox_is_gone_is_ended_with_a_reason(
 
 
 async def test_a_suspended_sandbox_stays_suspended_and_can_be_restored(
-    new_service: NewService, runtime: ControlledRuntime
+    new_sandboxes: NewSandboxes, runtime: ControlledRuntime
 ) -> None:
-    before = new_service()
+    before = new_sandboxes()
     sandbox = await suspended_session(before)
 
-    after = await restarted(new_service, before)
+    after = await restarted(new_sandboxes, before)
 
     assert await after.get(sandbox.sandbox_id) == sandbox
-    assert (await after.restore(sandbox.sandbox_id)).state is SandboxState.RUNNING
+    assert (await restore_sandbox(after, sandbox.sandbox_id)).state is SandboxState.RUNNING
 
 
-async def test_an_exited_sandbox_keeps_its_record_and_output(new_service: NewService) -> None:
-    before = new_service()
+async def test_an_exited_sandbox_keeps_its_record_and_output(new_sandboxes: NewSandboxes) -> None:
+    before = new_sandboxes()
     sandbox = await exited_script(before, 'print("done")')
 
-    after = await restarted(new_service, before)
+    after = await restarted(new_sandboxes, before)
 
-    reconciled, stdout, _ = await after.read_output(sandbox.sandbox_id)
+    reconciled, stdout, _ = await read_output(after, sandbox.sandbox_id)
     assert reconciled == sandbox
     assert stdout.data == b"done\n"
 
 
 async def test_what_the_runtime_holds_without_a_record_is_destroyed(
-    new_service: NewService, runtime: ControlledRuntime
+    new_sandboxes: NewSandboxes, runtime: ControlledRuntime
 ) -> None:
-    kept = await session(new_service())
+    kept = await session(new_sandboxes())
     stray = SandboxSpec(sandbox_id=new_sandbox_id(), limits=LIMITS)
     checkpointed = SandboxSpec(sandbox_id=new_sandbox_id(), limits=LIMITS)
     for spec in (stray, checkpointed):
         await runtime.launch(spec, IDLE, OutputCapture(1024))
     await runtime.checkpoint(checkpointed.sandbox_id)
 
-    await new_service().reconcile()
+    await reconcile(new_sandboxes())
 
     assert await runtime.leftover_ids() == {kept.sandbox_id}
 
 
 async def test_output_without_a_record_is_removed(
-    new_service: NewService, outputs: InMemoryOutputLog
+    new_sandboxes: NewSandboxes, outputs: InMemoryOutputLog
 ) -> None:
-    kept = await exited_script(new_service(), 'print("mine")')
+    kept = await exited_script(new_sandboxes(), 'print("mine")')
     await outputs.sink(new_sandbox_id(), 1024).write(Stream.STDOUT, b"nobody's\n")
 
-    await new_service().reconcile()
+    await reconcile(new_sandboxes())
 
     assert await outputs.ids() == {kept.sandbox_id}
 
 
 async def test_reconcile_twice_changes_nothing_more(
-    new_service: NewService, store: InMemorySandboxStore
+    new_sandboxes: NewSandboxes, store: InMemorySandboxStore
 ) -> None:
-    before = new_service()
+    before = new_sandboxes()
     await session(before)
-    await before.run_detached(Language.BASH, b"sleep 60\n", LIMITS)
-    after = await restarted(new_service, before)
+    await run_detached(before, Language.BASH, b"sleep 60\n", LIMITS)
+    after = await restarted(new_sandboxes, before)
     once = await store.list()
 
-    await after.reconcile()
+    await reconcile(after)
 
     assert await store.list() == once
 
 
-async def test_a_graceful_stop_suspends_what_runs_so_a_restart_can_restore_it(
-    new_service: NewService, runtime: ControlledRuntime
+async def test_a_session_whose_suspend_on_restart_ends_it_stays_failed_with_that_reason(
+    new_sandboxes: NewSandboxes, runtime: ControlledRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = new_service(LifecyclePolicy(suspend_on_shutdown=True))
+    before = new_sandboxes()
     sandbox = await session(before)
-    await before.write_file(sandbox.sandbox_id, "/workspace/notes", b"kept")
+    await shut_down(before)
 
-    await before.close()
-    after = new_service()
-    await after.reconcile()
+    async def fail_and_end(sandbox_id: str) -> str:
+        await runtime.destroy(sandbox_id)
+        raise RuntimeFailure("runsc checkpoint failed: no space left on device")
 
-    stopped = await after.get(sandbox.sandbox_id)
-    assert stopped.state is SandboxState.SUSPENDED
-    assert stopped.reason == "suspended when the server stopped"
-    await after.restore(sandbox.sandbox_id)
-    assert await after.read_file(sandbox.sandbox_id, "/workspace/notes") == b"kept"
+    monkeypatch.setattr(runtime, "checkpoint", fail_and_end)
+    after = new_sandboxes()
+    await reconcile(after)
+
+    reconciled = await after.get(sandbox.sandbox_id)
+    assert reconciled.state is SandboxState.FAILED
+    assert reconciled.reason.startswith("suspend failed and the sandbox ended: ")
+    assert await runtime.leftover_ids() == set()

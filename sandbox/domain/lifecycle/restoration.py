@@ -1,0 +1,57 @@
+"""Restoring a suspended sandbox: its processes continue where they stopped."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from sandbox.domain.errors import CheckpointMismatch, RuntimeFailure
+from sandbox.domain.ids import checked_sandbox_id
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.lifecycle.supervision import supervise
+from sandbox.domain.model import Sandbox, SandboxState
+
+log = structlog.get_logger(__name__)
+
+
+async def restore_sandbox(sandboxes: Sandboxes, sandbox_id: str) -> Sandbox:
+    async with sandboxes.lock(checked_sandbox_id(sandbox_id)):
+        sandbox = await sandboxes.require(sandbox_id, SandboxState.SUSPENDED, "restore")
+        async with sandboxes.admission.admitted(sandbox):
+            return await _restore_locked(sandboxes, sandbox)
+
+
+async def _restore_locked(sandboxes: Sandboxes, sandbox: Sandbox) -> Sandbox:
+    expected = dict(sandbox.checkpoint_identity)
+    if expected != sandboxes.runtime.identity:
+        raise CheckpointMismatch(
+            f"the checkpoint was made with {_describe(expected)}, but this server "
+            f"runs {_describe(sandboxes.runtime.identity)}; it cannot be restored here"
+        )
+    assert sandbox.checkpoint is not None
+    started = time.monotonic()
+    sink = sandboxes.outputs.sink(sandbox.sandbox_id, sandbox.limits.output_bytes)
+    try:
+        await sandboxes.runtime.restore(sandbox.spec(), sandbox.checkpoint, sink)
+    except RuntimeFailure as failure:
+        await sandboxes.save(sandbox, SandboxState.FAILED,
+                             reason=f"restore failed: {failure.message}")
+        raise RuntimeFailure(failure.message, public_message=(
+            "the sandbox could not be restored (its checkpoint is unusable, or the runtime "
+            "failed); it is now failed: its record says why, and it can only be deleted"
+        )) from None
+    await sandboxes.runtime.discard_checkpoint(sandbox.checkpoint)
+    now = sandboxes.clock()
+    sandbox = await sandboxes.save(sandbox, SandboxState.RUNNING, reason="restored",
+                                   checkpoint=None, checkpoint_identity=(),
+                                   running_since=now, last_activity_at=now)
+    supervise(sandboxes, sandbox)
+    seconds = time.monotonic() - started
+    sandboxes.metrics.sandbox_restored(seconds)
+    log.info("sandbox.restored", ms=int(seconds * 1000))
+    return sandbox
+
+
+def _describe(identity: dict[str, str]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in sorted(identity.items())) or "nothing"
