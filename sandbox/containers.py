@@ -41,6 +41,10 @@ def _package_policy(settings: Settings) -> PackagePolicy:
     return settings.package_policy()
 
 
+def _lifecycle_policy(settings: Settings) -> LifecyclePolicy:
+    return settings.lifecycle_policy()
+
+
 def _pip_installer(
     settings: Settings, store: SandboxStore, metrics: Metrics
 ) -> PackageInstaller:
@@ -136,15 +140,7 @@ class Container(containers.DeclarativeContainer):
         max_memory_mb=settings.provided.max_memory_mb,
     )
 
-    lifecycle_policy = providers.Singleton(
-        LifecyclePolicy,
-        max_running=settings.provided.max_running_sandboxes,
-        retention_s=settings.provided.retention_s,
-        suspended_retention_s=settings.provided.suspended_retention_s,
-        max_file_bytes=settings.provided.max_file_bytes,
-        suspend_on_shutdown=settings.provided.suspend_on_shutdown,
-        shutdown_grace_s=settings.provided.shutdown_grace_s,
-    )
+    lifecycle_policy = providers.Singleton(_lifecycle_policy, settings)
 
     # One registry per container, so that apps built side by side (tests) never share series.
     metrics = providers.Singleton(PrometheusMetrics)

@@ -11,6 +11,7 @@ from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy
 from sandbox.domain.model import Limits
 from sandbox.domain.packages import PackagePolicy
 
@@ -39,6 +40,9 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every default of the service is written here and nowhere else: the limits a request
+    gets (`default_limits`) and the lifecycle policy (`lifecycle_policy`) are derived."""
+
     host: str = "127.0.0.1"
     port: int = 8080
     # SANDBOX_API_TOKENS: comma-separated bearer tokens. Only their SHA-256 digests are kept
@@ -207,6 +211,16 @@ class Settings:
     @property
     def checkpoints(self) -> Path:
         return self.checkpoint_dir or self.state_dir / "checkpoints"
+
+    def lifecycle_policy(self) -> LifecyclePolicy:
+        return LifecyclePolicy(
+            max_running=self.max_running_sandboxes,
+            retention_s=self.retention_s,
+            suspended_retention_s=self.suspended_retention_s,
+            max_file_bytes=self.max_file_bytes,
+            suspend_on_shutdown=self.suspend_on_shutdown,
+            shutdown_grace_s=self.shutdown_grace_s,
+        )
 
     def default_limits(self) -> Limits:
         return Limits(

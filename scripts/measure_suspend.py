@@ -33,7 +33,7 @@ from sandbox.domain.lifecycle.creation import run_detached
 from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.reading import read_output
 from sandbox.domain.lifecycle.restoration import restore_sandbox
-from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.shutdown import shut_down
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.model import Language, Limits, SandboxState
@@ -137,7 +137,8 @@ async def lifecycle(
     await runtime.start()
     store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
     sandboxes = Sandboxes(runtime, store, FileOutputLog(settings.state_dir / "outputs"),
-                          LifecyclePolicy(suspend_on_shutdown=False))
+                          dataclasses.replace(settings.lifecycle_policy(),
+                                              suspend_on_shutdown=False))
     try:
         yield sandboxes, runtime
     finally:
@@ -178,7 +179,7 @@ def main() -> int:
         print("measure_suspend: run as root (runsc needs it)", file=sys.stderr)
         return 2
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    limits = Limits(timeout_s=3600)
+    limits = dataclasses.replace(Settings().default_limits(), timeout_s=3600)
     cases = [
         Case("small Python process (512 MiB)", SMALL, limits),
         Case("Python holding 256 MiB (1024 MiB)", HOLDING_256_MIB,

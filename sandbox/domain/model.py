@@ -25,16 +25,17 @@ class Stream(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-sandbox limits. The runtime enforces them; the service caps them by settings."""
+    """Per-sandbox limits. The runtime enforces them; the service caps them by settings.
+    Their defaults are settings (`Settings.default_limits`), kept there alone."""
 
-    timeout_s: float = 30.0
-    memory_mb: int = 512
-    cpus: float = 1.0
-    pids: int = 256
-    open_files: int = 1024
-    file_size_mb: int = 256
-    tmp_mb: int = 256
-    output_bytes: int = 1024 * 1024
+    timeout_s: float
+    memory_mb: int
+    cpus: float
+    pids: int
+    open_files: int
+    file_size_mb: int
+    tmp_mb: int
+    output_bytes: int
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ import pytest
 
 from sandbox.domain.ids import ID_PATTERN
 from sandbox.domain.lifecycle.execution import run_script
-from sandbox.domain.model import Language, Limits
+from sandbox.domain.model import Language
 from sandbox.domain.ports import SandboxRuntime
+from sandbox.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
-LIMITS = Limits(timeout_s=20)
+LIMITS = dataclasses.replace(Settings().default_limits(), timeout_s=20)
 
 
 async def test_python_stdout_and_stderr_are_kept_apart(runtime: SandboxRuntime) -> None:

@@ -3,6 +3,7 @@ SANDBOX_REQUIRE_RUNSC=1, where that is a failure instead."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -56,5 +57,5 @@ def nothing_left_behind(runtime: RunscSandboxRuntime, settings: Settings) -> Ite
 
 
 @pytest.fixture
-def limits() -> Limits:
-    return Limits(timeout_s=20)
+def limits(settings: Settings) -> Limits:
+    return dataclasses.replace(settings.default_limits(), timeout_s=20)

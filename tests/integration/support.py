@@ -93,9 +93,8 @@ async def managed_sandboxes(
 ) -> AsyncIterator[Sandboxes]:
     """The lifecycle service as the server builds it, on this runtime and state folder."""
     store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
-    sandboxes = Sandboxes(
-        runtime, store, FileOutputLog(settings.state_dir / "outputs"), policy or LifecyclePolicy()
-    )
+    sandboxes = Sandboxes(runtime, store, FileOutputLog(settings.state_dir / "outputs"),
+                          policy or settings.lifecycle_policy())
     try:
         yield sandboxes
     finally:

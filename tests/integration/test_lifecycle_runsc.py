@@ -32,15 +32,15 @@ from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.reading import read_output
 from sandbox.domain.lifecycle.reconciliation import reconcile
 from sandbox.domain.lifecycle.restoration import restore_sandbox
-from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.lifecycle.work import exec_in_sandbox, list_files, read_file, write_file
-from sandbox.domain.model import FileEntry, Language, Limits, Program, SandboxState
+from sandbox.domain.model import FileEntry, Language, Program, SandboxState
 from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
 
-LIMITS = Limits(timeout_s=120)
+LIMITS = dataclasses.replace(Settings().default_limits(), timeout_s=120)
 EXEC_TIMEOUT_S = 30.0
 COUNTER = b"""\
 import time
@@ -258,7 +258,7 @@ async def test_a_file_call_that_cannot_be_done_says_why(
     settings: Settings, runtime: RunscSandboxRuntime,
     call: str, path: str, error: type[Exception], words: str,
 ) -> None:
-    policy = LifecyclePolicy(max_file_bytes=1024)
+    policy = dataclasses.replace(settings.lifecycle_policy(), max_file_bytes=1024)
     async with managed_sandboxes(runtime, settings, policy) as sandboxes:
         session = await create_session(sandboxes, Language.PYTHON, LIMITS)
         await write_file(sandboxes, session.sandbox_id, "/workspace/big.bin", b"x" * 2048)
@@ -427,7 +427,7 @@ async def test_after_a_crash_reconcile_ends_running_scripts_and_suspends_running
 ) -> None:
     # A crash: the service goes without suspending anything, and the readers of the pipes go
     # with it; its sandboxes run on (a script that printed now would die of the closed pipe).
-    crashing = LifecyclePolicy(suspend_on_shutdown=False)
+    crashing = dataclasses.replace(settings.lifecycle_policy(), suspend_on_shutdown=False)
     async with managed_sandboxes(runtime, settings, crashing) as before:
         script = await run_detached(before, Language.BASH, b"echo started\nsleep 600\n", LIMITS)
         session = await create_session(before, Language.PYTHON, LIMITS)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from lifecycle_support import ControlledRuntime, ManualClock, NewSandboxes
+from lifecycle_support import policy as crash_policy
 
 from sandbox.adapters.memory_store import InMemoryOutputLog, InMemorySandboxStore
 from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
@@ -57,11 +58,8 @@ async def new_sandboxes(
         other_store: SandboxStore | None = None,
         **options: Any,
     ) -> Sandboxes:
-        # Shutting down without the graceful suspend models a crash, which is what the
-        # restart tests need; tests of the graceful stop pass a policy that asks for it.
-        policy = policy or LifecyclePolicy(suspend_on_shutdown=False)
-        sandboxes = Sandboxes(runtime, other_store or store, outputs, policy, clock=clock,
-                              **options)
+        sandboxes = Sandboxes(runtime, other_store or store, outputs, policy or crash_policy(),
+                              clock=clock, **options)
         made.append(sandboxes)
         return sandboxes
 

@@ -4,13 +4,15 @@ short ways to bring a sandbox into a state."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.domain.lifecycle.creation import create_session, run_detached
-from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.lifecycle.work import exec_in_sandbox
 from sandbox.domain.model import (
@@ -24,10 +26,26 @@ from sandbox.domain.model import (
     SandboxState,
 )
 from sandbox.domain.ports import OutputSink
+from sandbox.settings import Settings
 
 NewSandboxes = Callable[..., Sandboxes]
 
-LIMITS = Limits(timeout_s=30)
+# The one source of every default; tests change what they need from there.
+DEFAULTS = Settings()
+
+
+def limits(**changes: Any) -> Limits:
+    return dataclasses.replace(DEFAULTS.default_limits(), **changes)
+
+
+def policy(**changes: Any) -> LifecyclePolicy:
+    """The default policy, but without the graceful suspend at shutdown unless asked for:
+    shutting down then models a crash, which is what the restart tests need."""
+    return dataclasses.replace(DEFAULTS.lifecycle_policy(),
+                               **{"suspend_on_shutdown": False, **changes})
+
+
+LIMITS = limits(timeout_s=30)
 
 
 class ManualClock:

@@ -11,6 +11,7 @@ from lifecycle_support import (
     ControlledRuntime,
     NewSandboxes,
     exited_script,
+    policy,
     session,
     suspended_session,
 )
@@ -22,7 +23,7 @@ from sandbox.domain.lifecycle.creation import run_detached
 from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.reading import list_sandboxes
 from sandbox.domain.lifecycle.restoration import restore_sandbox
-from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.metrics import CapacityLimit, NoMetrics
 from sandbox.domain.model import Language, Sandbox, SandboxState
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_create_beyond_the_running_limit_is_refused(new_sandboxes: NewSandboxes) -> None:
-    sandboxes = new_sandboxes(LifecyclePolicy(max_running=1))
+    sandboxes = new_sandboxes(policy(max_running=1))
     await session(sandboxes)
 
     with pytest.raises(AtCapacity) as refused:
@@ -49,7 +50,7 @@ async def test_a_create_beyond_the_running_limit_is_refused(new_sandboxes: NewSa
 async def test_suspended_sandboxes_do_not_count_towards_the_running_limit(
     new_sandboxes: NewSandboxes,
 ) -> None:
-    sandboxes = new_sandboxes(LifecyclePolicy(max_running=1))
+    sandboxes = new_sandboxes(policy(max_running=1))
     await suspended_session(sandboxes)
 
     created = await session(sandboxes)
@@ -60,7 +61,7 @@ async def test_suspended_sandboxes_do_not_count_towards_the_running_limit(
 async def test_a_restore_beyond_the_running_limit_is_refused_and_stays_suspended(
     new_sandboxes: NewSandboxes,
 ) -> None:
-    sandboxes = new_sandboxes(LifecyclePolicy(max_running=1))
+    sandboxes = new_sandboxes(policy(max_running=1))
     suspended = await suspended_session(sandboxes)
     await session(sandboxes)
 
@@ -85,7 +86,7 @@ class StoreOnDisk(InMemorySandboxStore):
 async def test_concurrent_creates_never_run_more_sandboxes_than_the_limit(
     new_sandboxes: NewSandboxes, runtime: ControlledRuntime
 ) -> None:
-    sandboxes = new_sandboxes(LifecyclePolicy(max_running=2), StoreOnDisk())
+    sandboxes = new_sandboxes(policy(max_running=2), StoreOnDisk())
 
     attempts = await asyncio.gather(*(session(sandboxes) for _ in range(4)),
                                     return_exceptions=True)
@@ -99,7 +100,7 @@ async def test_concurrent_creates_never_run_more_sandboxes_than_the_limit(
 async def test_a_script_ends_and_so_makes_room_under_the_running_limit(
     new_sandboxes: NewSandboxes,
 ) -> None:
-    sandboxes = new_sandboxes(LifecyclePolicy(max_running=1))
+    sandboxes = new_sandboxes(policy(max_running=1))
     await exited_script(sandboxes, "sys.exit(0)")
 
     created = await session(sandboxes)
@@ -189,7 +190,7 @@ async def test_the_running_limit_refusal_is_counted_as_such(
             rejected.append(limit)
 
     capacity = Capacity(4, 100_000, 0.05, metrics=Recording())
-    sandboxes = new_sandboxes(LifecyclePolicy(max_running=1), capacity=capacity)
+    sandboxes = new_sandboxes(policy(max_running=1), capacity=capacity)
     await session(sandboxes)
 
     with pytest.raises(AtCapacity) as refused:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from dependency_injector import providers
+from lifecycle_support import limits
 
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.containers import Container
@@ -14,7 +15,7 @@ from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.lifecycle import reaping
 from sandbox.domain.lifecycle.creation import create_session
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
-from sandbox.domain.model import Language, Limits
+from sandbox.domain.model import Language
 from sandbox.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -91,7 +92,7 @@ async def test_the_sandboxes_keep_their_records_in_sqlite_under_the_state_dir(
     await awaited(container.init_resources())
     pending: Any = container.sandboxes()  # an async resource answers a future
     sandboxes: Sandboxes = await pending
-    await create_session(sandboxes, Language.PYTHON, Limits())
+    await create_session(sandboxes, Language.PYTHON, limits())
     await awaited(container.shutdown_resources())
 
     assert (tmp_path / "sandboxes.db").exists()

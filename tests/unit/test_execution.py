@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 from lifecycle_support import LIMITS as SESSION
-from lifecycle_support import ControlledRuntime, NewSandboxes, session
+from lifecycle_support import ControlledRuntime, NewSandboxes, limits, session
 from structlog.typing import EventDict
 
 from sandbox.adapters.fake import FakeBehaviour, FakeSandboxRuntime
@@ -23,14 +23,14 @@ from sandbox.domain.errors import (
 from sandbox.domain.ids import ID_PATTERN
 from sandbox.domain.lifecycle.execution import execute_script, run_script
 from sandbox.domain.metrics import ExecutionKind, NoMetrics, Verdict
-from sandbox.domain.model import Language, Limits, Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.model import Language, Outcome, Program, SandboxSpec, Stream
 from sandbox.domain.output import ExecutionEvents
 from sandbox.domain.ports import OutputSink
 
 pytestmark = pytest.mark.anyio
 
 
-LIMITS = Limits(timeout_s=5, memory_mb=64, output_bytes=1000)
+LIMITS = limits(timeout_s=5, memory_mb=64, output_bytes=1000)
 
 
 @pytest.fixture

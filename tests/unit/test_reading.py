@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from lifecycle_support import LIMITS, exited_script, session, settled, suspended_session
+from lifecycle_support import LIMITS, exited_script, limits, session, settled, suspended_session
 
 from sandbox.domain.errors import SandboxNotFound
 from sandbox.domain.ids import new_sandbox_id
@@ -11,7 +11,7 @@ from sandbox.domain.lifecycle.creation import run_detached
 from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.reading import follow_output, list_sandboxes, read_output
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
-from sandbox.domain.model import Language, Limits, SandboxState
+from sandbox.domain.model import Language, SandboxState
 
 pytestmark = pytest.mark.anyio
 
@@ -31,8 +31,8 @@ async def test_the_output_of_a_detached_script_is_kept_after_it_ended(
 async def test_the_output_of_a_detached_script_is_capped_per_stream(
     sandboxes: Sandboxes,
 ) -> None:
-    limits = Limits(timeout_s=30, output_bytes=4)
-    sandbox = await run_detached(sandboxes, Language.PYTHON, b'print("abcdef")\n', limits)
+    capped = limits(timeout_s=30, output_bytes=4)
+    sandbox = await run_detached(sandboxes, Language.PYTHON, b'print("abcdef")\n', capped)
     await settled(sandboxes, sandbox.sandbox_id)
 
     _, stdout, stderr = await read_output(sandboxes, sandbox.sandbox_id)

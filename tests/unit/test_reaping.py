@@ -13,6 +13,7 @@ from lifecycle_support import (
     ManualClock,
     NewSandboxes,
     exited_script,
+    policy,
     run_python,
     session,
     suspended_session,
@@ -25,7 +26,7 @@ from sandbox.domain.lifecycle.creation import run_detached
 from sandbox.domain.lifecycle.reading import list_sandboxes
 from sandbox.domain.lifecycle.reaping import reap
 from sandbox.domain.lifecycle.restoration import restore_sandbox
-from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.work import write_file
 from sandbox.domain.model import Language, Sandbox, SandboxState
 
@@ -131,7 +132,7 @@ async def test_reap_leaves_a_session_that_became_busy_after_reap_listed_it(
     new_sandboxes: NewSandboxes, clock: ManualClock
 ) -> None:
     store = StoreWithStaleList()
-    sandboxes = new_sandboxes(LifecyclePolicy(), store)
+    sandboxes = new_sandboxes(policy(), store)
     sandbox = await session(sandboxes, idle_timeout_s=60)
     clock.advance(61)
     store.meanwhile = lambda: write_file(sandboxes, sandbox.sandbox_id, "/tmp/a", b"")
@@ -141,7 +142,7 @@ async def test_reap_leaves_a_session_that_became_busy_after_reap_listed_it(
     assert (await sandboxes.get(sandbox.sandbox_id)).state is SandboxState.RUNNING
 
 
-POLICY = LifecyclePolicy(retention_s=100, suspended_retention_s=1000)
+POLICY = policy(retention_s=100, suspended_retention_s=1000)
 
 
 async def test_reap_deletes_an_exited_sandbox_older_than_the_retention_and_says_why(

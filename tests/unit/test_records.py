@@ -19,6 +19,10 @@ limits = st.builds(
     output_bytes=st.integers(),
 )
 
+# Any values will do: records keep whatever limits they are given.
+LIMITS = Limits(timeout_s=30, memory_mb=512, cpus=1, pids=256, open_files=1024, file_size_mb=256,
+                tmp_mb=256, output_bytes=1024)
+
 sandboxes = st.builds(
     Sandbox,
     sandbox_id=texts, kind=st.sampled_from(SandboxKind), state=st.sampled_from(SandboxState),
@@ -39,7 +43,7 @@ def test_every_record_loads_back_as_it_was_dumped(sandbox: Sandbox) -> None:
 
 def test_a_dumped_record_is_a_json_object_with_every_field() -> None:
     sandbox = Sandbox(sandbox_id="a" * 24, kind=SandboxKind.SCRIPT, state=SandboxState.EXITED,
-                      language=Language.PYTHON, limits=Limits(), created_at=1.5, updated_at=2.5,
+                      language=Language.PYTHON, limits=LIMITS, created_at=1.5, updated_at=2.5,
                       exit_code=0, env=(("K", "V"),))
 
     dumped = json.loads(records.dump(sandbox))
@@ -52,7 +56,7 @@ def test_a_dumped_record_is_a_json_object_with_every_field() -> None:
 def test_a_field_the_record_does_not_know_is_ignored_on_load() -> None:
     """A record written by a later version still loads."""
     sandbox = Sandbox(sandbox_id="b" * 24, kind=SandboxKind.SESSION, state=SandboxState.RUNNING,
-                      language=None, limits=Limits(), created_at=1.0, updated_at=1.0)
+                      language=None, limits=LIMITS, created_at=1.0, updated_at=1.0)
     dumped = json.loads(records.dump(sandbox))
 
     loaded = records.load(json.dumps({**dumped, "added_later": {"x": 1}}))

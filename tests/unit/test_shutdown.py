@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from lifecycle_support import ControlledRuntime, NewSandboxes, session
+from lifecycle_support import ControlledRuntime, NewSandboxes, policy, session
 from structlog.testing import capture_logs
 
 from sandbox.domain.lifecycle.reconciliation import reconcile
 from sandbox.domain.lifecycle.restoration import restore_sandbox
-from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy
 from sandbox.domain.lifecycle.shutdown import shut_down
 from sandbox.domain.lifecycle.work import read_file, write_file
 from sandbox.domain.model import SandboxState
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.anyio
 async def test_a_graceful_stop_suspends_what_runs_so_a_restart_can_restore_it(
     new_sandboxes: NewSandboxes, runtime: ControlledRuntime
 ) -> None:
-    before = new_sandboxes(LifecyclePolicy(suspend_on_shutdown=True))
+    before = new_sandboxes(policy(suspend_on_shutdown=True))
     sandbox = await session(before)
     await write_file(before, sandbox.sandbox_id, "/workspace/notes", b"kept")
 
@@ -40,7 +39,7 @@ async def test_a_graceful_stop_suspends_what_runs_so_a_restart_can_restore_it(
 async def test_a_stop_past_its_grace_period_leaves_the_rest_to_the_next_start(
     new_sandboxes: NewSandboxes, runtime: ControlledRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sandboxes = new_sandboxes(LifecyclePolicy(suspend_on_shutdown=True, shutdown_grace_s=0.05))
+    sandboxes = new_sandboxes(policy(suspend_on_shutdown=True, shutdown_grace_s=0.05))
     sandbox = await session(sandboxes)
 
     async def stuck(sandbox_id: str) -> str:

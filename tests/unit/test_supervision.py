@@ -4,13 +4,13 @@ spans suspends. The clock is moved by hand."""
 from __future__ import annotations
 
 import pytest
-from lifecycle_support import ControlledRuntime, ManualClock, settled
+from lifecycle_support import ControlledRuntime, ManualClock, limits, settled
 
 from sandbox.domain.lifecycle.creation import run_detached
 from sandbox.domain.lifecycle.restoration import restore_sandbox
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
-from sandbox.domain.model import Language, Limits, SandboxState
+from sandbox.domain.model import Language, SandboxState
 
 pytestmark = pytest.mark.anyio
 
@@ -19,7 +19,7 @@ async def test_a_detached_script_past_its_time_limit_is_ended_as_timed_out(
     sandboxes: Sandboxes, runtime: ControlledRuntime
 ) -> None:
     sandbox = await run_detached(sandboxes, Language.PYTHON, b"time.sleep(30)\n",
-                                         Limits(timeout_s=0.05))
+                                         limits(timeout_s=0.05))
 
     ended = await settled(sandboxes, sandbox.sandbox_id)
 
@@ -32,7 +32,7 @@ async def test_only_the_time_a_detached_script_ran_counts_not_the_time_it_was_su
     sandboxes: Sandboxes, clock: ManualClock
 ) -> None:
     sandbox = await run_detached(sandboxes, Language.PYTHON, b"time.sleep(60)\n",
-                                         Limits(timeout_s=30))
+                                         limits(timeout_s=30))
     clock.advance(6)
     await suspend_sandbox(sandboxes, sandbox.sandbox_id)
     clock.advance(1000)
@@ -48,7 +48,7 @@ async def test_a_detached_script_that_used_up_its_time_before_a_suspend_times_ou
     sandboxes: Sandboxes, clock: ManualClock, runtime: ControlledRuntime
 ) -> None:
     sandbox = await run_detached(sandboxes, Language.PYTHON, b"time.sleep(60)\n",
-                                         Limits(timeout_s=30))
+                                         limits(timeout_s=30))
     clock.advance(31)
     await suspend_sandbox(sandboxes, sandbox.sandbox_id)
     await restore_sandbox(sandboxes, sandbox.sandbox_id)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from lifecycle_support import ControlledRuntime, python, run_python, session
+from lifecycle_support import ControlledRuntime, limits, python, run_python, session
 
 from sandbox.domain.lifecycle.creation import create_session
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.work import exec_in_sandbox, list_files, read_file, write_file
-from sandbox.domain.model import Language, Limits, SandboxKind, SandboxState
+from sandbox.domain.model import Language, SandboxKind, SandboxState
 
 pytestmark = pytest.mark.anyio
 
@@ -51,7 +51,7 @@ async def test_files_written_in_a_session_are_there_for_later_calls(
 async def test_a_session_has_no_time_limit_of_its_own(
     sandboxes: Sandboxes, runtime: ControlledRuntime
 ) -> None:
-    sandbox = await create_session(sandboxes, Language.PYTHON, Limits(timeout_s=0.01))
+    sandbox = await create_session(sandboxes, Language.PYTHON, limits(timeout_s=0.01))
 
     result = await exec_in_sandbox(sandboxes, sandbox.sandbox_id, python("time.sleep(0.05)"),
                                    b"", 1)

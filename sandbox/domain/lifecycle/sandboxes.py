@@ -27,12 +27,14 @@ from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, Sa
 
 @dataclass(frozen=True)
 class LifecyclePolicy:
-    max_running: int = 32
-    retention_s: float = 24 * 3600
-    suspended_retention_s: float = 7 * 24 * 3600
-    max_file_bytes: int = 64 * 1024 * 1024
-    suspend_on_shutdown: bool = True
-    shutdown_grace_s: float = 30.0
+    """Its defaults are settings (`Settings.lifecycle_policy`), kept there alone."""
+
+    max_running: int
+    retention_s: float
+    suspended_retention_s: float
+    max_file_bytes: int
+    suspend_on_shutdown: bool
+    shutdown_grace_s: float
 
 
 class Sandboxes:
