@@ -4,6 +4,8 @@ import datetime
 import enum
 from dataclasses import dataclass, field
 
+from sandbox.domain.reasons import ReasonCode
+
 
 class Language(enum.StrEnum):
     PYTHON = "python"
@@ -149,7 +151,10 @@ class Sandbox:
     created_at: float
     updated_at: float
     exit_code: int | None = None
+    # Why it is in its state: a sentence for people and a stable code for programs; never
+    # the runtime's or the host's own words (those go to the log).
     reason: str = ""
+    reason_code: ReasonCode | None = None
     env: tuple[tuple[str, str], ...] = ()
     package_dirs: tuple[str, ...] = ()
     idle_timeout_s: float | None = None
@@ -174,6 +179,7 @@ class Sandbox:
             "updated_at": iso_time(self.updated_at),
             "exit_code": self.exit_code,
             "reason": self.reason,
+            "reason_code": self.reason_code.value if self.reason_code else None,
             "idle_timeout_s": self.idle_timeout_s,
             "limits": {
                 "timeout_s": self.limits.timeout_s,

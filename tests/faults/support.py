@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
 import httpx
 from integration.server import ok
 
@@ -35,3 +40,14 @@ def bash(client: httpx.Client, sandbox_id: str, code: str) -> str:
     text: str = result["stdout"]
     return text
 
+
+
+def logged(log: Path, event: str) -> list[dict[str, Any]]:
+    """The lines of a server's JSON log with this event."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("event") == event:
+                found.append(entry)
+    return found

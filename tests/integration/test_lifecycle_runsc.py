@@ -36,6 +36,7 @@ from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.lifecycle.work import exec_in_sandbox, list_files, read_file, write_file
 from sandbox.domain.model import FileEntry, Language, Program, SandboxState
+from sandbox.domain.reasons import ReasonCode
 from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
@@ -454,11 +455,11 @@ async def test_after_a_crash_reconcile_ends_running_scripts_and_suspends_running
 
     assert running_across != []
     assert ended.state is SandboxState.EXITED
-    assert ended.reason == "ended: the server restarted while it ran (its output so far is kept)"
+    assert ended.reason_code is ReasonCode.SERVER_RESTARTED
     assert script_processes == []
     assert output.data == b"started\n"
     assert suspended.state is SandboxState.SUSPENDED
-    assert suspended.reason == "suspended when the server restarted"
+    assert suspended.reason_code is ReasonCode.SERVER_RESTARTED
     assert kept == "kept\n"
 
 
@@ -508,8 +509,8 @@ async def test_a_corrupt_checkpoint_fails_the_restore_and_leaves_nothing_on_the_
     await delete_sandbox(sandboxes, sandbox.sandbox_id)
 
     assert record.state is SandboxState.FAILED
-    assert record.reason.startswith("restore failed: runsc restore failed: ")
-    assert "goroutine" not in record.reason
+    assert record.reason_code is ReasonCode.RESTORE_FAILED
+    assert "runsc" not in record.reason and "/" not in record.reason
     assert left == [f"record {sandbox.sandbox_id}", f"outputs/{sandbox.sandbox_id}"]
     assert processes_mentioning(sandbox.sandbox_id) == []
 

@@ -14,6 +14,7 @@ from sandbox.domain.lifecycle.creation import create_session, run_detached
 from sandbox.domain.lifecycle.reading import list_sandboxes
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.model import IDLE, Language, SandboxKind, SandboxState
+from sandbox.domain.reasons import ReasonCode
 
 pytestmark = pytest.mark.anyio
 
@@ -28,8 +29,8 @@ async def test_a_detached_script_runs_on_and_its_record_says_how_it_ended(
     ended = await settled(sandboxes, started.sandbox_id)
 
     assert (started.kind, started.state) == (SandboxKind.SCRIPT, SandboxState.RUNNING)
-    assert (ended.state, ended.exit_code, ended.reason) == (
-        SandboxState.EXITED, 3, "exited with code 3"
+    assert (ended.state, ended.exit_code, ended.reason_code, ended.reason) == (
+        SandboxState.EXITED, 3, ReasonCode.EXITED, "exited with code 3"
     )
     assert runtime.live == set()
 
@@ -117,4 +118,5 @@ async def test_a_create_cancelled_half_way_leaves_a_failed_record_not_a_creating
     await asyncio.gather(creating, return_exceptions=True)
 
     [failed] = await list_sandboxes(sandboxes)
-    assert (failed.state, failed.reason) == (SandboxState.FAILED, "creation was interrupted")
+    assert (failed.state, failed.reason_code) == (SandboxState.FAILED,
+                                                  ReasonCode.CREATE_INTERRUPTED)

@@ -29,6 +29,7 @@ from sandbox.domain.lifecycle.restoration import restore_sandbox
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.work import write_file
 from sandbox.domain.model import Language, Sandbox, SandboxState
+from sandbox.domain.reasons import ReasonCode
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +44,8 @@ async def test_reap_suspends_a_session_idle_past_its_idle_timeout(
 
     reaped = await sandboxes.get(sandbox.sandbox_id)
     assert reaped.state is SandboxState.SUSPENDED
-    assert reaped.reason == "suspended after 60 s idle"
+    assert (reaped.reason_code, reaped.reason) == (ReasonCode.IDLE_SUSPENDED,
+                                                   "suspended after 60 s idle")
     assert runtime.live == set()
 
 
@@ -157,7 +159,8 @@ async def test_reap_deletes_an_exited_sandbox_older_than_the_retention_and_says_
 
     assert await list_sandboxes(sandboxes) == []
     assert {"event": "sandbox.deleted", "sandbox_id": sandbox.sandbox_id,
-            "reason": "exited for longer than 100 s", "log_level": "info"} in logs
+            "state": "exited", "reason_code": ReasonCode.EXPIRED,
+            "reason": "kept past its retention of 100 s", "log_level": "info"} in logs
 
 
 async def test_reap_keeps_an_exited_sandbox_within_the_retention(
@@ -197,7 +200,8 @@ async def test_reap_deletes_a_suspended_sandbox_older_than_its_retention_and_say
     assert await list_sandboxes(sandboxes) == []
     assert await runtime.leftover_ids() == set()
     assert {"event": "sandbox.deleted", "sandbox_id": sandbox.sandbox_id,
-            "reason": "suspended for longer than 1000 s", "log_level": "info"} in logs
+            "state": "suspended", "reason_code": ReasonCode.EXPIRED,
+            "reason": "kept past its retention of 1000 s", "log_level": "info"} in logs
 
 
 async def test_reap_never_deletes_a_running_sandbox(

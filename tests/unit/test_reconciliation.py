@@ -34,6 +34,7 @@ from sandbox.domain.model import (
     Stream,
 )
 from sandbox.domain.output import OutputCapture
+from sandbox.domain.reasons import ReasonCode
 
 pytestmark = pytest.mark.anyio
 
@@ -58,7 +59,7 @@ async def test_a_record_left_creating_becomes_failed(
     reconciled = await store.get(sandbox.sandbox_id)
     assert reconciled is not None
     assert reconciled.state is SandboxState.FAILED
-    assert "restarted" in reconciled.reason
+    assert reconciled.reason_code is ReasonCode.LOST
 
 
 async def test_a_detached_script_that_still_ran_is_ended_with_the_restart_as_reason(
@@ -72,7 +73,7 @@ async def test_a_detached_script_that_still_ran_is_ended_with_the_restart_as_rea
 
     reconciled, stdout, _ = await read_output(after, sandbox.sandbox_id)
     assert (reconciled.state, reconciled.exit_code) == (SandboxState.EXITED, None)
-    assert "server restarted while it ran" in reconciled.reason
+    assert reconciled.reason_code is ReasonCode.SERVER_RESTARTED
     assert reconciled.running_since is None
     assert stdout.data == b"so far\n"
     assert await runtime.leftover_ids() == set()
@@ -89,7 +90,7 @@ async def test_a_session_that_still_ran_is_suspended_and_can_be_restored(
 
     reconciled = await after.get(sandbox.sandbox_id)
     assert reconciled.state is SandboxState.SUSPENDED
-    assert reconciled.reason == "suspended when the server restarted"
+    assert reconciled.reason_code is ReasonCode.SERVER_RESTARTED
     assert runtime.live == set()
     await restore_sandbox(after, sandbox.sandbox_id)
     assert await read_file(after, sandbox.sandbox_id, "/workspace/notes") == b"kept"
@@ -107,7 +108,8 @@ async def test_a_running_record_whose_sandbox_is_gone_is_ended_with_a_reason(
 
     reconciled = await after.get(sandbox.sandbox_id)
     assert reconciled.state is SandboxState.EXITED
-    assert reconciled.reason == "ended: it was not running when the server restarted"
+    assert (reconciled.reason_code, reconciled.reason) == (
+        ReasonCode.LOST, "ended: it was not running when the server restarted")
 
 
 async def test_a_suspended_sandbox_stays_suspended_and_can_be_restored(
@@ -190,5 +192,5 @@ async def test_a_session_whose_suspend_on_restart_ends_it_stays_failed_with_that
 
     reconciled = await after.get(sandbox.sandbox_id)
     assert reconciled.state is SandboxState.FAILED
-    assert reconciled.reason.startswith("suspend failed and the sandbox ended: ")
+    assert reconciled.reason_code is ReasonCode.SUSPEND_FAILED
     assert await runtime.leftover_ids() == set()

@@ -13,6 +13,7 @@ from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.lifecycle.work import read_file, write_file
 from sandbox.domain.model import SandboxState
+from sandbox.domain.reasons import ReasonCode
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +25,7 @@ async def test_files_of_a_session_survive_a_suspend_and_restore(sandboxes: Sandb
     await suspend_sandbox(sandboxes, sandbox.sandbox_id)
     restored = await restore_sandbox(sandboxes, sandbox.sandbox_id)
 
-    assert (restored.state, restored.reason) == (SandboxState.RUNNING, "restored")
+    assert (restored.state, restored.reason_code) == (SandboxState.RUNNING, ReasonCode.RESTORED)
     assert await read_file(sandboxes, sandbox.sandbox_id, "/workspace/data.txt") == b"kept"
 
 
@@ -84,7 +85,7 @@ async def test_a_restore_that_the_runtime_cannot_do_marks_the_sandbox_failed(
 
     failed = await sandboxes.get(sandbox.sandbox_id)
     assert failed.state is SandboxState.FAILED
-    assert failed.reason.startswith("restore failed: ")
+    assert failed.reason_code is ReasonCode.RESTORE_FAILED
     assert runtime.live == set()
 
 

@@ -14,6 +14,7 @@ from sandbox.domain.lifecycle.restoration import restore_sandbox
 from sandbox.domain.lifecycle.shutdown import shut_down
 from sandbox.domain.lifecycle.work import read_file, write_file
 from sandbox.domain.model import SandboxState
+from sandbox.domain.reasons import ReasonCode
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +32,8 @@ async def test_a_graceful_stop_suspends_what_runs_so_a_restart_can_restore_it(
 
     stopped = await after.get(sandbox.sandbox_id)
     assert stopped.state is SandboxState.SUSPENDED
-    assert stopped.reason == "suspended when the server stopped"
+    assert (stopped.reason_code, stopped.reason) == (ReasonCode.SERVER_STOPPED,
+                                                     "suspended when the server stopped")
     await restore_sandbox(after, sandbox.sandbox_id)
     assert await read_file(after, sandbox.sandbox_id, "/workspace/notes") == b"kept"
 

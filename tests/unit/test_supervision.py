@@ -4,13 +4,15 @@ spans suspends. The clock is moved by hand."""
 from __future__ import annotations
 
 import pytest
-from lifecycle_support import ControlledRuntime, ManualClock, limits, settled
+from lifecycle_support import LIMITS, ControlledRuntime, ManualClock, limits, settled
 
+from sandbox.adapters.fake import FakeBehaviour
 from sandbox.domain.lifecycle.creation import run_detached
 from sandbox.domain.lifecycle.restoration import restore_sandbox
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.model import Language, SandboxState
+from sandbox.domain.reasons import ReasonCode
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +26,7 @@ async def test_a_detached_script_past_its_time_limit_is_ended_as_timed_out(
     ended = await settled(sandboxes, sandbox.sandbox_id)
 
     assert (ended.state, ended.exit_code) == (SandboxState.EXITED, None)
-    assert ended.reason == "timed out after 0.05 s"
+    assert (ended.reason_code, ended.reason) == (ReasonCode.TIMED_OUT, "timed out after 0.05 s")
     assert runtime.live == set()
 
 
@@ -55,6 +57,20 @@ async def test_a_detached_script_that_used_up_its_time_before_a_suspend_times_ou
 
     ended = await settled(sandboxes, sandbox.sandbox_id)
 
-    assert (ended.state, ended.reason) == (SandboxState.EXITED, "timed out after 30 s")
+    assert (ended.state, ended.reason_code) == (SandboxState.EXITED, ReasonCode.TIMED_OUT)
     assert ended.run_seconds == 31
     assert runtime.live == set()
+
+
+async def test_a_detached_script_killed_for_its_memory_says_so(
+    sandboxes: Sandboxes, runtime: ControlledRuntime
+) -> None:
+    runtime.program(b"grow()", FakeBehaviour(oom_killed=True))
+    sandbox = await run_detached(sandboxes, Language.PYTHON, b"grow()", LIMITS)
+
+    ended = await settled(sandboxes, sandbox.sandbox_id)
+
+    assert (ended.state, ended.exit_code) == (SandboxState.EXITED, 137)
+    assert (ended.reason_code, ended.reason) == (ReasonCode.OUT_OF_MEMORY,
+                                                 "killed: out of memory")
+

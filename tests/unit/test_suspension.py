@@ -1,6 +1,6 @@
 """Suspend: a checkpoint of a running sandbox; what happens when it overlaps an exec or
 another suspend, and when the checkpoint fails (the sandbox runs on as it was, or, when the
-failed checkpoint ended it, as runsc does on a full disk, it is failed with the reason)."""
+failed checkpoint ended it, as runsc does on a full disk, it is failed, saying so)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.lifecycle.work import read_file, write_file
 from sandbox.domain.model import Sandbox, SandboxState
+from sandbox.domain.reasons import ReasonCode
 
 pytestmark = pytest.mark.anyio
 
@@ -82,8 +83,7 @@ async def test_a_checkpoint_that_fails_and_ends_the_sandbox_leaves_it_failed_and
     record = await settled(sandboxes, sandbox.sandbox_id)
 
     assert record.state is SandboxState.FAILED
-    assert record.reason == ("suspend failed and the sandbox ended: "
-                             "runsc checkpoint failed: no space left on device")
+    assert record.reason_code is ReasonCode.SUSPEND_FAILED
     assert raised.value.public_message is not None
     assert "now failed" in raised.value.public_message
     assert runtime.live == set()

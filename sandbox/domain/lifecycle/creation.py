@@ -20,6 +20,7 @@ from sandbox.domain.model import (
     SandboxKind,
     SandboxState,
 )
+from sandbox.domain.reasons import Reason, ReasonCode
 
 log = structlog.get_logger(__name__)
 
@@ -78,20 +79,27 @@ async def _create(sandboxes: Sandboxes, sandbox: Sandbox, program: Program) -> S
     structlog.contextvars.bind_contextvars(sandbox_id=sandbox.sandbox_id)
     async with sandboxes.admission.admitted(sandbox), sandboxes.lock(sandbox.sandbox_id):
         await sandboxes.store.add(sandbox)
-        sink = sandboxes.outputs.sink(sandbox.sandbox_id, sandbox.limits.output_bytes)
         try:
+            sink = sandboxes.outputs.sink(sandbox.sandbox_id, sandbox.limits.output_bytes)
             await sandboxes.runtime.launch(sandbox.spec(), program, sink)
-        except RuntimeFailure as failure:
-            await sandboxes.save(sandbox, SandboxState.FAILED, reason=failure.message)
+        except Exception as error:
+            # The runtime has removed what it started; the record must not stay `creating`.
+            log.error("sandbox.create_failed", sandbox_id=sandbox.sandbox_id,
+                      detail=_detail(error))
+            await sandboxes.save(sandbox, SandboxState.FAILED,
+                                 Reason.of(ReasonCode.CREATE_FAILED))
             raise
         except BaseException:
-            # Cancelled (the client left) or broken: the runtime has removed what it
-            # started; the record must not stay `creating`.
+            # Cancelled: the client left.
             await asyncio.shield(sandboxes.save(sandbox, SandboxState.FAILED,
-                                                reason="creation was interrupted"))
+                                                Reason.of(ReasonCode.CREATE_INTERRUPTED)))
             raise
         sandbox = await sandboxes.save(sandbox, SandboxState.RUNNING,
                                        running_since=sandbox.created_at)
         supervise(sandboxes, sandbox)
     log.info("sandbox.created", kind=sandbox.kind.value, language=sandbox.language)
     return sandbox
+
+
+def _detail(error: Exception) -> str:
+    return error.message if isinstance(error, RuntimeFailure) else repr(error)

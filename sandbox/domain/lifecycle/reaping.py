@@ -8,6 +8,7 @@ from sandbox.domain.lifecycle.deletion import delete_locked
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_locked
 from sandbox.domain.model import Sandbox, SandboxState
+from sandbox.domain.reasons import Reason, ReasonCode
 
 log = structlog.get_logger(__name__)
 
@@ -30,9 +31,8 @@ async def _reap_locked(sandboxes: Sandboxes, sandbox: Sandbox, now: float) -> No
     idle_for = now - sandbox.last_activity_at
     if (sandbox.state is SandboxState.RUNNING and sandbox.idle_timeout_s is not None
             and idle_for > sandbox.idle_timeout_s and not sandboxes.busy[sandbox.sandbox_id]):
-        await suspend_locked(
-            sandboxes, sandbox, f"suspended after {sandbox.idle_timeout_s:g} s idle"
-        )
+        idle = Reason.of(ReasonCode.IDLE_SUSPENDED, seconds=sandbox.idle_timeout_s)
+        await suspend_locked(sandboxes, sandbox, idle)
         return
     policy = sandboxes.policy
     retention = (policy.suspended_retention_s if sandbox.state is SandboxState.SUSPENDED
@@ -40,6 +40,4 @@ async def _reap_locked(sandboxes: Sandboxes, sandbox: Sandbox, now: float) -> No
     ended = sandbox.state in (SandboxState.EXITED, SandboxState.FAILED,
                               SandboxState.SUSPENDED)
     if ended and now - sandbox.updated_at > retention:
-        await delete_locked(
-            sandboxes, sandbox, reason=f"{sandbox.state.value} for longer than {retention:g} s"
-        )
+        await delete_locked(sandboxes, sandbox, Reason.of(ReasonCode.EXPIRED, seconds=retention))

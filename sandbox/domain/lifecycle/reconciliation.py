@@ -11,6 +11,7 @@ from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_locked
 from sandbox.domain.model import Sandbox, SandboxKind, SandboxState
+from sandbox.domain.reasons import Reason, ReasonCode
 
 log = structlog.get_logger(__name__)
 
@@ -38,14 +39,14 @@ async def _reconcile_one(sandboxes: Sandboxes, sandbox: Sandbox, running: bool) 
             and running:
         # A session holds nothing but its files and processes: keep them on disk.
         with contextlib.suppress(RuntimeFailure):
-            await suspend_locked(sandboxes, sandbox, "suspended when the server restarted")
+            await suspend_locked(sandboxes, sandbox, Reason.of(ReasonCode.SERVER_RESTARTED))
             return
         if (await sandboxes.get(sandbox_id)).state is SandboxState.FAILED:
             return  # the failed suspend ended it, and its record says so
     await sandboxes.runtime.destroy(sandbox_id)
-    reason = ("ended: the server restarted while it ran (its output so far is kept)"
-              if running else "ended: it was not running when the server restarted")
+    reason = Reason.of(ReasonCode.SERVER_RESTARTED if running else ReasonCode.LOST)
     state = SandboxState.EXITED if sandbox.state is SandboxState.RUNNING \
         else SandboxState.FAILED
-    await sandboxes.save(sandbox, state, reason=reason, running_since=None)
-    log.warning("sandbox.reconciled", sandbox_id=sandbox_id, reason=reason)
+    await sandboxes.save(sandbox, state, reason, running_since=None)
+    log.warning("sandbox.reconciled", sandbox_id=sandbox_id, state=state.value,
+                reason_code=reason.code)

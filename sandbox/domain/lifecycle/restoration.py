@@ -11,6 +11,7 @@ from sandbox.domain.ids import checked_sandbox_id
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.supervision import supervise
 from sandbox.domain.model import Sandbox, SandboxState
+from sandbox.domain.reasons import Reason, ReasonCode
 
 log = structlog.get_logger(__name__)
 
@@ -35,21 +36,23 @@ async def _restore_locked(sandboxes: Sandboxes, sandbox: Sandbox) -> Sandbox:
     try:
         await sandboxes.runtime.restore(sandbox.spec(), sandbox.checkpoint, sink)
     except RuntimeFailure as failure:
-        await sandboxes.save(sandbox, SandboxState.FAILED,
-                             reason=f"restore failed: {failure.message}")
+        log.error("sandbox.restore_failed", sandbox_id=sandbox.sandbox_id,
+                  detail=failure.message)
+        await sandboxes.save(sandbox, SandboxState.FAILED, Reason.of(ReasonCode.RESTORE_FAILED))
         raise RuntimeFailure(failure.message, public_message=(
             "the sandbox could not be restored (its checkpoint is unusable, or the runtime "
             "failed); it is now failed: its record says why, and it can only be deleted"
         )) from None
     await sandboxes.runtime.discard_checkpoint(sandbox.checkpoint)
     now = sandboxes.clock()
-    sandbox = await sandboxes.save(sandbox, SandboxState.RUNNING, reason="restored",
+    sandbox = await sandboxes.save(sandbox, SandboxState.RUNNING,
+                                   Reason.of(ReasonCode.RESTORED),
                                    checkpoint=None, checkpoint_identity=(),
                                    running_since=now, last_activity_at=now)
     supervise(sandboxes, sandbox)
     seconds = time.monotonic() - started
     sandboxes.metrics.sandbox_restored(seconds)
-    log.info("sandbox.restored", ms=int(seconds * 1000))
+    log.info("sandbox.restored", sandbox_id=sandbox.sandbox_id, ms=int(seconds * 1000))
     return sandbox
 
 

@@ -23,6 +23,7 @@ from sandbox.domain.metrics import Metrics, NoMetrics
 from sandbox.domain.model import Language, Sandbox, SandboxState, can_move
 from sandbox.domain.packages import PackagePolicy, package_layers
 from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
+from sandbox.domain.reasons import Reason
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,19 @@ class Sandboxes:
             )
         return sandbox
 
-    async def save(self, sandbox: Sandbox, state: SandboxState, **changes: object) -> Sandbox:
-        """Move to `state` (a move the state machine allows) with the changes given; a sandbox
-        that no longer runs gives its memory back."""
+    async def save(
+        self,
+        sandbox: Sandbox,
+        state: SandboxState,
+        reason: Reason | None = None,
+        **changes: object,
+    ) -> Sandbox:
+        """Move to `state` (a move the state machine allows) with the reason and changes
+        given; a sandbox that no longer runs gives its memory back."""
         if state is not sandbox.state and not can_move(sandbox.state, state):
             raise InvalidState(f"a {sandbox.state.value} sandbox cannot become {state.value}")
+        if reason is not None:
+            changes.update(reason=reason.text, reason_code=reason.code)
         updated = dataclasses.replace(sandbox, state=state, updated_at=self.clock(),
                                       **changes)  # type: ignore[arg-type]
         await self.store.save(updated)

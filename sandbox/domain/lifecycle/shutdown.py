@@ -12,6 +12,7 @@ from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_locked
 from sandbox.domain.model import SandboxState
+from sandbox.domain.reasons import Reason, ReasonCode
 
 log = structlog.get_logger(__name__)
 
@@ -20,7 +21,7 @@ async def shut_down(sandboxes: Sandboxes) -> None:
     if sandboxes.policy.suspend_on_shutdown:
         try:
             async with asyncio.timeout(sandboxes.policy.shutdown_grace_s):
-                await _suspend_all(sandboxes, "suspended when the server stopped")
+                await _suspend_all(sandboxes, Reason.of(ReasonCode.SERVER_STOPPED))
         except TimeoutError:
             log.warning("sandbox.shutdown_grace_expired")
     for task in list(sandboxes.supervisors.values()):
@@ -30,7 +31,7 @@ async def shut_down(sandboxes: Sandboxes) -> None:
             await task
 
 
-async def _suspend_all(sandboxes: Sandboxes, reason: str) -> None:
+async def _suspend_all(sandboxes: Sandboxes, reason: Reason) -> None:
     for sandbox in await sandboxes.store.list(SandboxState.RUNNING):
         async with sandboxes.lock(sandbox.sandbox_id):
             current = await sandboxes.store.get(sandbox.sandbox_id)

@@ -9,6 +9,7 @@ import structlog
 
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.model import Sandbox, SandboxKind, SandboxState
+from sandbox.domain.reasons import Reason, ReasonCode
 
 log = structlog.get_logger(__name__)
 
@@ -44,12 +45,17 @@ async def _watch(sandboxes: Sandboxes, sandbox: Sandbox) -> None:
         await sandboxes.runtime.destroy(sandbox.sandbox_id)
         now = sandboxes.clock()
         if timed_out:
-            exit_code, reason = None, f"timed out after {sandbox.limits.timeout_s:g} s"
+            exit_code = None
+            reason = Reason.of(ReasonCode.TIMED_OUT, seconds=sandbox.limits.timeout_s)
         elif outcome.oom_killed:
-            exit_code, reason = outcome.exit_code, "killed: out of memory"
+            exit_code, reason = outcome.exit_code, Reason.of(ReasonCode.OUT_OF_MEMORY)
+        elif outcome.exit_code is None:
+            exit_code, reason = None, Reason.of(ReasonCode.VANISHED)
         else:
-            exit_code, reason = outcome.exit_code, f"exited with code {outcome.exit_code}"
-        await sandboxes.save(current, SandboxState.EXITED, exit_code=exit_code, reason=reason,
+            exit_code = outcome.exit_code
+            reason = Reason.of(ReasonCode.EXITED, exit_code=outcome.exit_code)
+        await sandboxes.save(current, SandboxState.EXITED, reason, exit_code=exit_code,
                              run_seconds=current.run_seconds + now - (current.running_since or now),
                              running_since=None)
-    log.info("sandbox.exited", sandbox_id=sandbox.sandbox_id, exit_code=exit_code, reason=reason)
+    log.info("sandbox.exited", sandbox_id=sandbox.sandbox_id, exit_code=exit_code,
+             reason_code=reason.code)
