@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +53,16 @@ def logged(log: Path, event: str) -> list[dict[str, Any]]:
             if isinstance(entry, dict) and entry.get("event") == event:
                 found.append(entry)
     return found
+
+
+@contextlib.contextmanager
+def tiny_disk(folder: Path, size: str = "1m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at folder (made if missing) while the block runs. 1 MiB: room
+    for the image of an idle sandbox, not for 4 MB."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                    str(folder)], check=True, timeout=30)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True, timeout=30)

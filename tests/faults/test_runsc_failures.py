@@ -4,9 +4,6 @@ disk for one. Each is a clear answer (never a crash or a 500) and a record that 
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -14,7 +11,7 @@ import pytest
 from integration.server import eventually, ok, records, serving
 from integration.support import leftovers, processes_mentioning
 
-from faults.support import COUNTER, DETACH, bash, logged, numbers
+from faults.support import COUNTER, DETACH, bash, logged, numbers, tiny_disk
 from sandbox.settings import Settings
 
 pytestmark = pytest.mark.runsc
@@ -90,18 +87,6 @@ def test_a_corrupt_checkpoint_fails_its_restore_clearly_and_the_sandbox_can_be_d
     assert sorted(left_while_failed) == [f"outputs/{sandbox_id}", f"record {sandbox_id}"]
     assert deleted.status_code == 200
     assert leftovers(settings) == []
-
-
-@contextmanager
-def tiny_disk(folder: Path) -> Iterator[Path]:
-    """A tmpfs of 1 MiB at folder: room for the image of an idle sandbox, not for 4 MB."""
-    folder.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(folder)],
-                   check=True, timeout=30)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True, timeout=30)
 
 
 def test_a_full_checkpoint_disk_fails_the_suspend_clearly_and_leaves_no_half_written_image(

@@ -13,7 +13,7 @@ from lifecycle_support import policy as crash_policy
 from sandbox.adapters.memory_store import InMemoryOutputLog, InMemorySandboxStore
 from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
 from sandbox.domain.lifecycle.shutdown import shut_down
-from sandbox.domain.ports import SandboxStore
+from sandbox.domain.ports import OutputLog, SandboxStore
 
 
 @pytest.fixture
@@ -56,10 +56,11 @@ async def new_sandboxes(
     def make(
         policy: LifecyclePolicy | None = None,
         other_store: SandboxStore | None = None,
+        other_outputs: OutputLog | None = None,
         **options: Any,
     ) -> Sandboxes:
-        sandboxes = Sandboxes(runtime, other_store or store, outputs, policy or crash_policy(),
-                              clock=clock, **options)
+        sandboxes = Sandboxes(runtime, other_store or store, other_outputs or outputs,
+                              policy or crash_policy(), clock=clock, **options)
         made.append(sandboxes)
         return sandboxes
 

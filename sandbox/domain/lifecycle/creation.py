@@ -10,7 +10,7 @@ import structlog
 from sandbox.domain.errors import InvalidRequest, RuntimeFailure
 from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
-from sandbox.domain.lifecycle.supervision import supervise
+from sandbox.domain.lifecycle.supervision import output_sink, supervise
 from sandbox.domain.model import (
     IDLE,
     Language,
@@ -80,7 +80,7 @@ async def _create(sandboxes: Sandboxes, sandbox: Sandbox, program: Program) -> S
     async with sandboxes.admission.admitted(sandbox), sandboxes.lock(sandbox.sandbox_id):
         await sandboxes.store.add(sandbox)
         try:
-            sink = sandboxes.outputs.sink(sandbox.sandbox_id, sandbox.limits.output_bytes)
+            sink = output_sink(sandboxes, sandbox)
             await sandboxes.runtime.launch(sandbox.spec(), program, sink)
         except Exception as error:
             # The runtime has removed what it started; the record must not stay `creating`.
@@ -96,7 +96,7 @@ async def _create(sandboxes: Sandboxes, sandbox: Sandbox, program: Program) -> S
             raise
         sandbox = await sandboxes.save(sandbox, SandboxState.RUNNING,
                                        running_since=sandbox.created_at)
-        supervise(sandboxes, sandbox)
+        supervise(sandboxes, sandbox, sink)
     log.info("sandbox.created", kind=sandbox.kind.value, language=sandbox.language)
     return sandbox
 

@@ -9,7 +9,7 @@ import structlog
 from sandbox.domain.errors import CheckpointMismatch, RuntimeFailure
 from sandbox.domain.ids import checked_sandbox_id
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
-from sandbox.domain.lifecycle.supervision import supervise
+from sandbox.domain.lifecycle.supervision import output_sink, supervise
 from sandbox.domain.model import Sandbox, SandboxState
 from sandbox.domain.reasons import Reason, ReasonCode
 
@@ -32,7 +32,7 @@ async def _restore_locked(sandboxes: Sandboxes, sandbox: Sandbox) -> Sandbox:
         )
     assert sandbox.checkpoint is not None
     started = time.monotonic()
-    sink = sandboxes.outputs.sink(sandbox.sandbox_id, sandbox.limits.output_bytes)
+    sink = output_sink(sandboxes, sandbox)
     try:
         await sandboxes.runtime.restore(sandbox.spec(), sandbox.checkpoint, sink)
     except RuntimeFailure as failure:
@@ -49,7 +49,7 @@ async def _restore_locked(sandboxes: Sandboxes, sandbox: Sandbox) -> Sandbox:
                                    Reason.of(ReasonCode.RESTORED),
                                    checkpoint=None, checkpoint_identity=(),
                                    running_since=now, last_activity_at=now)
-    supervise(sandboxes, sandbox)
+    supervise(sandboxes, sandbox, sink)
     seconds = time.monotonic() - started
     sandboxes.metrics.sandbox_restored(seconds)
     log.info("sandbox.restored", sandbox_id=sandbox.sandbox_id, ms=int(seconds * 1000))
