@@ -145,14 +145,15 @@ class Container(containers.DeclarativeContainer):
     # One registry per container, so that apps built side by side (tests) never share series.
     metrics = providers.Singleton(PrometheusMetrics)
 
-    # One admission for ephemeral executions and managed sandboxes alike: they share the
-    # host's memory.
+    # One admission for ephemeral executions, managed sandboxes and the calls in them: they
+    # share the host's memory, and calls are bounded in number.
     capacity = providers.Singleton(
         Capacity,
         max_executions=settings.provided.max_concurrent_executions,
         memory_budget_mb=settings.provided.max_total_memory_mb,
         wait_s=settings.provided.capacity_wait_s,
         metrics=metrics,
+        max_calls=settings.provided.max_concurrent_calls,
     )
 
     # Singletons, not Resources: a Resource branch would be initialised even when not chosen.

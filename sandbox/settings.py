@@ -83,6 +83,9 @@ class Settings:
     # Synchronous and streamed /execute runs at once; over it a request waits up to
     # capacity_wait_s for a place, then gets a 429 (as does one that finds no memory).
     max_concurrent_executions: int = 8
+    # Execs and file calls in running sandboxes at once (they run on memory their sandbox
+    # holds already); over it a call waits up to capacity_wait_s, then gets a 429.
+    max_concurrent_calls: int = 32
     capacity_wait_s: float = 10.0
     # The sum of the memory limits of all running sandboxes, ephemeral and managed.
     max_total_memory_mb: int = field(default_factory=default_memory_budget_mb)
@@ -125,7 +128,7 @@ class Settings:
                      "default_idle_timeout_s", "max_idle_timeout_s", "retention_s",
                      "suspended_retention_s", "max_file_bytes", "reap_interval_s",
                      "shutdown_grace_s", "max_connections", "max_concurrent_executions",
-                     "max_total_memory_mb"):
+                     "max_concurrent_calls", "max_total_memory_mb"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
         if self.cpus <= 0 or self.request_read_timeout_s <= 0:

@@ -141,3 +141,12 @@ async def test_the_reaper_goes_on_after_a_round_fails(
 
     assert after_shutdown >= 3
     assert len(rounds) == after_shutdown  # the reaper ended with the app
+
+
+def test_the_capacity_follows_the_settings(tmp_path: Path) -> None:
+    settings = Settings(runtime="fake", state_dir=tmp_path, max_concurrent_executions=3,
+                        max_concurrent_calls=5, max_total_memory_mb=2048)
+
+    capacity = Container(settings=settings).capacity()
+
+    assert (capacity.max_executions, capacity.max_calls, capacity.memory_budget_mb) == (3, 5, 2048)

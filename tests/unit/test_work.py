@@ -1,10 +1,24 @@
-"""Work in a running session: execs and file calls."""
+"""Work in a running session: execs and file calls, and how many may be at work at once."""
 
 from __future__ import annotations
 
-import pytest
-from lifecycle_support import ControlledRuntime, limits, python, run_python, session
+import asyncio
+from collections.abc import Awaitable, Callable
 
+import pytest
+from lifecycle_support import (
+    ControlledRuntime,
+    NewSandboxes,
+    limits,
+    python,
+    run_python,
+    session,
+    suspended_session,
+)
+
+from sandbox.domain.capacity import Capacity
+from sandbox.domain.errors import AtCapacity, InvalidState, RuntimeFailure, SandboxNotFound
+from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.lifecycle.creation import create_session
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.work import exec_in_sandbox, list_files, read_file, write_file
@@ -59,3 +73,85 @@ async def test_a_session_has_no_time_limit_of_its_own(
     assert result.outcome.timed_out is False
     assert (await sandboxes.get(sandbox.sandbox_id)).state is SandboxState.RUNNING
     assert runtime.live == {sandbox.sandbox_id}
+
+
+# Calls at once ----------------------------------------------------------------------------
+
+Call = Callable[[Sandboxes, str], Awaitable[object]]
+
+CALLS: dict[str, Call] = {
+    "exec": lambda boxes, sandbox_id: run_python(boxes, sandbox_id),
+    "write_file": lambda boxes, sandbox_id: write_file(boxes, sandbox_id, "/tmp/a", b"a"),
+    "read_file": lambda boxes, sandbox_id: read_file(boxes, sandbox_id, "/tmp/a"),
+    "list_files": lambda boxes, sandbox_id: list_files(boxes, sandbox_id, "/tmp"),
+}
+
+
+@pytest.fixture
+def capacity() -> Capacity:
+    return Capacity(max_executions=1, memory_budget_mb=10_000, wait_s=0.05, max_calls=1)
+
+
+@pytest.fixture
+def sandboxes(new_sandboxes: NewSandboxes, capacity: Capacity) -> Sandboxes:
+    return new_sandboxes(capacity=capacity)
+
+
+@pytest.mark.parametrize("call", CALLS)
+async def test_a_call_beyond_the_calls_at_once_waits_then_is_refused(
+    sandboxes: Sandboxes, runtime: ControlledRuntime, capacity: Capacity, call: str
+) -> None:
+    sandbox = await session(sandboxes)
+    await write_file(sandboxes, sandbox.sandbox_id, "/tmp/a", b"a")
+    runtime.hold_execs()
+    working = asyncio.create_task(run_python(sandboxes, sandbox.sandbox_id))
+    await runtime.exec_entered.wait()
+
+    with pytest.raises(AtCapacity) as refused:
+        await CALLS[call](sandboxes, sandbox.sandbox_id)
+    runtime.release_execs()
+    await working
+
+    assert "calls" in refused.value.message and refused.value.retry_after_s >= 1
+    assert capacity.calls == 0
+    await CALLS[call](sandboxes, sandbox.sandbox_id)  # the place is free again
+
+
+async def test_a_call_gives_its_place_back_when_the_runtime_fails_or_the_client_leaves(
+    sandboxes: Sandboxes, runtime: ControlledRuntime, capacity: Capacity,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sandbox = await session(sandboxes)
+    runtime.hold_execs()
+    leaving = asyncio.create_task(run_python(sandboxes, sandbox.sandbox_id))
+    await runtime.exec_entered.wait()
+    leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+    runtime.release_execs()
+
+    async def broken(*args: object) -> None:
+        raise RuntimeFailure("runsc exec failed")
+
+    monkeypatch.setattr(runtime, "write_file", broken)
+    with pytest.raises(RuntimeFailure):
+        await write_file(sandboxes, sandbox.sandbox_id, "/tmp/a", b"a")
+
+    assert capacity.calls == 0
+    assert sandboxes.busy[sandbox.sandbox_id] == 0
+
+
+async def test_a_call_on_a_stopped_sandbox_is_refused_at_once_even_with_every_place_taken(
+    sandboxes: Sandboxes, runtime: ControlledRuntime
+) -> None:
+    busy = await session(sandboxes)
+    stopped = await suspended_session(sandboxes)
+    runtime.hold_execs()
+    working = asyncio.create_task(run_python(sandboxes, busy.sandbox_id))
+    await runtime.exec_entered.wait()
+
+    with pytest.raises(InvalidState):
+        await run_python(sandboxes, stopped.sandbox_id)
+    with pytest.raises(SandboxNotFound):
+        await run_python(sandboxes, new_sandbox_id())
+    runtime.release_execs()
+    await working

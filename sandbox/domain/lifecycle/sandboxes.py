@@ -60,7 +60,7 @@ class Sandboxes:
         # Shared by ephemeral executions, managed sandboxes and calls in them: a running
         # sandbox holds its memory limit there from admission until it stops running (see
         # `save`) or is deleted.
-        self.capacity = capacity or Capacity(sys.maxsize, sys.maxsize, 0.0)
+        self.capacity = capacity or Capacity(sys.maxsize, sys.maxsize, 0.0, max_calls=sys.maxsize)
         self.metrics = metrics or NoMetrics()
         self.installer = installer
         self.package_policy = package_policy or PackagePolicy()

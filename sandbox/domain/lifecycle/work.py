@@ -65,21 +65,31 @@ async def list_files(sandboxes: Sandboxes, sandbox_id: str, path: str) -> list[F
 
 @contextlib.asynccontextmanager
 async def _working(sandboxes: Sandboxes, sandbox_id: str, verb: str) -> AsyncIterator[Sandbox]:
-    sandbox = await _begin(sandboxes, sandbox_id, verb)
-    try:
-        yield sandbox
-    except RuntimeFailure:
-        # Told as what happened: a delete or an out-of-memory end, not a broken runtime.
-        current = await sandboxes.store.get(sandbox.sandbox_id)
-        if current is None:
-            raise SandboxNotFound(f"sandbox {sandbox_id} was deleted while in use") from None
-        if current.state is not SandboxState.RUNNING:
-            raise InvalidState(
-                f"sandbox {sandbox_id} became {current.state.value} while in use"
-            ) from None
-        raise
-    finally:
-        await _end(sandboxes, sandbox.sandbox_id)
+    """A place among the calls at once (a bounded wait, then AtCapacity), then the work; the
+    place is given back however the work ends."""
+    # An unknown or stopped sandbox is told at once, not after a wait for a place.
+    await sandboxes.require(sandbox_id, SandboxState.RUNNING, verb)
+    async with sandboxes.capacity.call():
+        sandbox = await _begin(sandboxes, sandbox_id, verb)
+        try:
+            yield sandbox
+        except RuntimeFailure:
+            await _tell_what_happened(sandboxes, sandbox_id)
+            raise
+        finally:
+            await _end(sandboxes, sandbox.sandbox_id)
+
+
+async def _tell_what_happened(sandboxes: Sandboxes, sandbox_id: str) -> None:
+    """A runtime failure caused by a delete, or by the end of the sandbox meanwhile (out of
+    memory, say), is told as that, not as a broken runtime."""
+    current = await sandboxes.store.get(sandbox_id)
+    if current is None:
+        raise SandboxNotFound(f"sandbox {sandbox_id} was deleted while in use") from None
+    if current.state is not SandboxState.RUNNING:
+        raise InvalidState(
+            f"sandbox {sandbox_id} became {current.state.value} while in use"
+        ) from None
 
 
 async def _begin(sandboxes: Sandboxes, sandbox_id: str, verb: str) -> Sandbox:

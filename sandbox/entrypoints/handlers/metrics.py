@@ -29,5 +29,5 @@ async def serve_metrics(
     # Every state, zero included, so a series does not vanish when its last sandbox leaves.
     by_state = {state.value: counted[state.value] for state in SandboxState}
     capacity = sandboxes.capacity
-    body = metrics.exposition(by_state, capacity.executions, capacity.memory_mb)
+    body = metrics.exposition(by_state, capacity.executions, capacity.memory_mb, capacity.calls)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
