@@ -18,7 +18,8 @@ from sandbox.adapters.pip_installer import PipPackageInstaller
 from sandbox.adapters.prometheus_metrics import PrometheusMetrics
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.capacity import Capacity
-from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
+from sandbox.domain.lifecycle import reaping, reconciliation, shutdown
+from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
 from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.metrics import Metrics
 from sandbox.domain.model import SandboxState
@@ -47,6 +48,10 @@ def _package_policy(settings: Settings) -> PackagePolicy:
 LAYER_HOLDING_STATES = frozenset(
     {SandboxState.CREATING, SandboxState.RUNNING, SandboxState.SUSPENDED}
 )
+
+
+def _lifecycle_policy(settings: Settings) -> LifecyclePolicy:
+    return settings.lifecycle_policy()
 
 
 async def layers_held(store: SandboxStore) -> list[str]:
@@ -96,40 +101,43 @@ async def _served(
     reap_interval_s: float,
     capacity: Capacity,
     metrics: Metrics,
-) -> AsyncIterator[SandboxService]:
-    """The lifecycle service, reconciled with the host before the first request and reaped in
-    the background until shutdown."""
-    service = SandboxService(runtime, store, outputs, policy, capacity=capacity, metrics=metrics)
-    reconciled = await _reconciled(service)
-    reaper = asyncio.create_task(_reap_forever(service, reap_interval_s, reconciled))
+    installer: PackageInstaller,
+    package_policy: PackagePolicy,
+) -> AsyncIterator[Sandboxes]:
+    """What the use cases share, reconciled with the host before the first request and reaped
+    in the background until shutdown."""
+    sandboxes = Sandboxes(runtime, store, outputs, policy, capacity=capacity, metrics=metrics,
+                          installer=installer, package_policy=package_policy)
+    reconciled = await _reconciled(sandboxes)
+    reaper = asyncio.create_task(_reap_forever(sandboxes, reap_interval_s, reconciled))
     try:
-        yield service
+        yield sandboxes
     finally:
         reaper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
-        await service.close()
+        await shutdown.shut_down(sandboxes)
 
 
-async def _reconciled(service: SandboxService) -> bool:
+async def _reconciled(sandboxes: Sandboxes) -> bool:
     # A broken runtime (runsc missing) must not stop the server from starting: /readyz says
     # what is wrong, and the reaper retries until it works.
     try:
-        await service.reconcile()
+        await reconciliation.reconcile(sandboxes)
     except Exception:
         log.exception("sandbox.reconcile_failed")
         return False
     return True
 
 
-async def _reap_forever(service: SandboxService, interval_s: float, reconciled: bool) -> None:
+async def _reap_forever(sandboxes: Sandboxes, interval_s: float, reconciled: bool) -> None:
     while True:
         await asyncio.sleep(interval_s)
         if not reconciled:
-            reconciled = await _reconciled(service)
+            reconciled = await _reconciled(sandboxes)
             continue
         try:
-            await service.reap()
+            await reaping.reap(sandboxes)
         except Exception:
             log.exception("sandbox.reap_round_failed")
 
@@ -144,27 +152,20 @@ class Container(containers.DeclarativeContainer):
         max_memory_mb=settings.provided.max_memory_mb,
     )
 
-    lifecycle_policy = providers.Singleton(
-        LifecyclePolicy,
-        max_running=settings.provided.max_running_sandboxes,
-        retention_s=settings.provided.retention_s,
-        suspended_retention_s=settings.provided.suspended_retention_s,
-        max_file_bytes=settings.provided.max_file_bytes,
-        suspend_on_shutdown=settings.provided.suspend_on_shutdown,
-        shutdown_grace_s=settings.provided.shutdown_grace_s,
-    )
+    lifecycle_policy = providers.Singleton(_lifecycle_policy, settings)
 
     # One registry per container, so that apps built side by side (tests) never share series.
     metrics = providers.Singleton(PrometheusMetrics)
 
-    # One admission for ephemeral executions and managed sandboxes alike: they share the
-    # host's memory.
+    # One admission for ephemeral executions, managed sandboxes and the calls in them: they
+    # share the host's memory, and calls are bounded in number.
     capacity = providers.Singleton(
         Capacity,
         max_executions=settings.provided.max_concurrent_executions,
         memory_budget_mb=settings.provided.max_total_memory_mb,
         wait_s=settings.provided.capacity_wait_s,
         metrics=metrics,
+        max_calls=settings.provided.max_concurrent_calls,
     )
 
     # Singletons, not Resources: a Resource branch would be initialised even when not chosen.
@@ -195,8 +196,8 @@ class Container(containers.DeclarativeContainer):
     )
 
     # Resources are started after the resources they depend on and shut down before them, so
-    # the service has a started runtime and an open store for as long as it lives.
-    sandbox_service = providers.Resource(
+    # the use cases have a started runtime and an open store for as long as they serve.
+    sandboxes = providers.Resource(
         _served,
         runtime=runtime,
         store=store,
@@ -205,4 +206,6 @@ class Container(containers.DeclarativeContainer):
         reap_interval_s=settings.provided.reap_interval_s,
         capacity=capacity,
         metrics=metrics,
+        installer=package_installer,
+        package_policy=package_policy,
     )

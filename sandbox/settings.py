@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy
 from sandbox.domain.model import Limits
 from sandbox.domain.packages import PackagePolicy
 
@@ -41,6 +42,9 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every default of the service is written here and nowhere else: the limits a request
+    gets (`default_limits`) and the lifecycle policy (`lifecycle_policy`) are derived."""
+
     host: str = "127.0.0.1"
     port: int = 8080
     # SANDBOX_API_TOKENS: comma-separated bearer tokens. Only their SHA-256 digests are kept
@@ -91,6 +95,9 @@ class Settings:
     # Synchronous and streamed /execute runs at once; over it a request waits up to
     # capacity_wait_s for a place, then gets a 429 (as does one that finds no memory).
     max_concurrent_executions: int = 8
+    # Execs and file calls in running sandboxes at once (they run on memory their sandbox
+    # holds already); over it a call waits up to capacity_wait_s, then gets a 429.
+    max_concurrent_calls: int = 32
     capacity_wait_s: float = 10.0
     # The sum of the memory limits of all running sandboxes, ephemeral and managed.
     max_total_memory_mb: int = field(default_factory=default_memory_budget_mb)
@@ -140,7 +147,7 @@ class Settings:
                      "default_idle_timeout_s", "max_idle_timeout_s", "retention_s",
                      "suspended_retention_s", "max_file_bytes", "reap_interval_s",
                      "shutdown_grace_s", "max_connections", "max_concurrent_executions",
-                     "max_total_memory_mb"):
+                     "max_concurrent_calls", "max_total_memory_mb"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
         if self.cpus <= 0 or self.request_read_timeout_s <= 0:
@@ -259,6 +266,16 @@ class Settings:
     @property
     def checkpoints(self) -> Path:
         return self.checkpoint_dir or self.state_dir / "checkpoints"
+
+    def lifecycle_policy(self) -> LifecyclePolicy:
+        return LifecyclePolicy(
+            max_running=self.max_running_sandboxes,
+            retention_s=self.retention_s,
+            suspended_retention_s=self.suspended_retention_s,
+            max_file_bytes=self.max_file_bytes,
+            suspend_on_shutdown=self.suspend_on_shutdown,
+            shutdown_grace_s=self.shutdown_grace_s,
+        )
 
     def default_limits(self) -> Limits:
         return Limits(

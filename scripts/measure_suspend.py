@@ -29,7 +29,13 @@ from sandbox.adapters.file_output_log import FileOutputLog
 from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
-from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
+from sandbox.domain.lifecycle.creation import run_detached
+from sandbox.domain.lifecycle.deletion import delete_sandbox
+from sandbox.domain.lifecycle.reading import read_output
+from sandbox.domain.lifecycle.restoration import restore_sandbox
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.lifecycle.shutdown import shut_down
+from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.model import Language, Limits, SandboxState
 from sandbox.settings import Settings
 
@@ -73,10 +79,10 @@ class Result:
     image_bytes: list[int]
 
 
-async def wait_until_ready(service: SandboxService, sandbox_id: str) -> None:
+async def wait_until_ready(sandboxes: Sandboxes, sandbox_id: str) -> None:
     async with asyncio.timeout(READY_TIMEOUT_S):
         while True:
-            sandbox, stdout, stderr = await service.read_output(sandbox_id)
+            sandbox, stdout, stderr = await read_output(sandboxes, sandbox_id)
             if stdout.data.startswith(b"ready"):
                 return
             if sandbox.state is not SandboxState.RUNNING:
@@ -89,34 +95,34 @@ def folder_bytes(path: Path) -> int:
     return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
 
-async def measure(service: SandboxService, case: Case, rounds: int) -> Result:
+async def measure(sandboxes: Sandboxes, case: Case, rounds: int) -> Result:
     """Suspend once after the start, then `rounds` times restore and suspend again."""
-    sandbox = await service.run_detached(Language.PYTHON, case.source, case.limits)
+    sandbox = await run_detached(sandboxes, Language.PYTHON, case.source, case.limits)
     sandbox_id = sandbox.sandbox_id
     suspend_s, restore_s, image_bytes = [], [], []
     try:
-        await wait_until_ready(service, sandbox_id)
-        first_suspend_s, image = await timed_suspend(service, sandbox_id)
+        await wait_until_ready(sandboxes, sandbox_id)
+        first_suspend_s, image = await timed_suspend(sandboxes, sandbox_id)
         image_bytes.append(image)
         for _round in range(rounds):
             started = time.perf_counter()
-            restored = await service.restore(sandbox_id)
+            restored = await restore_sandbox(sandboxes, sandbox_id)
             restore_s.append(time.perf_counter() - started)
             if restored.state is not SandboxState.RUNNING:
                 raise RuntimeError(f"restore left the sandbox {restored.state.value}")
             # Let the restored sandbox settle, as a user's next call would.
             await asyncio.sleep(0.5)
-            seconds, image = await timed_suspend(service, sandbox_id)
+            seconds, image = await timed_suspend(sandboxes, sandbox_id)
             suspend_s.append(seconds)
             image_bytes.append(image)
     finally:
-        await service.delete(sandbox_id)
+        await delete_sandbox(sandboxes, sandbox_id)
     return Result(case, first_suspend_s, suspend_s, restore_s, image_bytes)
 
 
-async def timed_suspend(service: SandboxService, sandbox_id: str) -> tuple[float, int]:
+async def timed_suspend(sandboxes: Sandboxes, sandbox_id: str) -> tuple[float, int]:
     started = time.perf_counter()
-    suspended = await service.suspend(sandbox_id)
+    suspended = await suspend_sandbox(sandboxes, sandbox_id)
     seconds = time.perf_counter() - started
     if suspended.checkpoint is None:
         raise RuntimeError("a suspended sandbox has no checkpoint")
@@ -126,16 +132,17 @@ async def timed_suspend(service: SandboxService, sandbox_id: str) -> tuple[float
 @contextlib.asynccontextmanager
 async def lifecycle(
     settings: Settings,
-) -> AsyncIterator[tuple[SandboxService, RunscSandboxRuntime]]:
+) -> AsyncIterator[tuple[Sandboxes, RunscSandboxRuntime]]:
     runtime = RunscSandboxRuntime(settings)
     await runtime.start()
     store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
-    service = SandboxService(runtime, store, FileOutputLog(settings.state_dir / "outputs"),
-                             LifecyclePolicy(suspend_on_shutdown=False))
+    sandboxes = Sandboxes(runtime, store, FileOutputLog(settings.state_dir / "outputs"),
+                          dataclasses.replace(settings.lifecycle_policy(),
+                                              suspend_on_shutdown=False))
     try:
-        yield service, runtime
+        yield sandboxes, runtime
     finally:
-        await service.close()
+        await shut_down(sandboxes)
         store.close()
         await runtime.close()
         for sandbox_id in await runtime.leftover_ids():
@@ -144,7 +151,7 @@ async def lifecycle(
 
 def report(results: list[Result], rounds: int, version: str) -> None:
     print()
-    print(f"through SandboxService; {os.cpu_count()} cores; runsc {version}; "
+    print(f"through Sandboxes; {os.cpu_count()} cores; runsc {version}; "
           f"times in ms, median (min-max) of {rounds}")
     print(f"{'case':<36}{'1st suspend':>12}{'suspend after restore':>24}"
           f"{'restore':>18}{'image MiB':>11}")
@@ -172,7 +179,7 @@ def main() -> int:
         print("measure_suspend: run as root (runsc needs it)", file=sys.stderr)
         return 2
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    limits = Limits(timeout_s=3600)
+    limits = dataclasses.replace(Settings().default_limits(), timeout_s=3600)
     cases = [
         Case("small Python process (512 MiB)", SMALL, limits),
         Case("Python holding 256 MiB (1024 MiB)", HOLDING_256_MIB,
@@ -183,11 +190,11 @@ def main() -> int:
                                        state_dir=Path(tmp, "state"), cgroup_parent=CGROUP_PARENT)
 
         async def run() -> tuple[list[Result], str]:
-            async with lifecycle(settings) as (service, runtime):
+            async with lifecycle(settings) as (sandboxes, runtime):
                 results = []
                 for case in cases:
                     print(f"measuring {case.name}...", flush=True)
-                    results.append(await measure(service, case, args.rounds))
+                    results.append(await measure(sandboxes, case, args.rounds))
                 return results, runtime.identity["version"]
 
         try:

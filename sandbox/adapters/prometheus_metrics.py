@@ -49,6 +49,9 @@ class PrometheusMetrics(Metrics):
         self._capacity_executions = Gauge(
             "sandbox_capacity_executions", "Ephemeral executions holding a place now",
             registry=registry)
+        self._capacity_calls = Gauge(
+            "sandbox_capacity_calls", "Execs and file calls in running sandboxes now",
+            registry=registry)
         self._capacity_memory = Gauge(
             "sandbox_capacity_memory_mb", "Memory limits (MiB) of the sandboxes running now",
             registry=registry)
@@ -78,11 +81,12 @@ class PrometheusMetrics(Metrics):
         self._request_seconds.labels(method=method, route=route).observe(seconds)
 
     def exposition(
-        self, sandboxes: Mapping[str, int], executions: int, memory_mb: int
+        self, sandboxes: Mapping[str, int], executions: int, memory_mb: int, calls: int
     ) -> bytes:
         """The text format, with the gauges set from what is true now."""
         for state, count in sandboxes.items():
             self._sandboxes.labels(state=state).set(count)
         self._capacity_executions.set(executions)
+        self._capacity_calls.set(calls)
         self._capacity_memory.set(memory_mb)
         return generate_latest(self.registry)

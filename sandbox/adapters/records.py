@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from sandbox.domain.model import Language, Limits, Sandbox, SandboxKind, SandboxState
+from sandbox.domain.reasons import ReasonCode
 
 
 def dump(sandbox: Sandbox) -> str:
@@ -19,6 +20,8 @@ def load(text: str) -> Sandbox:
     data["state"] = SandboxState(data["state"])
     data["language"] = Language(data["language"]) if data["language"] else None
     data["limits"] = Limits(**data["limits"])
+    # Records written before reason codes existed have none.
+    data["reason_code"] = ReasonCode(data["reason_code"]) if data.get("reason_code") else None
     for key in ("env", "checkpoint_identity"):
         data[key] = tuple(tuple(pair) for pair in data[key])
     data["package_dirs"] = tuple(data["package_dirs"])

@@ -1,6 +1,8 @@
 """Admission of sandboxes: at most so many ephemeral executions at once, and a memory budget
 shared by every running sandbox (the sum of their memory limits), so that the host is never
-promised more memory than it has and cannot be pushed into its own out-of-memory killer.
+promised more memory than it has and cannot be pushed into its own out-of-memory killer. Calls
+in running sandboxes (execs, file transfers) run on memory their sandbox holds already: they
+count against a number of calls at once, not against the budget.
 
 A request over capacity waits a bounded time for room, then is refused with AtCapacity: never
 a hang. Waiters are not queued in order; whoever fits when room is freed goes first.
@@ -12,7 +14,9 @@ import asyncio
 import contextlib
 import itertools
 import math
+import sys
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import structlog
 
@@ -20,6 +24,9 @@ from sandbox.domain.errors import AtCapacity, InvalidRequest
 from sandbox.domain.metrics import CapacityLimit, Metrics, NoMetrics
 
 log = structlog.get_logger(__name__)
+
+# What a holder is: an ephemeral execution, a call in a running sandbox, or a managed sandbox.
+_Kind = Literal["execution", "call", "sandbox"]
 
 
 class Capacity:
@@ -29,20 +36,27 @@ class Capacity:
         memory_budget_mb: int,
         wait_s: float,
         metrics: Metrics | None = None,
+        *,
+        max_calls: int = sys.maxsize,
     ) -> None:
         self.max_executions = max_executions
         self.memory_budget_mb = memory_budget_mb
+        self.max_calls = max_calls
         self._wait_s = wait_s
         self._metrics = metrics or NoMetrics()
         self._memory: dict[str, int] = {}
-        self._executions: set[str] = set()
+        self._kinds: dict[str, _Kind] = {}
         self._tokens = itertools.count()
         # Woken at every release, to look again whether they fit now.
         self._waiters: set[asyncio.Future[None]] = set()
 
     @property
     def executions(self) -> int:
-        return len(self._executions)
+        return sum(kind == "execution" for kind in self._kinds.values())
+
+    @property
+    def calls(self) -> int:
+        return sum(kind == "call" for kind in self._kinds.values())
 
     @property
     def memory_mb(self) -> int:
@@ -53,7 +67,18 @@ class Capacity:
         """A place for one ephemeral execution and its memory while the block runs; released
         however it ends (error and cancellation included)."""
         holder = f"execution-{next(self._tokens)}"
-        await self._admit(holder, memory_mb, execution=True)
+        await self._admit(holder, memory_mb, "execution")
+        try:
+            yield
+        finally:
+            self.release(holder)
+
+    @contextlib.asynccontextmanager
+    async def call(self) -> AsyncIterator[None]:
+        """A place for one call in a running sandbox (an exec, a file call) while the block
+        runs; released however it ends (error and cancellation included)."""
+        holder = f"call-{next(self._tokens)}"
+        await self._admit(holder, 0, "call")
         try:
             yield
         finally:
@@ -62,13 +87,13 @@ class Capacity:
     async def reserve(self, holder: str, memory_mb: int) -> None:
         """Memory for a managed sandbox, held until `release(holder)`: it outlives requests."""
         self.release(holder)
-        await self._admit(holder, memory_mb, execution=False)
+        await self._admit(holder, memory_mb, "sandbox")
 
     def release(self, holder: str) -> None:
         """Idempotent: releasing what is not held does nothing."""
         if self._memory.pop(holder, None) is None:
             return
-        self._executions.discard(holder)
+        del self._kinds[holder]
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -79,7 +104,7 @@ class Capacity:
     ) -> AtCapacity:
         """The error for a refusal at `limit`, logged and counted."""
         log.warning("capacity.rejected", limit=limit, executions=self.executions,
-                    memory_mb=self.memory_mb)
+                    calls=self.calls, memory_mb=self.memory_mb)
         self._metrics.capacity_rejected(limit)
         if retry_after_s is None:
             # The server just waited this long without room being freed: sooner is unlikely
@@ -87,7 +112,7 @@ class Capacity:
             retry_after_s = max(1, math.ceil(self._wait_s))
         return AtCapacity(message, retry_after_s)
 
-    async def _admit(self, holder: str, memory_mb: int, execution: bool) -> None:
+    async def _admit(self, holder: str, memory_mb: int, kind: _Kind) -> None:
         if memory_mb > self.memory_budget_mb:
             raise InvalidRequest(
                 f"memory_mb={memory_mb} is more than the {self.memory_budget_mb} MiB this "
@@ -95,7 +120,7 @@ class Capacity:
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s
-        while (full := self._full(memory_mb, execution)) is not None:
+        while (full := self._full(memory_mb, kind)) is not None:
             freed = loop.create_future()
             self._waiters.add(freed)
             try:
@@ -105,15 +130,16 @@ class Capacity:
                 pass
             finally:
                 self._waiters.discard(freed)
-            if loop.time() >= deadline and (full := self._full(memory_mb, execution)):
+            if loop.time() >= deadline and (full := self._full(memory_mb, kind)):
                 raise self.refusal(full, self._message(full, memory_mb))
         self._memory[holder] = memory_mb
-        if execution:
-            self._executions.add(holder)
+        self._kinds[holder] = kind
 
-    def _full(self, memory_mb: int, execution: bool) -> CapacityLimit | None:
-        if execution and self.executions >= self.max_executions:
+    def _full(self, memory_mb: int, kind: _Kind) -> CapacityLimit | None:
+        if kind == "execution" and self.executions >= self.max_executions:
             return "executions"
+        if kind == "call" and self.calls >= self.max_calls:
+            return "calls"
         if self.memory_mb + memory_mb > self.memory_budget_mb:
             return "memory"
         return None
@@ -123,6 +149,10 @@ class Capacity:
         if limit == "executions":
             return (f"{self.executions} executions are running, the most this server runs at "
                     f"once; {waited} for one to end; retry later")
+        if limit == "calls":
+            return (f"{self.calls} calls (execs and file transfers) are at work in sandboxes, "
+                    f"the most this server allows at once; {waited} for one to end; retry "
+                    "later")
         return (f"the running sandboxes hold {self.memory_mb} of the {self.memory_budget_mb} "
                 f"MiB this server gives sandboxes, and this one asks for {memory_mb} MiB; "
                 f"{waited} for memory to be freed; retry later, or ask for less memory")

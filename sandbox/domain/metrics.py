@@ -10,7 +10,7 @@ from sandbox.domain.model import Outcome
 
 ExecutionKind = Literal["execute", "exec"]
 Verdict = Literal["ok", "failed", "timed_out", "oom"]
-CapacityLimit = Literal["executions", "memory", "running_sandboxes", "package_builds"]
+CapacityLimit = Literal["executions", "calls", "memory", "running_sandboxes", "package_builds"]
 LayerResult = Literal["hit", "built", "failed"]
 
 

@@ -4,6 +4,8 @@ import datetime
 import enum
 from dataclasses import dataclass, field
 
+from sandbox.domain.reasons import ReasonCode
+
 
 class Language(enum.StrEnum):
     PYTHON = "python"
@@ -25,16 +27,17 @@ class Stream(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-sandbox limits. The runtime enforces them; the service caps them by settings."""
+    """Per-sandbox limits. The runtime enforces them; the service caps them by settings.
+    Their defaults are settings (`Settings.default_limits`), kept there alone."""
 
-    timeout_s: float = 30.0
-    memory_mb: int = 512
-    cpus: float = 1.0
-    pids: int = 256
-    open_files: int = 1024
-    file_size_mb: int = 256
-    tmp_mb: int = 256
-    output_bytes: int = 1024 * 1024
+    timeout_s: float
+    memory_mb: int
+    cpus: float
+    pids: int
+    open_files: int
+    file_size_mb: int
+    tmp_mb: int
+    output_bytes: int
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,10 @@ class Sandbox:
     created_at: float
     updated_at: float
     exit_code: int | None = None
+    # Why it is in its state: a sentence for people and a stable code for programs; never
+    # the runtime's or the host's own words (those go to the log).
     reason: str = ""
+    reason_code: ReasonCode | None = None
     env: tuple[tuple[str, str], ...] = ()
     package_dirs: tuple[str, ...] = ()
     idle_timeout_s: float | None = None
@@ -176,6 +182,7 @@ class Sandbox:
             "updated_at": iso_time(self.updated_at),
             "exit_code": self.exit_code,
             "reason": self.reason,
+            "reason_code": self.reason_code.value if self.reason_code else None,
             "idle_timeout_s": self.idle_timeout_s,
             "limits": {
                 "timeout_s": self.limits.timeout_s,

@@ -11,6 +11,16 @@ from sandbox.domain.ports import OutputSink
 TextListener = Callable[[Stream, str], Awaitable[None]]
 
 
+class ExecutionEvents:
+    """What a caller that streams wants to hear while a script runs. The default hears nothing."""
+
+    async def started(self, sandbox_id: str) -> None:
+        return None
+
+    async def output(self, stream: Stream, text: str) -> None:
+        return None
+
+
 class _StreamCapture:
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -10,6 +10,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from sandbox.domain.reasons import ReasonCode
+
 Schema = dict[str, Any]
 
 
@@ -178,6 +180,7 @@ SCHEMAS: Schema = {
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
         "exit_code": _NULLABLE_INT, "reason": {"type": "string"},
+        "reason_code": {"enum": [*(code.value for code in ReasonCode), None]},
         "idle_timeout_s": {"type": ["number", "null"]},
         "limits": {"type": "object", "additionalProperties": {"type": "number"}}}},
     "SandboxList": {"type": "object", "properties": {

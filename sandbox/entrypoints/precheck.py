@@ -5,12 +5,13 @@ event after a 200. The service checks again, under the sandbox's lock."""
 from __future__ import annotations
 
 from sandbox.domain.errors import InvalidState
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle.reading import get_sandbox
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.model import SandboxState
 
 
-async def require_running(service: SandboxService, sandbox_id: str, verb: str) -> None:
-    sandbox = await service.get(sandbox_id)
+async def require_running(sandboxes: Sandboxes, sandbox_id: str, verb: str) -> None:
+    sandbox = await get_sandbox(sandboxes, sandbox_id)
     if sandbox.state is not SandboxState.RUNNING:
         raise InvalidState(
             f"cannot {verb} a sandbox that is {sandbox.state.value} (it must be running)"

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from sandbox.domain.errors import SandboxError
 from sandbox.domain.model import ExecutionResult, Stream
-from sandbox.domain.services import ExecutionEvents
+from sandbox.domain.output import ExecutionEvents
 from sandbox.entrypoints.disconnect import unless_client_leaves
 from sandbox.entrypoints.errors import INTERNAL_MESSAGE, public_error
 

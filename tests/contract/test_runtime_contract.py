@@ -11,19 +11,20 @@ import pytest
 
 from sandbox.domain.errors import FileNotFoundInSandbox, PayloadTooLarge
 from sandbox.domain.ids import ID_PATTERN, new_sandbox_id
-from sandbox.domain.model import IDLE, Language, Limits, SandboxSpec, Stream
+from sandbox.domain.lifecycle.execution import run_script
+from sandbox.domain.model import IDLE, Language, SandboxSpec, Stream
 from sandbox.domain.ports import FILE_CHUNK_BYTES, OutputSink, SandboxRuntime
-from sandbox.domain.services import execute_script
+from sandbox.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
-LIMITS = Limits(timeout_s=20)
+LIMITS = dataclasses.replace(Settings().default_limits(), timeout_s=20)
 
 
 async def test_python_stdout_and_stderr_are_kept_apart(runtime: SandboxRuntime) -> None:
     source = b'import sys\nprint("to out")\nprint("to err", file=sys.stderr)\nprint("out again")\n'
 
-    result = await execute_script(runtime, Language.PYTHON, source, LIMITS)
+    result = await run_script(runtime, Language.PYTHON, source, LIMITS)
 
     assert result.stdout.text == "to out\nout again\n"
     assert result.stderr.text == "to err\n"
@@ -33,7 +34,7 @@ async def test_python_stdout_and_stderr_are_kept_apart(runtime: SandboxRuntime) 
 async def test_bash_stdout_and_stderr_are_kept_apart(runtime: SandboxRuntime) -> None:
     source = b"echo to out\necho to err >&2\necho out again\n"
 
-    result = await execute_script(runtime, Language.BASH, source, LIMITS)
+    result = await run_script(runtime, Language.BASH, source, LIMITS)
 
     assert result.stdout.text == "to out\nout again\n"
     assert result.stderr.text == "to err\n"
@@ -41,14 +42,14 @@ async def test_bash_stdout_and_stderr_are_kept_apart(runtime: SandboxRuntime) ->
 
 
 async def test_an_empty_script_succeeds_silently(runtime: SandboxRuntime) -> None:
-    result = await execute_script(runtime, Language.PYTHON, b"", LIMITS)
+    result = await run_script(runtime, Language.PYTHON, b"", LIMITS)
 
     assert result.outcome.exit_code == 0
     assert (result.stdout.text, result.stderr.text) == ("", "")
 
 
 async def test_text_outside_ascii_comes_back_as_written(runtime: SandboxRuntime) -> None:
-    result = await execute_script(runtime, Language.PYTHON, 'print("héllo 漢字")'.encode(), LIMITS)
+    result = await run_script(runtime, Language.PYTHON, 'print("héllo 漢字")'.encode(), LIMITS)
 
     assert result.stdout.text == "héllo 漢字\n"
 
@@ -64,7 +65,7 @@ async def test_text_outside_ascii_comes_back_as_written(runtime: SandboxRuntime)
 async def test_a_script_ends_at_its_exit_with_its_code(
     runtime: SandboxRuntime, language: Language, source: bytes, code: int
 ) -> None:
-    result = await execute_script(runtime, language, source, LIMITS)
+    result = await run_script(runtime, language, source, LIMITS)
 
     assert result.outcome.exit_code == code
     assert result.outcome.timed_out is False
@@ -85,7 +86,7 @@ async def test_a_script_past_its_timeout_is_timed_out_with_no_exit_code(
 ) -> None:
     limits = dataclasses.replace(LIMITS, timeout_s=0.5)
 
-    result = await execute_script(runtime, language, source, limits)
+    result = await run_script(runtime, language, source, limits)
 
     assert result.outcome.timed_out is True
     assert result.outcome.exit_code is None
@@ -97,7 +98,7 @@ async def test_output_past_the_cap_is_cut_and_flagged(runtime: SandboxRuntime) -
     limits = dataclasses.replace(LIMITS, output_bytes=1000)
     source = b'import sys\nprint("x" * 3000)\nprint("short", file=sys.stderr)\n'
 
-    result = await execute_script(runtime, Language.PYTHON, source, limits)
+    result = await run_script(runtime, Language.PYTHON, source, limits)
 
     assert result.stdout.text == "x" * 1000
     assert result.stdout.truncated is True
@@ -107,7 +108,7 @@ async def test_output_past_the_cap_is_cut_and_flagged(runtime: SandboxRuntime) -
 
 
 async def test_the_result_has_the_documented_shape(runtime: SandboxRuntime) -> None:
-    result = await execute_script(runtime, Language.BASH, b"echo shaped\n", LIMITS)
+    result = await run_script(runtime, Language.BASH, b"echo shaped\n", LIMITS)
 
     summary, full = result.summary(), result.to_dict()
 
@@ -127,8 +128,8 @@ async def test_the_result_has_the_documented_shape(runtime: SandboxRuntime) -> N
 
 
 async def test_each_execution_gets_a_new_sandbox_id(runtime: SandboxRuntime) -> None:
-    first = await execute_script(runtime, Language.BASH, b"echo one\n", LIMITS)
-    second = await execute_script(runtime, Language.BASH, b"echo two\n", LIMITS)
+    first = await run_script(runtime, Language.BASH, b"echo one\n", LIMITS)
+    second = await run_script(runtime, Language.BASH, b"echo two\n", LIMITS)
 
     assert first.sandbox_id != second.sandbox_id
 

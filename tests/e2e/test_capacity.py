@@ -140,3 +140,50 @@ def test_the_memory_budget_spans_sessions_and_executions(start_service: StartSer
 
     metrics = client.get("/metrics").text
     assert sample(metrics, "sandbox_capacity_rejections_total", limit="memory") == 4
+
+
+SLEEP = {"language": "python", "code": "time.sleep(60)"}
+QUICK = {"language": "python", "code": 'print("quick")'}
+
+
+async def until_a_call_is_at_work(client: httpx.AsyncClient) -> None:
+    with anyio.fail_after(5):
+        while True:
+            if sample((await client.get("/metrics")).text, "sandbox_capacity_calls") >= 1:
+                return
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_execs_and_file_calls_over_the_limit_get_a_429_after_the_bounded_wait(
+    settings: Settings,
+) -> None:
+    settings = dataclasses.replace(settings, max_concurrent_calls=1, capacity_wait_s=0.1)
+    async with serving(settings) as (client, _):
+        base = f"/sandboxes/{(await client.post('/sandboxes', json={})).json()['sandbox_id']}"
+        await client.put(f"{base}/files/a.txt", content=b"a")
+        first = asyncio.create_task(client.post(f"{base}/exec", json=SLEEP))
+        await until_a_call_is_at_work(client)
+
+        refused = [
+            await client.post(f"{base}/exec", json=QUICK),
+            await client.post(f"{base}/exec?stream=true", json=QUICK),
+            await client.put(f"{base}/files/b.txt", content=b"b"),
+            await client.get(f"{base}/files/a.txt"),
+            await client.get(f"{base}/files?path=/workspace"),
+        ]
+        # The client of the first gives up: its place is freed.
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        after = await client.post(f"{base}/exec", json=QUICK)
+        metrics = (await client.get("/metrics")).text
+
+    for answer in refused:
+        assert answer.status_code == 429, answer.text
+        assert answer.headers["Retry-After"] == "1"
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.json()["error"]["code"] == "at_capacity"
+        assert "calls" in answer.json()["error"]["message"]
+    assert after.json()["stdout"] == "quick\n"
+    assert sample(metrics, "sandbox_capacity_rejections_total", limit="calls") == 5
+    assert sample(metrics, "sandbox_capacity_calls") == 0

@@ -58,12 +58,11 @@ def test_after_a_kill_9_a_new_server_settles_every_sandbox_and_no_orphan_is_left
 
     assert killed == -signal.SIGKILL
     assert orphans != []  # the crash left the runsc processes of two sandboxes running
-    assert {sandbox_id: (record["state"], record["reason"])
+    assert {sandbox_id: (record["state"], record["reason_code"])
             for sandbox_id, record in reconciled.items()} == {
-        counter: ("suspended", "suspended on request"),
-        session: ("suspended", "suspended when the server restarted"),
-        script: ("exited",
-                 "ended: the server restarted while it ran (its output so far is kept)"),
+        counter: ("suspended", "suspended"),
+        session: ("suspended", "server_restarted"),
+        script: ("exited", "server_restarted"),
     }
     # Nothing runs after the reconcile: no container, no process, no cgroup; only the
     # suspended sandboxes keep a bundle and a checkpoint.
@@ -101,8 +100,8 @@ def test_sigterm_suspends_a_session_that_restores_with_its_files_after_a_restart
 
     assert stopped == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down
     assert processes == []
-    assert (record["state"], record["reason"]) == ("suspended",
-                                                   "suspended when the server stopped")
+    assert (record["state"], record["reason_code"], record["reason"]) == (
+        "suspended", "server_stopped", "suspended when the server stopped")
     assert restored["state"] == "running"
     assert kept == "work\ntmp\n"
     assert deleted == 200

@@ -4,9 +4,6 @@ disk for one. Each is a clear answer (never a crash or a 500) and a record that 
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -14,7 +11,7 @@ import pytest
 from integration.server import eventually, ok, records, serving
 from integration.support import leftovers, processes_mentioning
 
-from faults.support import COUNTER, DETACH, bash, numbers
+from faults.support import COUNTER, DETACH, bash, logged, numbers, tiny_disk
 from sandbox.settings import Settings
 
 pytestmark = pytest.mark.runsc
@@ -28,7 +25,8 @@ def error_of(response: httpx.Response) -> tuple[int, str, str]:
 def test_a_server_whose_runsc_is_missing_is_alive_not_ready_and_answers_503(
     settings: Settings, tmp_path: Path
 ) -> None:
-    with serving(settings, tmp_path / "server.log", ready=False,
+    log = tmp_path / "server.log"
+    with serving(settings, log, ready=False,
                  SANDBOX_RUNSC_PATH="/nonexistent/runsc") as server:
         client = server.client
         health = client.get("/healthz")
@@ -52,7 +50,10 @@ def test_a_server_whose_runsc_is_missing_is_alive_not_ready_and_answers_503(
         assert (status, code) == (503, "runtime_failure")
         assert "/readyz" in message
     assert {record["state"] for record in failed.values()} == {"failed"}
-    assert all("cannot start" in record["reason"] for record in failed.values())
+    assert {record["reason_code"] for record in failed.values()} == {"create_failed"}
+    assert all("/nonexistent" not in record["reason"] for record in failed.values())
+    assert {entry["sandbox_id"] for entry in logged(log, "sandbox.create_failed")
+            if "cannot start" in entry["detail"]} == set(failed)
     assert deleted == [200] * len(failed)
     assert still_alive == 200
     assert leftovers(settings) == []
@@ -61,7 +62,8 @@ def test_a_server_whose_runsc_is_missing_is_alive_not_ready_and_answers_503(
 def test_a_corrupt_checkpoint_fails_its_restore_clearly_and_the_sandbox_can_be_deleted(
     settings: Settings, tmp_path: Path
 ) -> None:
-    with serving(settings, tmp_path / "server.log") as server:
+    log = tmp_path / "server.log"
+    with serving(settings, log) as server:
         client = server.client
         sandbox_id = ok(client.post(DETACH, content=COUNTER), 202)["sandbox_id"]
         eventually(lambda: len(numbers(client, sandbox_id)) > 2, what="the count")
@@ -78,30 +80,21 @@ def test_a_corrupt_checkpoint_fails_its_restore_clearly_and_the_sandbox_can_be_d
     assert (status, code) == (503, "runtime_failure")
     assert "could not be restored" in message and "now failed" in message
     assert record["state"] == "failed"
-    assert record["reason"].startswith("restore failed: runsc restore failed: ")
+    assert (record["reason_code"], record["reason"]) == (
+        "restore_failed", "the restore failed: the checkpoint is unusable or the runtime failed")
+    assert [entry["sandbox_id"] for entry in logged(log, "sandbox.restore_failed")
+            if entry["detail"].startswith("runsc restore failed: ")] == [sandbox_id]
     assert sorted(left_while_failed) == [f"outputs/{sandbox_id}", f"record {sandbox_id}"]
     assert deleted.status_code == 200
     assert leftovers(settings) == []
 
 
-@contextmanager
-def tiny_disk(folder: Path) -> Iterator[Path]:
-    """A tmpfs of 8 MiB at folder: room for the image of an idle sandbox (its agent and
-    all: about 3 MB), not for one holding 16 MB."""
-    folder.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(folder)],
-                   check=True, timeout=30)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True, timeout=30)
-
-
 def test_a_full_checkpoint_disk_fails_the_suspend_clearly_and_leaves_no_half_written_image(
     settings: Settings, tmp_path: Path
 ) -> None:
+    log = tmp_path / "server.log"
     with tiny_disk(tmp_path / "checkpoints") as checkpoints, \
-            serving(settings, tmp_path / "server.log",
+            serving(settings, log,
                     SANDBOX_CHECKPOINT_DIR=str(checkpoints)) as server:
         client = server.client
         small = ok(client.post("/sandboxes", json={}), 201)["sandbox_id"]
@@ -123,8 +116,10 @@ def test_a_full_checkpoint_disk_fails_the_suspend_clearly_and_leaves_no_half_wri
     assert (status, code) == (503, "runtime_failure")
     assert "suspend failed" in message and "now failed" in message
     assert record["state"] == "failed"
-    assert record["reason"].startswith("suspend failed and the sandbox ended: ")
-    assert "no space left on device" in record["reason"]
+    assert (record["reason_code"], record["reason"]) == (
+        "suspend_failed", "the suspend failed and ended the sandbox")
+    assert [entry["sandbox_id"] for entry in logged(log, "sandbox.suspend_failed")
+            if "no space left on device" in entry["detail"]] == [big]
     assert in_folder == []
     assert processes == []
     assert exec_after.status_code == 409

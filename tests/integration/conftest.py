@@ -3,6 +3,7 @@ SANDBOX_REQUIRE_RUNSC=1, where that is a failure instead."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from integration.support import (
     started_runtime,
 )
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.model import Limits
 from sandbox.settings import Settings
 
@@ -39,9 +40,9 @@ async def runtime(settings: Settings) -> AsyncIterator[RunscSandboxRuntime]:
 
 
 @pytest.fixture
-async def service(
+async def sandboxes(
     runtime: RunscSandboxRuntime, settings: Settings
-) -> AsyncIterator[SandboxService]:
+) -> AsyncIterator[Sandboxes]:
     """The lifecycle service on the test's runtime; the test deletes what it made."""
     async with managed_sandboxes(runtime, settings) as managed:
         yield managed
@@ -56,5 +57,5 @@ def nothing_left_behind(runtime: RunscSandboxRuntime, settings: Settings) -> Ite
 
 
 @pytest.fixture
-def limits() -> Limits:
-    return Limits(timeout_s=20)
+def limits(settings: Settings) -> Limits:
+    return dataclasses.replace(settings.default_limits(), timeout_s=20)

@@ -21,7 +21,9 @@ from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.errors import RuntimeFailure
-from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
+from sandbox.domain.lifecycle import work
+from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
+from sandbox.domain.lifecycle.shutdown import shut_down
 from sandbox.domain.ports import FILE_CHUNK_BYTES, OpenedFile
 from sandbox.settings import Settings
 
@@ -91,16 +93,15 @@ async def started_runtime(
 @contextlib.asynccontextmanager
 async def managed_sandboxes(
     runtime: RunscSandboxRuntime, settings: Settings, policy: LifecyclePolicy | None = None
-) -> AsyncIterator[SandboxService]:
+) -> AsyncIterator[Sandboxes]:
     """The lifecycle service as the server builds it, on this runtime and state folder."""
     store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
-    service = SandboxService(
-        runtime, store, FileOutputLog(settings.state_dir / "outputs"), policy or LifecyclePolicy()
-    )
+    sandboxes = Sandboxes(runtime, store, FileOutputLog(settings.state_dir / "outputs"),
+                          policy or settings.lifecycle_policy())
     try:
-        yield service
+        yield sandboxes
     finally:
-        await service.close()
+        await shut_down(sandboxes)
         store.close()
 
 
@@ -170,3 +171,13 @@ async def whole(opening: AbstractAsyncContextManager[OpenedFile]) -> bytes:
     """A downloaded file, read to its end."""
     async with opening as opened:
         return b"".join([chunk async for chunk in opened.chunks])
+
+
+async def write_bytes(sandboxes: Sandboxes, sandbox_id: str, path: str, data: bytes) -> int:
+    """An upload of `data` through the use case, in chunks as a client's body comes."""
+    return await work.write_file(sandboxes, sandbox_id, path, chunks(data))
+
+
+async def read_bytes(sandboxes: Sandboxes, sandbox_id: str, path: str) -> bytes:
+    """A download through the use case, read to its end."""
+    return await whole(work.read_file(sandboxes, sandbox_id, path))

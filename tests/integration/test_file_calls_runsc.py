@@ -5,6 +5,7 @@ it, and what they print is checked before it is believed."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import tracemalloc
@@ -15,13 +16,17 @@ import pytest
 from integration.support import chunks, whole
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.errors import InvalidRequest
-from sandbox.domain.lifecycle import SandboxService
-from sandbox.domain.model import Language, Limits, Program
+from sandbox.domain.lifecycle.creation import create_session
+from sandbox.domain.lifecycle.deletion import delete_sandbox
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.lifecycle.work import exec_in_sandbox, list_files, read_file, write_file
+from sandbox.domain.model import Language, Program
 from sandbox.domain.ports import FILE_CHUNK_BYTES
+from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
 
-LIMITS = Limits(timeout_s=120)
+LIMITS = dataclasses.replace(Settings().default_limits(), timeout_s=120)
 EXEC_TIMEOUT_S = 30.0
 # Whoever imports it prints a forged listing (and a forged download) and ends at once.
 FORGER = b"""\
@@ -51,37 +56,38 @@ for folder in ("/workspace", "/workspace/planted"):
 
 
 @pytest.fixture
-async def planted(service: SandboxService) -> AsyncIterator[str]:
+async def planted(sandboxes: Sandboxes) -> AsyncIterator[str]:
     """A session whose /workspace and PYTHONPATH are full of forgers, and whose environment
     would break any Python started with it."""
-    session = await service.create_session(
+    session = await create_session(sandboxes,
         Language.PYTHON, LIMITS,
         env=(("PYTHONPATH", "/workspace/planted:/workspace"), ("PYTHONHOME", "/workspace"),
              ("PYTHONSTARTUP", "/workspace/json.py"), ("LD_PRELOAD", "/workspace/no.so")),
     )
     try:
-        planting = await service.exec(session.sandbox_id, Program.script(Language.BASH, (
+        planting = await exec_in_sandbox(
+            sandboxes, session.sandbox_id, Program.script(Language.BASH, (
             f"env -u PYTHONPATH -u PYTHONHOME -u LD_PRELOAD python3 - <<'EOF'\n{PLANT}EOF\n"
         ).encode()), b"", EXEC_TIMEOUT_S)
         assert planting.outcome.exit_code == 0, planting
         yield session.sandbox_id
     finally:
-        await service.delete(session.sandbox_id)
+        await delete_sandbox(sandboxes, session.sandbox_id)
 
 
 @pytest.fixture
-async def session(service: SandboxService) -> AsyncIterator[str]:
-    created = await service.create_session(Language.PYTHON, LIMITS)
+async def session(sandboxes: Sandboxes) -> AsyncIterator[str]:
+    created = await create_session(sandboxes, Language.PYTHON, LIMITS)
     try:
         yield created.sandbox_id
     finally:
-        await service.delete(created.sandbox_id)
+        await delete_sandbox(sandboxes, created.sandbox_id)
 
 
 async def test_listing_ignores_modules_and_a_pythonpath_planted_by_the_sandbox(
-    service: SandboxService, planted: str
+    sandboxes: Sandboxes, planted: str
 ) -> None:
-    listed = await service.list_files(planted, "/workspace")
+    listed = await list_files(sandboxes, planted, "/workspace")
 
     assert [(entry.name, entry.kind) for entry in listed] == sorted(
         [(name, "file") for name in PLANTED] + [("planted", "directory")])
@@ -89,64 +95,68 @@ async def test_listing_ignores_modules_and_a_pythonpath_planted_by_the_sandbox(
 
 
 async def test_download_and_upload_ignore_modules_and_a_pythonpath_planted_by_the_sandbox(
-    service: SandboxService, planted: str
+    sandboxes: Sandboxes, planted: str
 ) -> None:
     data = bytes(range(256)) * 1000
 
-    downloaded = await whole(service.read_file(planted, "/workspace/json.py"))
-    await service.write_file(planted, "/workspace/planted/upload.bin", chunks(data))
-    uploaded = await whole(service.read_file(planted, "/workspace/planted/upload.bin"))
+    downloaded = await whole(read_file(sandboxes, planted, "/workspace/json.py"))
+    await write_file(sandboxes, planted, "/workspace/planted/upload.bin", chunks(data))
+    uploaded = await whole(read_file(sandboxes, planted, "/workspace/planted/upload.bin"))
 
     assert downloaded == FORGER
     assert uploaded == data
 
 
 async def test_execs_still_get_the_sessions_environment(
-    service: SandboxService, planted: str
+    sandboxes: Sandboxes, planted: str
 ) -> None:
-    result = await service.exec(planted, Program(language=None, argv=("printenv", "PYTHONPATH")),
+    result = await exec_in_sandbox(sandboxes, planted,
+                                   Program(language=None, argv=("printenv", "PYTHONPATH")),
                                 b"", EXEC_TIMEOUT_S)
 
     assert result.stdout.text == "/workspace/planted:/workspace\n"
 
 
 async def test_a_name_that_is_not_utf8_is_listed_with_a_replacement_character(
-    service: SandboxService, session: str
+    sandboxes: Sandboxes, session: str
 ) -> None:
-    await service.exec(session, Program.script(
+    await exec_in_sandbox(sandboxes, session, Program.script(
         Language.BASH, b"mkdir -p /workspace/odd && touch $'/workspace/odd/caf\\xe9'\n"),
         b"", EXEC_TIMEOUT_S)
 
-    listed = await service.list_files(session, "/workspace/odd")
+    listed = await list_files(sandboxes, session, "/workspace/odd")
 
     assert [entry.name for entry in listed] == ["caf\ufffd"]
 
 
 async def test_a_fifo_is_refused_rather_than_waited_on(
-    service: SandboxService, session: str
+    sandboxes: Sandboxes, session: str
 ) -> None:
-    await service.exec(session, Program(language=None, argv=("mkfifo", "/workspace/pipe")),
+    await exec_in_sandbox(sandboxes, session,
+                          Program(language=None, argv=("mkfifo", "/workspace/pipe")),
                        b"", EXEC_TIMEOUT_S)
 
     with pytest.raises(InvalidRequest, match="not a regular file"):
-        await whole(service.read_file(session, "/workspace/pipe"))
+        await whole(read_file(sandboxes, session, "/workspace/pipe"))
 
 
 async def test_an_abandoned_download_leaves_no_helper_running(
-    service: SandboxService, session: str
+    sandboxes: Sandboxes, session: str
 ) -> None:
-    await service.write_file(session, "/workspace/big.bin", chunks(b"b" * (32 * FILE_CHUNK_BYTES)))
+    await write_file(sandboxes, session, "/workspace/big.bin",
+                     chunks(b"b" * (32 * FILE_CHUNK_BYTES)))
 
-    async with service.read_file(session, "/workspace/big.bin") as opened:
+    async with read_file(sandboxes, session, "/workspace/big.bin") as opened:
         await anext(opened.chunks)
-    helpers = await service.exec(session, Program.script(Language.BASH, COUNT_HELPERS), b"",
+    helpers = await exec_in_sandbox(sandboxes, session,
+                                    Program.script(Language.BASH, COUNT_HELPERS), b"",
                                  EXEC_TIMEOUT_S)
 
     assert helpers.stdout.text == "0\n"
 
 
 async def test_a_file_far_larger_than_a_chunk_moves_through_a_few_chunks_of_memory(
-    runtime: RunscSandboxRuntime, service: SandboxService, session: str
+    runtime: RunscSandboxRuntime, sandboxes: Sandboxes, session: str
 ) -> None:
     size = 1024 * FILE_CHUNK_BYTES  # 64 MiB, the largest file the server takes by default
     sent, received = hashlib.sha256(), hashlib.sha256()

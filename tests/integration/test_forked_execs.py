@@ -7,6 +7,7 @@ the exec's own script path (random per exec) masked."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 
@@ -14,8 +15,9 @@ import pytest
 
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.ids import new_sandbox_id
-from sandbox.domain.model import IDLE, Language, Limits, Program, SandboxSpec, Stream
+from sandbox.domain.model import IDLE, Language, Program, SandboxSpec, Stream
 from sandbox.domain.output import OutputCapture
+from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
 
@@ -60,7 +62,8 @@ SCRIPTS = {
 @pytest.fixture
 async def session_id(runtime: RunscSandboxRuntime) -> AsyncIterator[str]:
     sandbox_id = new_sandbox_id()
-    await runtime.launch(SandboxSpec(sandbox_id=sandbox_id, limits=Limits(timeout_s=20)), IDLE,
+    limits = dataclasses.replace(Settings().default_limits(), timeout_s=20)
+    await runtime.launch(SandboxSpec(sandbox_id=sandbox_id, limits=limits), IDLE,
                          OutputCapture(MIB))
     try:
         yield sandbox_id

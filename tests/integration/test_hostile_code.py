@@ -26,10 +26,17 @@ from integration.support import processes_mentioning
 from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.ids import new_sandbox_id
-from sandbox.domain.lifecycle import IDLE
-from sandbox.domain.model import ExecutionResult, Language, Limits, Program, SandboxSpec, Stream
+from sandbox.domain.lifecycle.execution import run_script
+from sandbox.domain.model import (
+    IDLE,
+    ExecutionResult,
+    Language,
+    Limits,
+    Program,
+    SandboxSpec,
+    Stream,
+)
 from sandbox.domain.output import OutputCapture
-from sandbox.domain.services import execute_script
 from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
@@ -44,7 +51,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 async def run(
     runtime: RunscSandboxRuntime, language: Language, source: str, limits: Limits, **changes: int
 ) -> ExecutionResult:
-    return await execute_script(
+    return await run_script(
         runtime, language, source.encode(), dataclasses.replace(limits, **changes)
     )
 
@@ -531,7 +538,7 @@ async def test_no_mount_point_is_made_in_the_rootfs_folder_even_for_a_package_la
     (layer / "marker_module.py").write_text("VALUE = 42\n")
     before = _tree(settings.rootfs_dir / "sandbox"), _tree(settings.rootfs_dir / "workspace")
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, b"import marker_module\nprint(marker_module.VALUE)\n",
         limits, package_dirs=(str(layer),),
     )

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from integration.support import (
-    chunks,
     leftovers,
     managed_sandboxes,
     processes_mentioning,
+    read_bytes,
     started_runtime,
-    whole,
+    write_bytes,
 )
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.errors import (
@@ -29,13 +29,21 @@ from sandbox.domain.errors import (
     RuntimeFailure,
     SandboxNotFound,
 )
-from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
-from sandbox.domain.model import FileEntry, Language, Limits, Program, SandboxState
+from sandbox.domain.lifecycle.creation import create_session, run_detached
+from sandbox.domain.lifecycle.deletion import delete_sandbox
+from sandbox.domain.lifecycle.reading import read_output
+from sandbox.domain.lifecycle.reconciliation import reconcile
+from sandbox.domain.lifecycle.restoration import restore_sandbox
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.lifecycle.suspension import suspend_sandbox
+from sandbox.domain.lifecycle.work import exec_in_sandbox, list_files
+from sandbox.domain.model import FileEntry, Language, Program, SandboxState
+from sandbox.domain.reasons import ReasonCode
 from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
 
-LIMITS = Limits(timeout_s=120)
+LIMITS = dataclasses.replace(Settings().default_limits(), timeout_s=120)
 EXEC_TIMEOUT_S = 30.0
 COUNTER = b"""\
 import time
@@ -73,41 +81,41 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 30.
             await asyncio.sleep(0.05)
 
 
-async def counted(service: SandboxService, sandbox_id: str, offset: int = 0) -> list[int]:
-    _, stdout, _ = await service.read_output(sandbox_id)
+async def counted(sandboxes: Sandboxes, sandbox_id: str, offset: int = 0) -> list[int]:
+    _, stdout, _ = await read_output(sandboxes, sandbox_id)
     return [int(word) for word in stdout.data[offset:].split()]
 
 
-async def counted_past(service: SandboxService, sandbox_id: str, number: int) -> list[int]:
+async def counted_past(sandboxes: Sandboxes, sandbox_id: str, number: int) -> list[int]:
     async def past() -> bool:
-        return len(await counted(service, sandbox_id)) > number
+        return len(await counted(sandboxes, sandbox_id)) > number
 
     await eventually(past)
-    return await counted(service, sandbox_id)
+    return await counted(sandboxes, sandbox_id)
 
 
-async def bash(service: SandboxService, sandbox_id: str, source: str, stdin: bytes = b"") -> str:
-    result = await service.exec(sandbox_id, Program.script(Language.BASH, source.encode()),
-                                stdin, EXEC_TIMEOUT_S)
+async def bash(sandboxes: Sandboxes, sandbox_id: str, source: str, stdin: bytes = b"") -> str:
+    program = Program.script(Language.BASH, source.encode())
+    result = await exec_in_sandbox(sandboxes, sandbox_id, program, stdin, EXEC_TIMEOUT_S)
     assert (result.outcome.exit_code, result.stderr.text) == (0, ""), result
     return result.stdout.text
 
 
-async def processes_running(service: SandboxService, sandbox_id: str, command: str) -> int:
-    return int(await bash(service, sandbox_id, COUNT_PROCESSES, stdin=command.encode()))
+async def processes_running(sandboxes: Sandboxes, sandbox_id: str, command: str) -> int:
+    return int(await bash(sandboxes, sandbox_id, COUNT_PROCESSES, stdin=command.encode()))
 
 
-async def file_lines(service: SandboxService, sandbox_id: str, path: str) -> list[str]:
-    return (await whole(service.read_file(sandbox_id, path))).decode().splitlines()
+async def file_lines(sandboxes: Sandboxes, sandbox_id: str, path: str) -> list[str]:
+    return (await read_bytes(sandboxes, sandbox_id, path)).decode().splitlines()
 
 
-async def start_file_counter(service: SandboxService, sandbox_id: str) -> None:
-    await service.write_file(sandbox_id, "/workspace/count.py", chunks(FILE_COUNTER))
-    await bash(service, sandbox_id, "nohup python3 /workspace/count.py >/dev/null 2>&1 &\n")
+async def start_file_counter(sandboxes: Sandboxes, sandbox_id: str) -> None:
+    await write_bytes(sandboxes, sandbox_id, "/workspace/count.py", FILE_COUNTER)
+    await bash(sandboxes, sandbox_id, "nohup python3 /workspace/count.py >/dev/null 2>&1 &\n")
 
     async def counting() -> bool:
         try:
-            return len(await file_lines(service, sandbox_id, "/tmp/count.txt")) >= 3
+            return len(await file_lines(sandboxes, sandbox_id, "/tmp/count.txt")) >= 3
         except FileNotFoundInSandbox:
             return False  # not started yet
 
@@ -122,16 +130,16 @@ def is_kept(settings: Settings, folder: str, sandbox_id: str) -> bool:
 
 
 async def test_a_suspended_counter_leaves_no_process_and_restored_continues_where_it_stopped(
-    service: SandboxService, settings: Settings
+    sandboxes: Sandboxes, settings: Settings
 ) -> None:
-    sandbox = await service.run_detached(Language.PYTHON, COUNTER, LIMITS)
+    sandbox = await run_detached(sandboxes, Language.PYTHON, COUNTER, LIMITS)
     sandbox_id = sandbox.sandbox_id
-    first = await counted_past(service, sandbox_id, 3)
-    grown = await counted_past(service, sandbox_id, len(first))
+    first = await counted_past(sandboxes, sandbox_id, 3)
+    grown = await counted_past(sandboxes, sandbox_id, len(first))
     processes_while_running = processes_mentioning(sandbox_id)
 
-    suspended = await service.suspend(sandbox_id)
-    _, at_suspend, _ = await service.read_output(sandbox_id)
+    suspended = await suspend_sandbox(sandboxes, sandbox_id)
+    _, at_suspend, _ = await read_output(sandboxes, sandbox_id)
     last_before = int(at_suspend.data.split()[-1])
     processes_while_suspended = processes_mentioning(sandbox_id)
 
@@ -142,11 +150,11 @@ async def test_a_suspended_counter_leaves_no_process_and_restored_continues_wher
     assert suspended.checkpoint is not None
     assert stat.S_IMODE(os.stat(suspended.checkpoint).st_mode) == 0o700
 
-    restored = await service.restore(sandbox_id)
-    await counted_past(service, sandbox_id, last_before + 5)
-    after_restore = await counted(service, sandbox_id, offset=at_suspend.size)
-    everything = await counted(service, sandbox_id)
-    await service.delete(sandbox_id)
+    restored = await restore_sandbox(sandboxes, sandbox_id)
+    await counted_past(sandboxes, sandbox_id, last_before + 5)
+    after_restore = await counted(sandboxes, sandbox_id, offset=at_suspend.size)
+    everything = await counted(sandboxes, sandbox_id)
+    await delete_sandbox(sandboxes, sandbox_id)
 
     assert restored.state is SandboxState.RUNNING
     assert after_restore[0] == last_before + 1
@@ -154,36 +162,36 @@ async def test_a_suspended_counter_leaves_no_process_and_restored_continues_wher
 
 
 async def test_deleting_a_suspended_sandbox_removes_its_record_output_checkpoint_and_bundle(
-    service: SandboxService, settings: Settings
+    sandboxes: Sandboxes, settings: Settings
 ) -> None:
-    sandbox = await service.run_detached(Language.PYTHON, COUNTER, LIMITS)
-    await counted_past(service, sandbox.sandbox_id, 1)
-    suspended = await service.suspend(sandbox.sandbox_id)
+    sandbox = await run_detached(sandboxes, Language.PYTHON, COUNTER, LIMITS)
+    await counted_past(sandboxes, sandbox.sandbox_id, 1)
+    suspended = await suspend_sandbox(sandboxes, sandbox.sandbox_id)
     kept = [is_kept(settings, folder, sandbox.sandbox_id)
             for folder in ("outputs", "checkpoints", "bundles")]
 
-    await service.delete(sandbox.sandbox_id)
+    await delete_sandbox(sandboxes, sandbox.sandbox_id)
 
     assert suspended.state is SandboxState.SUSPENDED
     assert kept == [True, True, True]
     with pytest.raises(SandboxNotFound):
-        await service.get(sandbox.sandbox_id)
+        await sandboxes.get(sandbox.sandbox_id)
     assert leftovers(settings) == []
 
 
 async def test_detached_output_is_capped_at_its_limit_and_flagged_truncated(
-    service: SandboxService,
+    sandboxes: Sandboxes,
 ) -> None:
     limits = dataclasses.replace(LIMITS, output_bytes=1000)
     source = b"import sys\nsys.stdout.write('0123456789' * 500)\n"
-    sandbox = await service.run_detached(Language.PYTHON, source, limits)
+    sandbox = await run_detached(sandboxes, Language.PYTHON, source, limits)
 
     async def exited() -> bool:
-        return (await service.get(sandbox.sandbox_id)).state is SandboxState.EXITED
+        return (await sandboxes.get(sandbox.sandbox_id)).state is SandboxState.EXITED
 
     await eventually(exited)
-    record, stdout, stderr = await service.read_output(sandbox.sandbox_id)
-    await service.delete(sandbox.sandbox_id)
+    record, stdout, stderr = await read_output(sandboxes, sandbox.sandbox_id)
+    await delete_sandbox(sandboxes, sandbox.sandbox_id)
 
     assert record.exit_code == 0
     assert stdout.data == b"0123456789" * 100
@@ -192,18 +200,18 @@ async def test_detached_output_is_capped_at_its_limit_and_flagged_truncated(
 
 
 async def test_a_detached_script_past_its_time_limit_exits_with_that_reason(
-    service: SandboxService,
+    sandboxes: Sandboxes,
 ) -> None:
     limits = dataclasses.replace(LIMITS, timeout_s=1)
-    sandbox = await service.run_detached(Language.BASH, b"echo started\nsleep 600\n", limits)
+    sandbox = await run_detached(sandboxes, Language.BASH, b"echo started\nsleep 600\n", limits)
 
     async def ended() -> bool:
-        return (await service.get(sandbox.sandbox_id)).state is not SandboxState.RUNNING
+        return (await sandboxes.get(sandbox.sandbox_id)).state is not SandboxState.RUNNING
 
     await eventually(ended)
-    record, stdout, _ = await service.read_output(sandbox.sandbox_id)
+    record, stdout, _ = await read_output(sandboxes, sandbox.sandbox_id)
     processes = processes_mentioning(sandbox.sandbox_id)
-    await service.delete(sandbox.sandbox_id)
+    await delete_sandbox(sandboxes, sandbox.sandbox_id)
 
     assert record.state is SandboxState.EXITED
     assert (record.exit_code, record.reason) == (None, "timed out after 1 s")
@@ -215,27 +223,27 @@ async def test_a_detached_script_past_its_time_limit_exits_with_that_reason(
 
 
 async def test_files_written_by_one_exec_are_read_by_the_next_in_another_language(
-    service: SandboxService,
+    sandboxes: Sandboxes,
 ) -> None:
-    session = await service.create_session(Language.PYTHON, LIMITS)
+    session = await create_session(sandboxes, Language.PYTHON, LIMITS)
     write = Program.script(Language.PYTHON, b"open('note.txt', 'w').write('from python')\n")
 
-    written = await service.exec(session.sandbox_id, write, b"", EXEC_TIMEOUT_S)
-    read_back = await bash(service, session.sandbox_id, "cat /workspace/note.txt\n")
-    await service.delete(session.sandbox_id)
+    written = await exec_in_sandbox(sandboxes, session.sandbox_id, write, b"", EXEC_TIMEOUT_S)
+    read_back = await bash(sandboxes, session.sandbox_id, "cat /workspace/note.txt\n")
+    await delete_sandbox(sandboxes, session.sandbox_id)
 
     assert written.outcome.exit_code == 0
     assert read_back == "from python"
 
 
-async def test_binary_files_round_trip_and_are_listed(service: SandboxService) -> None:
-    session = await service.create_session(Language.PYTHON, LIMITS)
+async def test_binary_files_round_trip_and_are_listed(sandboxes: Sandboxes) -> None:
+    session = await create_session(sandboxes, Language.PYTHON, LIMITS)
     data = bytes(range(256)) * 300 + b"\x00\xff\r\n"
 
-    await service.write_file(session.sandbox_id, "/workspace/nested/blob.bin", chunks(data))
-    read = await whole(service.read_file(session.sandbox_id, "/workspace/nested/blob.bin"))
-    listed = await service.list_files(session.sandbox_id, "/workspace/nested")
-    await service.delete(session.sandbox_id)
+    await write_bytes(sandboxes, session.sandbox_id, "/workspace/nested/blob.bin", data)
+    read = await read_bytes(sandboxes, session.sandbox_id, "/workspace/nested/blob.bin")
+    listed = await list_files(sandboxes, session.sandbox_id, "/workspace/nested")
+    await delete_sandbox(sandboxes, session.sandbox_id)
 
     assert read == data
     assert [(entry.name, entry.kind, entry.size) for entry in listed] == [
@@ -256,51 +264,52 @@ async def test_a_file_call_that_cannot_be_done_says_why(
     settings: Settings, runtime: RunscSandboxRuntime,
     call: str, path: str, error: type[Exception], words: str,
 ) -> None:
-    policy = LifecyclePolicy(max_file_bytes=1024)
-    async with managed_sandboxes(runtime, settings, policy) as service:
-        session = await service.create_session(Language.PYTHON, LIMITS)
-        await service.write_file(session.sandbox_id, "/workspace/big.bin", chunks(b"x" * 2048))
+    policy = dataclasses.replace(settings.lifecycle_policy(), max_file_bytes=1024)
+    async with managed_sandboxes(runtime, settings, policy) as sandboxes:
+        session = await create_session(sandboxes, Language.PYTHON, LIMITS)
+        await write_bytes(sandboxes, session.sandbox_id, "/workspace/big.bin", b"x" * 2048)
 
         async def attempt() -> object:
             if call == "read":
-                return await whole(service.read_file(session.sandbox_id, path))
+                return await read_bytes(sandboxes, session.sandbox_id, path)
             if call == "write":
-                await service.write_file(session.sandbox_id, path, chunks(b"data"))
+                await write_bytes(sandboxes, session.sandbox_id, path, b"data")
                 return None
-            return await service.list_files(session.sandbox_id, path)
+            return await list_files(sandboxes, session.sandbox_id, path)
 
         try:
             with pytest.raises(error, match=words):
                 await attempt()
         finally:
-            await service.delete(session.sandbox_id)
+            await delete_sandbox(sandboxes, session.sandbox_id)
 
 
-async def test_exec_feeds_its_stdin_to_the_program(service: SandboxService) -> None:
-    session = await service.create_session(Language.PYTHON, LIMITS)
+async def test_exec_feeds_its_stdin_to_the_program(sandboxes: Sandboxes) -> None:
+    session = await create_session(sandboxes, Language.PYTHON, LIMITS)
     program = Program.script(Language.PYTHON, b"import sys\nprint(sys.stdin.read()[::-1])\n")
 
-    result = await service.exec(session.sandbox_id, program, b"stressed", EXEC_TIMEOUT_S)
-    await service.delete(session.sandbox_id)
+    result = await exec_in_sandbox(sandboxes, session.sandbox_id, program, b"stressed",
+                                   EXEC_TIMEOUT_S)
+    await delete_sandbox(sandboxes, session.sandbox_id)
 
     assert (result.outcome.exit_code, result.stdout.text) == (0, "desserts\n")
 
 
 async def test_an_exec_past_its_timeout_is_killed_and_the_session_answers_the_next(
-    service: SandboxService,
+    sandboxes: Sandboxes,
 ) -> None:
-    session = await service.create_session(Language.PYTHON, LIMITS)
+    session = await create_session(sandboxes, Language.PYTHON, LIMITS)
     slow = Program.script(
         Language.PYTHON,
         b"import os, time\nopen('/tmp/slow.pid', 'w').write(str(os.getpid()))\ntime.sleep(600)\n",
     )
 
-    result = await service.exec(session.sandbox_id, slow, b"", 1)
-    pid = (await whole(service.read_file(session.sandbox_id, "/tmp/slow.pid"))).decode()
-    answer = await bash(service, session.sandbox_id,
+    result = await exec_in_sandbox(sandboxes, session.sandbox_id, slow, b"", 1)
+    pid = (await read_bytes(sandboxes, session.sandbox_id, "/tmp/slow.pid")).decode()
+    answer = await bash(sandboxes, session.sandbox_id,
                         f"echo alive; if test -e /proc/{pid}; then echo slow-lives; fi\n")
-    record = await service.get(session.sandbox_id)
-    await service.delete(session.sandbox_id)
+    record = await sandboxes.get(session.sandbox_id)
+    await delete_sandbox(sandboxes, session.sandbox_id)
 
     assert (result.outcome.timed_out, result.outcome.exit_code) == (True, None)
     assert answer == "alive\n"
@@ -308,15 +317,15 @@ async def test_an_exec_past_its_timeout_is_killed_and_the_session_answers_the_ne
 
 
 async def test_a_background_process_does_not_hold_up_the_exec_that_started_it(
-    service: SandboxService,
+    sandboxes: Sandboxes,
 ) -> None:
-    session = await service.create_session(Language.PYTHON, LIMITS)
+    session = await create_session(sandboxes, Language.PYTHON, LIMITS)
     # The background sleep inherits the exec's stdout and stderr and keeps them open.
     starter = Program.script(Language.BASH, b"sleep 600 &\necho started\n")
 
-    result = await service.exec(session.sandbox_id, starter, b"", EXEC_TIMEOUT_S)
-    still_there = await processes_running(service, session.sandbox_id, "sleep 600")
-    await service.delete(session.sandbox_id)
+    result = await exec_in_sandbox(sandboxes, session.sandbox_id, starter, b"", EXEC_TIMEOUT_S)
+    still_there = await processes_running(sandboxes, session.sandbox_id, "sleep 600")
+    await delete_sandbox(sandboxes, session.sandbox_id)
 
     assert (result.outcome.timed_out, result.outcome.exit_code) == (False, 0)
     assert result.stdout.text == "started\n"
@@ -324,59 +333,59 @@ async def test_a_background_process_does_not_hold_up_the_exec_that_started_it(
 
 
 async def test_a_session_reaps_what_its_execs_leave_behind_and_can_always_fork(
-    service: SandboxService,
+    sandboxes: Sandboxes,
 ) -> None:
     # Orphans that outlive their exec become the init's children; were they never reaped,
     # their zombies would count against the process limit until no fork succeeds.
-    session = await service.create_session(Language.PYTHON, dataclasses.replace(LIMITS, pids=32))
+    session = await create_session(sandboxes, Language.PYTHON, dataclasses.replace(LIMITS, pids=32))
 
     async def orphans_ended() -> bool:
-        return await processes_running(service, session.sandbox_id, "sleep 0.2") == 0
+        return await processes_running(sandboxes, session.sandbox_id, "sleep 0.2") == 0
 
     for _round in range(3):
-        await bash(service, session.sandbox_id, "for i in $(seq 12); do (sleep 0.2 &); done\n")
+        await bash(sandboxes, session.sandbox_id, "for i in $(seq 12); do (sleep 0.2 &); done\n")
         await eventually(orphans_ended)
-    answer = await bash(service, session.sandbox_id, "echo forked | cat\n")
-    await service.delete(session.sandbox_id)
+    answer = await bash(sandboxes, session.sandbox_id, "echo forked | cat\n")
+    await delete_sandbox(sandboxes, session.sandbox_id)
 
     assert answer == "forked\n"
 
 
 async def test_a_restored_session_keeps_its_files_in_workspace_and_tmp(
-    service: SandboxService,
+    sandboxes: Sandboxes,
 ) -> None:
-    session = await service.create_session(Language.PYTHON, LIMITS)
-    await bash(service, session.sandbox_id,
+    session = await create_session(sandboxes, Language.PYTHON, LIMITS)
+    await bash(sandboxes, session.sandbox_id,
                "echo work > /workspace/work.txt; echo scratch > /tmp/t.txt\n")
 
-    suspended = await service.suspend(session.sandbox_id)
-    restored = await service.restore(session.sandbox_id)
-    kept = await bash(service, session.sandbox_id, "cat /workspace/work.txt /tmp/t.txt\n")
-    await service.delete(session.sandbox_id)
+    suspended = await suspend_sandbox(sandboxes, session.sandbox_id)
+    restored = await restore_sandbox(sandboxes, session.sandbox_id)
+    kept = await bash(sandboxes, session.sandbox_id, "cat /workspace/work.txt /tmp/t.txt\n")
+    await delete_sandbox(sandboxes, session.sandbox_id)
 
     assert (suspended.state, restored.state) == (SandboxState.SUSPENDED, SandboxState.RUNNING)
     assert kept == "work\nscratch\n"
 
 
 async def test_a_background_process_started_in_a_session_counts_on_after_a_restore(
-    service: SandboxService,
+    sandboxes: Sandboxes,
 ) -> None:
-    session = await service.create_session(Language.PYTHON, LIMITS)
+    session = await create_session(sandboxes, Language.PYTHON, LIMITS)
     sandbox_id = session.sandbox_id
-    await start_file_counter(service, sandbox_id)
-    before = await file_lines(service, sandbox_id, "/tmp/count.txt")
+    await start_file_counter(sandboxes, sandbox_id)
+    before = await file_lines(sandboxes, sandbox_id, "/tmp/count.txt")
 
-    await service.suspend(sandbox_id)
-    await service.restore(sandbox_id)
+    await suspend_sandbox(sandboxes, sandbox_id)
+    await restore_sandbox(sandboxes, sandbox_id)
 
     async def counted_on() -> bool:
-        return len(await file_lines(service, sandbox_id, "/tmp/count.txt")) > len(before) + 5
+        return len(await file_lines(sandboxes, sandbox_id, "/tmp/count.txt")) > len(before) + 5
 
     try:
         await eventually(counted_on, within_s=3)
-        lines = await file_lines(service, sandbox_id, "/tmp/count.txt")
+        lines = await file_lines(sandboxes, sandbox_id, "/tmp/count.txt")
     finally:
-        await service.delete(sandbox_id)
+        await delete_sandbox(sandboxes, sandbox_id)
 
     assert lines == [str(n) for n in range(len(lines))]
 
@@ -388,23 +397,23 @@ async def test_counters_suspended_by_request_and_by_a_graceful_stop_continue_aft
     runtime: RunscSandboxRuntime, settings: Settings
 ) -> None:
     async with managed_sandboxes(runtime, settings) as before:
-        by_request = await before.run_detached(Language.PYTHON, COUNTER, LIMITS)
-        by_stop = await before.run_detached(Language.PYTHON, COUNTER, LIMITS)
+        by_request = await run_detached(before, Language.PYTHON, COUNTER, LIMITS)
+        by_stop = await run_detached(before, Language.PYTHON, COUNTER, LIMITS)
         await counted_past(before, by_request.sandbox_id, 3)
-        await before.suspend(by_request.sandbox_id)
+        await suspend_sandbox(before, by_request.sandbox_id)
     await runtime.close()
     ids = [by_request.sandbox_id, by_stop.sandbox_id]
 
     async with started_runtime(settings) as restarted, \
             managed_sandboxes(restarted, settings) as after:
-        await after.reconcile()
+        await reconcile(after)
         reconciled = [await after.get(sandbox_id) for sandbox_id in ids]
         last = [(await counted(after, sandbox_id))[-1] for sandbox_id in ids]
-        restored = [await after.restore(sandbox_id) for sandbox_id in ids]
+        restored = [await restore_sandbox(after, sandbox_id) for sandbox_id in ids]
         numbers = [await counted_past(after, sandbox_id, number + 5)
                    for sandbox_id, number in zip(ids, last, strict=True)]
         for sandbox_id in ids:
-            await after.delete(sandbox_id)
+            await delete_sandbox(after, sandbox_id)
 
     assert [(sandbox.state, sandbox.reason) for sandbox in reconciled] == [
         (SandboxState.SUSPENDED, "suspended on request"),
@@ -419,14 +428,14 @@ async def test_after_a_crash_reconcile_ends_running_scripts_and_suspends_running
 ) -> None:
     # A crash: the service goes without suspending anything, and the readers of the pipes go
     # with it; its sandboxes run on (a script that printed now would die of the closed pipe).
-    crashing = LifecyclePolicy(suspend_on_shutdown=False)
+    crashing = dataclasses.replace(settings.lifecycle_policy(), suspend_on_shutdown=False)
     async with managed_sandboxes(runtime, settings, crashing) as before:
-        script = await before.run_detached(Language.BASH, b"echo started\nsleep 600\n", LIMITS)
-        session = await before.create_session(Language.PYTHON, LIMITS)
+        script = await run_detached(before, Language.BASH, b"echo started\nsleep 600\n", LIMITS)
+        session = await create_session(before, Language.PYTHON, LIMITS)
         await bash(before, session.sandbox_id, "echo kept > /workspace/kept.txt\n")
 
         async def started() -> bool:
-            return (await before.read_output(script.sandbox_id))[1].data == b"started\n"
+            return (await read_output(before, script.sandbox_id))[1].data == b"started\n"
 
         await eventually(started)
     await runtime.close()
@@ -434,23 +443,23 @@ async def test_after_a_crash_reconcile_ends_running_scripts_and_suspends_running
 
     async with started_runtime(settings) as restarted, \
             managed_sandboxes(restarted, settings) as after:
-        await after.reconcile()
+        await reconcile(after)
         ended = await after.get(script.sandbox_id)
         script_processes = processes_mentioning(script.sandbox_id)
         suspended = await after.get(session.sandbox_id)
-        await after.restore(session.sandbox_id)
+        await restore_sandbox(after, session.sandbox_id)
         kept = await bash(after, session.sandbox_id, "cat /workspace/kept.txt\n")
-        _, output, _ = await after.read_output(script.sandbox_id)
+        _, output, _ = await read_output(after, script.sandbox_id)
         for sandbox in (script, session):
-            await after.delete(sandbox.sandbox_id)
+            await delete_sandbox(after, sandbox.sandbox_id)
 
     assert running_across != []
     assert ended.state is SandboxState.EXITED
-    assert ended.reason == "ended: the server restarted while it ran (its output so far is kept)"
+    assert ended.reason_code is ReasonCode.SERVER_RESTARTED
     assert script_processes == []
     assert output.data == b"started\n"
     assert suspended.state is SandboxState.SUSPENDED
-    assert suspended.reason == "suspended when the server restarted"
+    assert suspended.reason_code is ReasonCode.SERVER_RESTARTED
     assert kept == "kept\n"
 
 
@@ -458,11 +467,11 @@ async def test_after_a_crash_reconcile_ends_running_scripts_and_suspends_running
 
 
 async def test_a_checkpoint_made_with_another_rootfs_is_refused_and_kept(
-    service: SandboxService, settings: Settings, tmp_path: Path
+    sandboxes: Sandboxes, settings: Settings, tmp_path: Path
 ) -> None:
-    sandbox = await service.run_detached(Language.PYTHON, COUNTER, LIMITS)
-    await counted_past(service, sandbox.sandbox_id, 1)
-    await service.suspend(sandbox.sandbox_id)
+    sandbox = await run_detached(sandboxes, Language.PYTHON, COUNTER, LIMITS)
+    await counted_past(sandboxes, sandbox.sandbox_id, 1)
+    await suspend_sandbox(sandboxes, sandbox.sandbox_id)
     other = tmp_path / "other"
     other.mkdir()
     (other / "rootfs").symlink_to(settings.rootfs_dir, target_is_directory=True)
@@ -470,13 +479,13 @@ async def test_a_checkpoint_made_with_another_rootfs_is_refused_and_kept(
     elsewhere = dataclasses.replace(settings, rootfs_dir=other / "rootfs")
 
     async with started_runtime(elsewhere, clean_up=False) as other_runtime, \
-            managed_sandboxes(other_runtime, settings) as other_service:
+            managed_sandboxes(other_runtime, settings) as other_sandboxes:
         with pytest.raises(CheckpointMismatch, match="another-rootfs"):
-            await other_service.restore(sandbox.sandbox_id)
-    record = await service.get(sandbox.sandbox_id)
+            await restore_sandbox(other_sandboxes, sandbox.sandbox_id)
+    record = await sandboxes.get(sandbox.sandbox_id)
     image_kept = Path(str(record.checkpoint), "checkpoint.img").is_file()
-    restored_here = await service.restore(sandbox.sandbox_id)
-    await service.delete(sandbox.sandbox_id)
+    restored_here = await restore_sandbox(sandboxes, sandbox.sandbox_id)
+    await delete_sandbox(sandboxes, sandbox.sandbox_id)
 
     assert record.state is SandboxState.SUSPENDED
     assert image_kept
@@ -484,24 +493,24 @@ async def test_a_checkpoint_made_with_another_rootfs_is_refused_and_kept(
 
 
 async def test_a_corrupt_checkpoint_fails_the_restore_and_leaves_nothing_on_the_host(
-    service: SandboxService, settings: Settings
+    sandboxes: Sandboxes, settings: Settings
 ) -> None:
-    sandbox = await service.run_detached(Language.PYTHON, COUNTER, LIMITS)
-    await counted_past(service, sandbox.sandbox_id, 1)
-    suspended = await service.suspend(sandbox.sandbox_id)
+    sandbox = await run_detached(sandboxes, Language.PYTHON, COUNTER, LIMITS)
+    await counted_past(sandboxes, sandbox.sandbox_id, 1)
+    suspended = await suspend_sandbox(sandboxes, sandbox.sandbox_id)
     assert suspended.checkpoint is not None
     image = Path(suspended.checkpoint, "checkpoint.img")
     os.truncate(image, image.stat().st_size // 2)
 
     with pytest.raises(RuntimeFailure):
-        await service.restore(sandbox.sandbox_id)
-    record = await service.get(sandbox.sandbox_id)
+        await restore_sandbox(sandboxes, sandbox.sandbox_id)
+    record = await sandboxes.get(sandbox.sandbox_id)
     left = leftovers(settings)
-    await service.delete(sandbox.sandbox_id)
+    await delete_sandbox(sandboxes, sandbox.sandbox_id)
 
     assert record.state is SandboxState.FAILED
-    assert record.reason.startswith("restore failed: runsc restore failed: ")
-    assert "goroutine" not in record.reason
+    assert record.reason_code is ReasonCode.RESTORE_FAILED
+    assert "runsc" not in record.reason and "/" not in record.reason
     assert left == [f"record {sandbox.sandbox_id}", f"outputs/{sandbox.sandbox_id}"]
     assert processes_mentioning(sandbox.sandbox_id) == []
 

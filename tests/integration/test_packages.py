@@ -295,9 +295,10 @@ print(int(frame["y"].sum()), matplotlib.get_backend(), requests.__name__)
 
 
 async def test_the_preinstalled_data_packages_work_inside_a_sandbox(
-    runtime: RunscSandboxRuntime,
+    runtime: RunscSandboxRuntime, limits: Limits
 ) -> None:
-    outcome, stdout, stderr = await run_python(runtime, PREINSTALLED, (), Limits(timeout_s=120))
+    outcome, stdout, stderr = await run_python(runtime, PREINSTALLED, (),
+                                               dataclasses.replace(limits, timeout_s=120))
 
     assert (outcome.exit_code, stderr) == (0, "")
     assert stdout == "True\n30 Agg requests\n"

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from integration.support import managed_sandboxes, runtime_settings, started_runtime
+from sandbox.domain.lifecycle.creation import create_session
+from sandbox.domain.lifecycle.deletion import delete_sandbox
+from sandbox.domain.lifecycle.execution import run_script
+from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.model import Language, Limits
-from sandbox.domain.services import execute_script
 from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
@@ -44,18 +47,18 @@ async def test_the_state_folder_stays_private_while_sandboxes_run_and_suspend(
 ) -> None:
     settings: Settings = runtime_settings(tmp_path / "state")
     async with started_runtime(settings) as runtime:
-        ran = await execute_script(
+        ran = await run_script(
             runtime, Language.PYTHON, b"import os\nprint(len(open(__file__).read()))\n", limits
         )
-        async with managed_sandboxes(runtime, settings) as service:
-            session = await service.create_session(
+        async with managed_sandboxes(runtime, settings) as sandboxes:
+            session = await create_session(sandboxes,
                 Language.PYTHON, limits, env=(("API_KEY", "secret"),)
             )
-            await service.suspend(session.sandbox_id)
+            await suspend_sandbox(sandboxes, session.sandbox_id)
             exposed = open_to_others(settings.state_dir)
             modes = {path.name: stat.S_IMODE(path.stat().st_mode)
                      for path in (settings.checkpoints / session.sandbox_id).iterdir()}
-            await service.delete(session.sandbox_id)
+            await delete_sandbox(sandboxes, session.sandbox_id)
 
     assert ran.outcome.exit_code == 0
     # The session's input folder: the sandbox's user reads its scripts there.

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.domain.lifecycle.execution import run_script
 from sandbox.domain.model import Language, Limits
-from sandbox.domain.services import execute_script
 from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
@@ -24,7 +24,7 @@ async def test_the_script_runs_as_uid_1000_not_root(
 ) -> None:
     source = b"import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getegid())\n"
 
-    result = await execute_script(runtime, Language.PYTHON, source, limits)
+    result = await run_script(runtime, Language.PYTHON, source, limits)
 
     assert result.stdout.text == "1000 1000 1000 1000\n"
 
@@ -32,7 +32,7 @@ async def test_the_script_runs_as_uid_1000_not_root(
 async def test_the_working_directory_is_workspace(
     runtime: RunscSandboxRuntime, limits: Limits
 ) -> None:
-    result = await execute_script(runtime, Language.BASH, b"pwd", limits)
+    result = await run_script(runtime, Language.BASH, b"pwd", limits)
 
     assert result.stdout.text == "/workspace\n"
 
@@ -42,7 +42,7 @@ async def test_the_script_has_no_capabilities(
 ) -> None:
     source = b"grep -E '^Cap(Inh|Prm|Eff|Bnd)' /proc/self/status"
 
-    result = await execute_script(runtime, Language.BASH, source, limits)
+    result = await run_script(runtime, Language.BASH, source, limits)
 
     capabilities = dict(line.split(":\t") for line in result.stdout.text.splitlines())
     assert capabilities == dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapBnd"), "0" * 16)
@@ -57,7 +57,7 @@ async def test_no_new_privileges_is_set(runtime: RunscSandboxRuntime, limits: Li
         f"print(libc.prctl({pr_get_no_new_privs}, 0, 0, 0, 0))\n"
     ).encode()
 
-    result = await execute_script(runtime, Language.PYTHON, source, limits)
+    result = await run_script(runtime, Language.PYTHON, source, limits)
 
     assert result.stdout.text == "1\n"
 
@@ -68,7 +68,7 @@ async def test_this_repository_is_not_visible_inside(
     paths = [str(REPOSITORY), str(REPOSITORY / "pyproject.toml"), "/work"]
     source = f"import os\nfor path in {paths!r}:\n    print(path, os.path.exists(path))\n"
 
-    result = await execute_script(runtime, Language.PYTHON, source.encode(), limits)
+    result = await run_script(runtime, Language.PYTHON, source.encode(), limits)
 
     assert result.stdout.text == "".join(f"{path} False\n" for path in paths)
 
@@ -85,7 +85,7 @@ async def test_a_file_on_the_host_cannot_be_found_from_inside(
         "echo find exit $?\n"
     )
 
-    result = await execute_script(runtime, Language.BASH, source.encode(), limits)
+    result = await run_script(runtime, Language.BASH, source.encode(), limits)
 
     found, status = result.stdout.text.splitlines()[:-1], result.stdout.text.splitlines()[-1]
     assert found == ["/sandbox/input/main.sh"]
@@ -98,7 +98,7 @@ async def test_hostname_and_resolv_conf_are_empty(
 ) -> None:
     source = b"wc -c < /etc/hostname\nwc -c < /etc/resolv.conf\n"
 
-    result = await execute_script(runtime, Language.BASH, source, limits)
+    result = await run_script(runtime, Language.BASH, source, limits)
 
     assert result.stdout.text == "0\n0\n"
 
@@ -109,7 +109,7 @@ async def test_the_server_environment_does_not_leak(
     name, value = f"SANDBOX_TEST_CANARY_{secrets.token_hex(4)}", secrets.token_hex(16)
     monkeypatch.setenv(name, value)
 
-    result = await execute_script(runtime, Language.BASH, b"env", limits)
+    result = await run_script(runtime, Language.BASH, b"env", limits)
 
     names = {line.partition("=")[0] for line in result.stdout.text.splitlines()}
     assert "PATH" in names
@@ -129,7 +129,7 @@ async def test_only_loopback_exists_inside(
         b"print([line.split(':')[0].strip() for line in open('/proc/net/dev')][2:])\n"
     )
 
-    result = await execute_script(runtime, Language.PYTHON, source, limits)
+    result = await run_script(runtime, Language.PYTHON, source, limits)
 
     assert result.stdout.text == "[(1, 'lo')]\n['lo']\n"
 
@@ -165,7 +165,7 @@ async def test_a_server_on_the_host_loopback_is_unreachable(
         await writer.wait_closed()
         source = CONNECT.format(host="127.0.0.1", port=port)
 
-        result = await execute_script(runtime, Language.PYTHON, source.encode(), limits)
+        result = await run_script(runtime, Language.PYTHON, source.encode(), limits)
 
     assert result.stdout.text == "ECONNREFUSED\n"
     assert len(connections) == 1  # only the host's own check got through
@@ -176,7 +176,7 @@ async def test_the_cloud_metadata_server_is_unreachable_at_once(
 ) -> None:
     source = CONNECT.format(host="169.254.169.254", port=80)
 
-    result = await execute_script(runtime, Language.PYTHON, source.encode(), limits)
+    result = await run_script(runtime, Language.PYTHON, source.encode(), limits)
 
     # Refused by the sandbox's own stack, not after the 2 s socket timeout.
     assert result.stdout.text in ("ENETUNREACH\n", "EHOSTUNREACH\n")
@@ -191,7 +191,7 @@ async def test_dns_resolution_fails(runtime: RunscSandboxRuntime, limits: Limits
         b"    print('gaierror')\n"
     )
 
-    result = await execute_script(runtime, Language.PYTHON, source, limits)
+    result = await run_script(runtime, Language.PYTHON, source, limits)
 
     assert result.stdout.text == "gaierror\n"
 
@@ -229,10 +229,10 @@ async def test_a_second_sandbox_sees_nothing_the_first_wrote(
     name = f"written-{secrets.token_hex(6)}"
     paths = [f"/{name}", f"/tmp/{name}", f"/workspace/{name}", f"/usr/lib/{name}"]
 
-    written = await execute_script(
+    written = await run_script(
         runtime, Language.PYTHON, WRITE_EVERYWHERE.format(paths=paths).encode(), limits
     )
-    seen = await execute_script(
+    seen = await run_script(
         runtime, Language.PYTHON, LOOK_EVERYWHERE.format(paths=paths).encode(), limits
     )
 
@@ -254,7 +254,7 @@ async def test_the_rootfs_folder_is_unchanged_by_a_writing_sandbox(
     paths = [f"/{name}", f"/tmp/{name}", f"/workspace/{name}", f"/usr/lib/{name}"]
     before = _listing(rootfs)
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, WRITE_EVERYWHERE.format(paths=paths).encode(), limits
     )
 

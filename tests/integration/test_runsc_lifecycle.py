@@ -16,9 +16,9 @@ from integration.support import leftovers, runtime_settings, started_runtime
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.lifecycle.execution import run_script
 from sandbox.domain.model import IDLE, Language, Limits, SandboxSpec, Stream
-from sandbox.domain.output import OutputCapture
-from sandbox.domain.services import ExecutionEvents, execute_script
+from sandbox.domain.output import ExecutionEvents, OutputCapture
 from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
@@ -47,7 +47,7 @@ async def test_cancelling_an_execution_ends_its_sandbox_and_leaves_nothing(
 ) -> None:
     events = FirstOutput()
     execution = asyncio.create_task(
-        execute_script(runtime, Language.BASH, b"echo started\nsleep 1000\n", limits, events)
+        run_script(runtime, Language.BASH, b"echo started\nsleep 1000\n", limits, events)
     )
     async with asyncio.timeout(15):
         await events.seen.wait()
@@ -71,7 +71,7 @@ async def test_a_missing_runsc_is_reported_by_readiness_and_fails_runs_as_runtim
     async with started_runtime(settings) as broken:
         problems = await broken.readiness()
         with pytest.raises(RuntimeFailure, match="no-such-runsc"):
-            await execute_script(broken, Language.PYTHON, b"print(1)", limits)
+            await run_script(broken, Language.PYTHON, b"print(1)", limits)
         left = leftovers(settings)
 
     assert [problem for problem in problems if str(missing) in problem] != []
@@ -87,7 +87,7 @@ async def test_a_missing_rootfs_is_reported_by_readiness_and_fails_runs_as_runti
         problems = await broken.readiness()
         # Not mistaken for a script that exited 128: runsc's own error is read from its log.
         with pytest.raises(RuntimeFailure, match="runsc failed: .*root"):
-            await execute_script(broken, Language.PYTHON, b"print(1)", limits)
+            await run_script(broken, Language.PYTHON, b"print(1)", limits)
         left = leftovers(settings)
 
     assert [problem for problem in problems if "no-rootfs" in problem] != []
@@ -100,7 +100,7 @@ async def test_four_executions_at_once_each_get_their_own_output(
     sources = [f"import time\ntime.sleep(0.3)\nprint('run {n}')\n".encode() for n in range(4)]
 
     results = await asyncio.gather(
-        *(execute_script(runtime, Language.PYTHON, source, limits) for source in sources)
+        *(run_script(runtime, Language.PYTHON, source, limits) for source in sources)
     )
 
     assert [result.stdout.text for result in results] == [f"run {n}\n" for n in range(4)]

@@ -9,9 +9,9 @@ import pytest
 
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.lifecycle.execution import run_script
 from sandbox.domain.model import IDLE, Language, Limits, Program, SandboxSpec
 from sandbox.domain.output import OutputCapture
-from sandbox.domain.services import execute_script
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
 
@@ -27,7 +27,7 @@ async def test_an_infinite_loop_is_ended_at_the_timeout(
 ) -> None:
     source = b'print("looping", flush=True)\nwhile True:\n    pass\n'
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, source, dataclasses.replace(limits, timeout_s=1)
     )
 
@@ -42,7 +42,7 @@ async def test_a_script_ignoring_sigterm_is_still_ended_at_the_timeout(
 ) -> None:
     source = b"trap '' TERM\necho armed\nsleep 1000\n"
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.BASH, source, dataclasses.replace(limits, timeout_s=1)
     )
 
@@ -60,7 +60,7 @@ async def test_a_memory_bomb_is_reported_as_out_of_memory(
 ) -> None:
     source = MEMORY_BOMB
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, source, dataclasses.replace(limits, memory_mb=128)
     )
 
@@ -74,7 +74,7 @@ async def test_a_script_within_its_memory_is_not_reported_as_out_of_memory(
 ) -> None:
     source = b"block = bytearray(32 * 1024 * 1024)\nraise SystemExit(3)\n"
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, source, dataclasses.replace(limits, memory_mb=128)
     )
 
@@ -99,7 +99,7 @@ async def test_a_script_that_exits_by_itself_near_its_memory_limit_is_not_out_of
     the script printed and exited with its own status: no out-of-memory verdict."""
     source = NEAR_THE_LIMIT_THEN_EXIT_1.replace(b"{mib}", str(mib).encode())
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, source, dataclasses.replace(limits, memory_mb=128)
     )
 
@@ -113,7 +113,7 @@ async def test_a_script_killed_for_passing_its_memory_limit_says_so_and_printed_
 ) -> None:
     source = NEAR_THE_LIMIT_THEN_EXIT_1.replace(b"{mib}", b"200")
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, source, dataclasses.replace(limits, memory_mb=128)
     )
 
@@ -133,7 +133,7 @@ async def test_a_child_killed_for_memory_ends_the_whole_sandbox_with_the_verdict
         b"exit 3\n"
     )
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.BASH, source, dataclasses.replace(limits, memory_mb=128)
     )
 
@@ -169,7 +169,7 @@ async def test_an_output_flood_is_capped_per_stream_and_the_script_finishes(
         "echo done",
     ]).encode()
 
-    result = await execute_script(runtime, Language.BASH, source, limits)
+    result = await run_script(runtime, Language.BASH, source, limits)
 
     assert result.outcome.exit_code == 0
     assert result.outcome.duration_ms < HANG_MS
@@ -184,7 +184,7 @@ async def test_a_5_mb_line_without_newline_is_capped(
 ) -> None:
     source = b"import sys\nsys.stdout.write('y' * 5_000_000)\n"
 
-    result = await execute_script(runtime, Language.PYTHON, source, limits)
+    result = await run_script(runtime, Language.PYTHON, source, limits)
 
     assert result.outcome.exit_code == 0
     assert result.stdout.truncated is True
@@ -196,7 +196,7 @@ async def test_a_5_mb_line_without_newline_arrives_whole_under_a_larger_cap(
 ) -> None:
     source = b"import sys\nsys.stdout.write('y' * 5_000_000)\n"
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, source, dataclasses.replace(limits, output_bytes=8 * MIB)
     )
 
@@ -211,7 +211,7 @@ async def test_a_background_daemon_does_not_keep_the_execution_alive(
     # The daemon holds the sandbox's stdout; the sandbox ends with its init all the same.
     source = b"(sleep 1000 &)\nnohup sleep 1000 >/dev/null 2>&1 &\necho started\n"
 
-    result = await execute_script(runtime, Language.BASH, source, limits)
+    result = await run_script(runtime, Language.BASH, source, limits)
 
     assert result.outcome.exit_code == 0
     assert result.outcome.timed_out is False
@@ -236,7 +236,7 @@ except OSError as error:
 async def test_forking_stops_at_the_process_limit(
     runtime: RunscSandboxRuntime, limits: Limits
 ) -> None:
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, FORKER.encode(), dataclasses.replace(limits, pids=64)
     )
 
@@ -250,10 +250,10 @@ async def test_a_fork_bomb_ends_and_the_next_sandbox_runs(
 ) -> None:
     bomb = b"bomb() { bomb | bomb & }\nbomb\nsleep 2\n"
 
-    bombed = await execute_script(
+    bombed = await run_script(
         runtime, Language.BASH, bomb, dataclasses.replace(limits, pids=64, timeout_s=10)
     )
-    after = await execute_script(runtime, Language.BASH, b"echo fine", limits)
+    after = await run_script(runtime, Language.BASH, b"echo fine", limits)
 
     assert "Resource temporarily unavailable" in bombed.stderr.text
     assert bombed.outcome.duration_ms < HANG_MS
@@ -274,7 +274,7 @@ async def test_opening_files_stops_at_the_open_files_limit(
         b"    print(errno.errorcode[error.errno], len(files))\n"
     )
 
-    result = await execute_script(
+    result = await run_script(
         runtime, Language.PYTHON, source, dataclasses.replace(limits, open_files=64)
     )
 

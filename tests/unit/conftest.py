@@ -1,16 +1,19 @@
-"""Fixtures of the unit tests: the lifecycle service on the fake runtime, the in-memory store
-and output log, and a clock the tests move by hand."""
+"""Fixtures of the unit tests: the use cases' `Sandboxes` on the fake runtime, the in-memory
+store and output log, and a clock the tests move by hand."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from lifecycle_support import ControlledRuntime, ManualClock, NewService
+from lifecycle_support import ControlledRuntime, ManualClock, NewSandboxes
+from lifecycle_support import policy as crash_policy
 
 from sandbox.adapters.memory_store import InMemoryOutputLog, InMemorySandboxStore
-from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
-from sandbox.domain.ports import SandboxStore
+from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
+from sandbox.domain.lifecycle.shutdown import shut_down
+from sandbox.domain.ports import OutputLog, SandboxStore
 
 
 @pytest.fixture
@@ -39,33 +42,35 @@ def outputs() -> InMemoryOutputLog:
 
 
 @pytest.fixture
-async def new_service(
+async def new_sandboxes(
     runtime: ControlledRuntime,
     store: InMemorySandboxStore,
     outputs: InMemoryOutputLog,
     clock: ManualClock,
-) -> AsyncIterator[NewService]:
-    """Makes services over the same runtime, store and output log (a second one is the same
-    server after a restart); closes them all and clears the runtime afterwards."""
-    made: list[SandboxService] = []
+) -> AsyncIterator[NewSandboxes]:
+    """Makes `Sandboxes` over the same runtime, store and output log (a second one is the same
+    server after a restart); shuts them all down and clears the runtime afterwards. Options
+    (capacity, metrics, installer, package_policy) go to `Sandboxes`."""
+    made: list[Sandboxes] = []
 
     def make(
-        policy: LifecyclePolicy | None = None, other_store: SandboxStore | None = None
-    ) -> SandboxService:
-        # Closing a service without its graceful suspend models a crash, which is what the
-        # restart tests need; tests of the graceful stop pass a policy that asks for it.
-        policy = policy or LifecyclePolicy(suspend_on_shutdown=False)
-        service = SandboxService(runtime, other_store or store, outputs, policy, clock)
-        made.append(service)
-        return service
+        policy: LifecyclePolicy | None = None,
+        other_store: SandboxStore | None = None,
+        other_outputs: OutputLog | None = None,
+        **options: Any,
+    ) -> Sandboxes:
+        sandboxes = Sandboxes(runtime, other_store or store, other_outputs or outputs,
+                              policy or crash_policy(), clock=clock, **options)
+        made.append(sandboxes)
+        return sandboxes
 
     yield make
-    for service in made:
-        await service.close()
+    for sandboxes in made:
+        await shut_down(sandboxes)
     for sandbox_id in await runtime.leftover_ids():
         await runtime.destroy(sandbox_id)
 
 
 @pytest.fixture
-def service(new_service: NewService) -> SandboxService:
-    return new_service()
+def sandboxes(new_sandboxes: NewSandboxes) -> Sandboxes:
+    return new_sandboxes()

@@ -4,19 +4,50 @@ short ways to bring a sandbox into a state."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import anyio
 
 from sandbox.adapters.fake import FakeSandboxRuntime
-from sandbox.domain.lifecycle import SandboxService
-from sandbox.domain.model import Language, Limits, Outcome, Program, Sandbox, SandboxState
+from sandbox.domain.lifecycle import work
+from sandbox.domain.lifecycle.creation import create_session, run_detached
+from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
+from sandbox.domain.lifecycle.suspension import suspend_sandbox
+from sandbox.domain.lifecycle.work import exec_in_sandbox
+from sandbox.domain.model import (
+    ExecutionResult,
+    Language,
+    Limits,
+    Outcome,
+    Program,
+    Sandbox,
+    SandboxSpec,
+    SandboxState,
+)
 from sandbox.domain.ports import FILE_CHUNK_BYTES, OpenedFile, OutputSink
+from sandbox.settings import Settings
 
-NewService = Callable[..., SandboxService]
+NewSandboxes = Callable[..., Sandboxes]
 
-LIMITS = Limits(timeout_s=30)
+# The one source of every default; tests change what they need from there.
+DEFAULTS = Settings()
+
+
+def limits(**changes: Any) -> Limits:
+    return dataclasses.replace(DEFAULTS.default_limits(), **changes)
+
+
+def policy(**changes: Any) -> LifecyclePolicy:
+    """The default policy, but without the graceful suspend at shutdown unless asked for:
+    shutting down then models a crash, which is what the restart tests need."""
+    return dataclasses.replace(DEFAULTS.lifecycle_policy(),
+                               **{"suspend_on_shutdown": False, **changes})
+
+
+LIMITS = limits(timeout_s=30)
 
 
 class ManualClock:
@@ -32,10 +63,11 @@ class ManualClock:
 
 class ControlledRuntime(FakeSandboxRuntime):
     """The fake runtime, plus what tests steer: its identity (as after an upgrade), and execs
-    that, once held, wait inside the sandbox until released."""
+    that, once held, wait inside the sandbox until released; and what it was asked to launch."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.launched: list[tuple[SandboxSpec, Program]] = []
         self.version = "fake"
         self.exec_entered = asyncio.Event()
         self.exec_gate = asyncio.Event()
@@ -44,6 +76,10 @@ class ControlledRuntime(FakeSandboxRuntime):
     @property
     def identity(self) -> dict[str, str]:
         return {"runtime": self.version, "rootfs": "fake"}
+
+    async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
+        self.launched.append((spec, program))
+        await super().launch(spec, program, sink)
 
     def hold_execs(self) -> None:
         self.exec_entered.clear()
@@ -60,27 +96,27 @@ class ControlledRuntime(FakeSandboxRuntime):
         return await super().exec(sandbox_id, program, sink, stdin, timeout_s)
 
 
-async def settled(service: SandboxService, sandbox_id: str) -> Sandbox:
+async def settled(sandboxes: Sandboxes, sandbox_id: str) -> Sandbox:
     """The record once the sandbox has stopped running (its supervisor has recorded how)."""
     with anyio.fail_after(5):
         while True:
-            sandbox = await service.get(sandbox_id)
+            sandbox = await sandboxes.get(sandbox_id)
             if sandbox.state not in (SandboxState.CREATING, SandboxState.RUNNING):
                 return sandbox
             await asyncio.sleep(0.01)
 
 
-async def session(service: SandboxService, idle_timeout_s: float | None = None) -> Sandbox:
-    return await service.create_session(Language.PYTHON, LIMITS, idle_timeout_s=idle_timeout_s)
+async def session(sandboxes: Sandboxes, idle_timeout_s: float | None = None) -> Sandbox:
+    return await create_session(sandboxes, Language.PYTHON, LIMITS, idle_timeout_s=idle_timeout_s)
 
 
-async def suspended_session(service: SandboxService) -> Sandbox:
-    return await service.suspend((await session(service)).sandbox_id)
+async def suspended_session(sandboxes: Sandboxes) -> Sandbox:
+    return await suspend_sandbox(sandboxes, (await session(sandboxes)).sandbox_id)
 
 
-async def exited_script(service: SandboxService, source: str = "sys.exit(3)") -> Sandbox:
-    sandbox = await service.run_detached(Language.PYTHON, source.encode(), LIMITS)
-    return await settled(service, sandbox.sandbox_id)
+async def exited_script(sandboxes: Sandboxes, source: str = "sys.exit(3)") -> Sandbox:
+    sandbox = await run_detached(sandboxes, Language.PYTHON, source.encode(), LIMITS)
+    return await settled(sandboxes, sandbox.sandbox_id)
 
 
 def python(source: str) -> Program:
@@ -97,3 +133,16 @@ async def whole(opening: AbstractAsyncContextManager[OpenedFile]) -> bytes:
     """A downloaded file, read to its end."""
     async with opening as opened:
         return b"".join([chunk async for chunk in opened.chunks])
+async def run_python(sandboxes: Sandboxes, sandbox_id: str, source: str = "") -> ExecutionResult:
+    """An exec of a Python script in the sandbox, with no stdin and its default timeout."""
+    return await exec_in_sandbox(sandboxes, sandbox_id, python(source), b"", None)
+
+
+async def write_bytes(sandboxes: Sandboxes, sandbox_id: str, path: str, data: bytes) -> int:
+    """An upload of `data` through the use case, in chunks as a client's body comes."""
+    return await work.write_file(sandboxes, sandbox_id, path, chunks(data))
+
+
+async def read_bytes(sandboxes: Sandboxes, sandbox_id: str, path: str) -> bytes:
+    """A download through the use case, read to its end."""
+    return await whole(work.read_file(sandboxes, sandbox_id, path))

@@ -168,3 +168,83 @@ async def test_no_wait_refuses_at_once() -> None:
     assert refused.value.retry_after_s == 1
     done.set()
     await holder
+
+
+# Calls in running sandboxes -----------------------------------------------------------------
+
+
+async def held_call(capacity: Capacity) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A call that holds its place until the returned event is set."""
+    admitted, done = asyncio.Event(), asyncio.Event()
+
+    async def run() -> None:
+        async with capacity.call():
+            admitted.set()
+            await done.wait()
+
+    task = asyncio.create_task(run())
+    await admitted.wait()
+    return task, done
+
+
+async def test_calls_beyond_the_limit_are_refused_after_the_bounded_wait() -> None:
+    metrics = CountingMetrics()
+    capacity = Capacity(max_executions=1, memory_budget_mb=1000, wait_s=SHORT_WAIT_S,
+                        metrics=metrics, max_calls=2)
+    holders = [await held_call(capacity) for _ in range(2)]
+
+    with pytest.raises(AtCapacity) as refused:
+        async with capacity.call():
+            pytest.fail("admitted over the limit")
+
+    assert refused.value.retry_after_s >= 1
+    assert "2 calls (execs and file transfers)" in refused.value.message
+    assert metrics.rejected == ["calls"]
+    for task, done in holders:
+        done.set()
+        await task
+    assert capacity.calls == 0
+
+
+async def test_a_waiting_call_goes_ahead_when_a_call_ends() -> None:
+    capacity = Capacity(max_executions=1, memory_budget_mb=1000, wait_s=60, max_calls=1)
+    holder, done = await held_call(capacity)
+
+    async def second() -> str:
+        async with capacity.call():
+            return "ran"
+
+    waiting = asyncio.create_task(second())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+
+    done.set()
+    await holder
+
+    assert await waiting == "ran"
+    assert capacity.calls == 0
+
+
+async def test_calls_hold_no_memory_and_are_counted_apart_from_executions() -> None:
+    capacity = Capacity(max_executions=1, memory_budget_mb=100, wait_s=0, max_calls=1)
+    execution, execution_done = await started(capacity, 100)
+
+    call, call_done = await held_call(capacity)
+
+    assert (capacity.executions, capacity.calls, capacity.memory_mb) == (1, 1, 100)
+    for task, done in ((execution, execution_done), (call, call_done)):
+        done.set()
+        await task
+
+
+async def test_a_place_is_released_however_the_call_ends() -> None:
+    capacity = Capacity(max_executions=1, memory_budget_mb=1000, wait_s=0, max_calls=1)
+    cancelled, _ = await held_call(capacity)
+
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    with pytest.raises(RuntimeError):
+        async with capacity.call():
+            raise RuntimeError("the runtime broke")
+
+    assert capacity.calls == 0

@@ -7,12 +7,15 @@ from typing import Any
 
 import pytest
 from dependency_injector import providers
+from lifecycle_support import limits
 
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.containers import Container
 from sandbox.domain.errors import RuntimeFailure
-from sandbox.domain.lifecycle import SandboxService
-from sandbox.domain.model import Language, Limits
+from sandbox.domain.lifecycle import reaping
+from sandbox.domain.lifecycle.creation import create_session
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.model import Language
 from sandbox.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -81,15 +84,15 @@ class RuntimeThatFailsToList(FakeSandboxRuntime):
         return await super().running_ids()
 
 
-async def test_the_sandbox_service_keeps_its_records_in_sqlite_under_the_state_dir(
+async def test_the_sandboxes_keep_their_records_in_sqlite_under_the_state_dir(
     tmp_path: Path,
 ) -> None:
     container = Container(settings=Settings(runtime="fake", state_dir=tmp_path))
 
     await awaited(container.init_resources())
-    pending: Any = container.sandbox_service()  # an async resource answers a future
-    service: SandboxService = await pending
-    await service.create_session(Language.PYTHON, Limits())
+    pending: Any = container.sandboxes()  # an async resource answers a future
+    sandboxes: Sandboxes = await pending
+    await create_session(sandboxes, Language.PYTHON, limits())
     await awaited(container.shutdown_resources())
 
     assert (tmp_path / "sandboxes.db").exists()
@@ -120,11 +123,11 @@ async def test_the_reaper_goes_on_after_a_round_fails(
     settings = Settings(runtime="fake", state_dir=tmp_path, reap_interval_s=0.01)
     rounds: list[int] = []
 
-    async def failing_reap(self: SandboxService) -> None:
+    async def failing_reap(sandboxes: Sandboxes) -> None:
         rounds.append(1)
         raise RuntimeError("the store is locked")
 
-    monkeypatch.setattr(SandboxService, "reap", failing_reap)
+    monkeypatch.setattr(reaping, "reap", failing_reap)
     container = Container(settings=settings)
 
     await awaited(container.init_resources())
@@ -138,3 +141,12 @@ async def test_the_reaper_goes_on_after_a_round_fails(
 
     assert after_shutdown >= 3
     assert len(rounds) == after_shutdown  # the reaper ended with the app
+
+
+def test_the_capacity_follows_the_settings(tmp_path: Path) -> None:
+    settings = Settings(runtime="fake", state_dir=tmp_path, max_concurrent_executions=3,
+                        max_concurrent_calls=5, max_total_memory_mb=2048)
+
+    capacity = Container(settings=settings).capacity()
+
+    assert (capacity.max_executions, capacity.max_calls, capacity.memory_budget_mb) == (3, 5, 2048)

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 
 import pytest
+from lifecycle_support import limits
 
 from sandbox.adapters.fake import FakeBehaviour, FakeSandboxRuntime
 from sandbox.domain.model import (
@@ -22,7 +23,7 @@ from sandbox.domain.output import OutputCapture
 pytestmark = pytest.mark.anyio
 
 SANDBOX = "0123456789abcdef01234567"
-LIMITS = Limits(timeout_s=5)
+LIMITS = limits(timeout_s=5)
 
 
 @pytest.fixture

@@ -1,12 +1,13 @@
+import dataclasses
 import math
 
 import pytest
+from lifecycle_support import limits
 
 from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.limits import LimitPolicy
-from sandbox.domain.model import Limits
 
-DEFAULTS = Limits(timeout_s=30, memory_mb=512, output_bytes=4096)
+DEFAULTS = limits(timeout_s=30, memory_mb=512, output_bytes=4096)
 POLICY = LimitPolicy(defaults=DEFAULTS, max_timeout_s=300, max_memory_mb=4096)
 
 
@@ -17,13 +18,13 @@ def test_no_request_values_give_the_defaults() -> None:
 def test_a_requested_timeout_replaces_only_the_timeout() -> None:
     limits = POLICY.resolve(timeout_s=2.5)
 
-    assert limits == Limits(timeout_s=2.5, memory_mb=512, output_bytes=4096)
+    assert limits == dataclasses.replace(DEFAULTS, timeout_s=2.5)
 
 
 def test_a_requested_memory_replaces_only_the_memory() -> None:
     limits = POLICY.resolve(memory_mb=128)
 
-    assert limits == Limits(timeout_s=30, memory_mb=128, output_bytes=4096)
+    assert limits == dataclasses.replace(DEFAULTS, memory_mb=128)
 
 
 def test_the_maxima_themselves_are_allowed() -> None:

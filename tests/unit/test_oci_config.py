@@ -12,7 +12,7 @@ from sandbox.adapters.runsc.oci import build_config
 from sandbox.domain.model import Language, Limits, Program, SandboxSpec
 
 LIMITS = Limits(timeout_s=5, memory_mb=256, cpus=1.5, pids=77, open_files=99, file_size_mb=3,
-                tmp_mb=42)
+                tmp_mb=42, output_bytes=1000)
 ROOTFS = Path("/var/lib/gvisor-sandbox/rootfs")
 INPUT = Path("/state/bundles/0123456789abcdef01234567/input")
 CGROUPS_PATH = "/gvisor-sandbox/0123456789abcdef01234567/sandbox"

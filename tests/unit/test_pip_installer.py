@@ -32,9 +32,11 @@ from sandbox.adapters.pip_process import (
 from sandbox.containers import layers_held
 from sandbox.domain.errors import PackageResolutionFailed
 from sandbox.domain.metrics import LayerResult, NoMetrics
-from sandbox.domain.model import Limits, Sandbox, SandboxKind, SandboxState
+from sandbox.domain.model import Sandbox, SandboxKind, SandboxState
 from sandbox.domain.packages import PackagePolicy, ResolvedSet
 from sandbox.settings import Settings, SettingsError
+
+DEFAULT_LIMITS = Settings().default_limits()
 
 pytestmark = pytest.mark.anyio
 
@@ -361,7 +363,7 @@ async def test_layers_in_use_or_used_recently_are_never_evicted(
 
 def record(state: SandboxState, layer: str) -> Sandbox:
     return Sandbox(sandbox_id=f"{state.value:0<24}"[:24], kind=SandboxKind.SESSION, state=state,
-                   language=None, limits=Limits(), created_at=0.0, updated_at=0.0,
+                   language=None, limits=DEFAULT_LIMITS, created_at=0.0, updated_at=0.0,
                    package_dirs=(layer,))
 
 

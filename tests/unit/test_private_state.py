@@ -18,7 +18,6 @@ from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.model import (
     Language,
-    Limits,
     Program,
     Sandbox,
     SandboxKind,
@@ -27,6 +26,8 @@ from sandbox.domain.model import (
     Stream,
 )
 from sandbox.settings import Settings
+
+DEFAULT_LIMITS = Settings().default_limits()
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +63,7 @@ def runtime(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> RunscSandbox
 
 def a_record() -> Sandbox:
     return Sandbox(sandbox_id=SANDBOX, kind=SandboxKind.SESSION, state=SandboxState.RUNNING,
-                   language=None, limits=Limits(), created_at=0.0, updated_at=0.0,
+                   language=None, limits=DEFAULT_LIMITS, created_at=0.0, updated_at=0.0,
                    env=(("API_KEY", "secret"),))
 
 
@@ -154,7 +155,7 @@ async def test_a_bundle_is_private_but_its_scripts_stay_readable_inside_the_sand
     runtime: RunscSandboxRuntime,
 ) -> None:
     await runtime.start()
-    spec = SandboxSpec(sandbox_id=SANDBOX, limits=Limits(), env=(("API_KEY", "secret"),))
+    spec = SandboxSpec(sandbox_id=SANDBOX, limits=DEFAULT_LIMITS, env=(("API_KEY", "secret"),))
     program = Program.script(Language.PYTHON, b"print(1)")
 
     bundle = runtime.write_bundle(spec, program)

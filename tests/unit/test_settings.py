@@ -137,6 +137,7 @@ def test_the_memory_budget_defaults_to_most_of_the_host_memory() -> None:
     ("variable", "value"),
     [
         ("SANDBOX_MAX_CONCURRENT_EXECUTIONS", "0"),
+        ("SANDBOX_MAX_CONCURRENT_CALLS", "0"),
         ("SANDBOX_CAPACITY_WAIT_S", "-1"),
         ("SANDBOX_MAX_TOTAL_MEMORY_MB", "100"),  # less than one default sandbox
         ("SANDBOX_MAX_CONNECTIONS", "0"),

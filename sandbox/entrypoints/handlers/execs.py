@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle import work
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.limits import LimitPolicy
 from sandbox.entrypoints.body import read_capped_body
 from sandbox.entrypoints.disconnect import unless_client_leaves
@@ -25,7 +26,7 @@ from sandbox.settings import Settings
 @inject
 async def exec_in_sandbox(
     request: Request,
-    service: SandboxService = Provide[Container.sandbox_service],
+    sandboxes: Sandboxes = Provide[Container.sandboxes],
     policy: LimitPolicy = Provide[Container.limit_policy],
     settings: Settings = Provide[Container.settings],
 ) -> Response:
@@ -34,12 +35,13 @@ async def exec_in_sandbox(
     query = checked_query(request.query_params,
                           ("stream",) if as_json else ("language", "timeout", "stream"))
     stream = flag(query, "stream")
-    await require_running(service, sandbox_id, "exec in")
+    await require_running(sandboxes, sandbox_id, "exec in")
     body = await read_capped_body(request, settings.max_body_bytes)
     command = (command_from_json(body, policy) if as_json
                else command_from_script(query, body, policy))
 
-    run = partial(service.exec, sandbox_id, command.program, command.stdin, command.timeout_s)
+    run = partial(work.exec_in_sandbox, sandboxes, sandbox_id, command.program, command.stdin,
+                  command.timeout_s)
     if stream:
         return ExecutionStream(run)
     return JSONResponse((await unless_client_leaves(request.receive, run())).to_dict())

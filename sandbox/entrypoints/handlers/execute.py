@@ -10,14 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
-from sandbox.domain import services
-from sandbox.domain.capacity import Capacity
 from sandbox.domain.errors import InvalidRequest
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle import creation, execution
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.limits import LimitPolicy
-from sandbox.domain.metrics import Metrics
-from sandbox.domain.packages import PackagePolicy, package_layers, split_packages_param
-from sandbox.domain.ports import PackageInstaller, SandboxRuntime
+from sandbox.domain.packages import split_packages_param
 from sandbox.entrypoints.body import read_capped_body
 from sandbox.entrypoints.disconnect import unless_client_leaves
 from sandbox.entrypoints.languages import parse_language
@@ -31,14 +28,9 @@ PARAMETERS = ("language", "timeout", "memory_mb", "stream", "detach", "packages"
 @inject
 async def execute_script(
     request: Request,
-    runtime: SandboxRuntime = Provide[Container.runtime],
-    service: SandboxService = Provide[Container.sandbox_service],
+    sandboxes: Sandboxes = Provide[Container.sandboxes],
     policy: LimitPolicy = Provide[Container.limit_policy],
     settings: Settings = Provide[Container.settings],
-    installer: PackageInstaller = Provide[Container.package_installer],
-    package_policy: PackagePolicy = Provide[Container.package_policy],
-    capacity: Capacity = Provide[Container.capacity],
-    metrics: Metrics = Provide[Container.metrics],
 ) -> Response:
     query = checked_query(request.query_params, PARAMETERS)
     language = parse_language(query.get("language"))
@@ -54,20 +46,17 @@ async def execute_script(
             "stream=true and detach=true do not go together; follow a detached script with "
             "GET /sandboxes/{id}/output?follow=true"
         )
+    packages = split_packages_param(query.get("packages", ""))
     source = await read_capped_body(request, settings.max_body_bytes)
     if not source:
         raise InvalidRequest("the body is empty: send the script as the request body")
-    # Installed (or found in the cache) before the sandbox starts: a 422 costs no sandbox.
-    layers = await package_layers(installer, language, source,
-                                  split_packages_param(query.get("packages", "")),
-                                  package_policy)
 
     if detach:
-        sandbox = await service.run_detached(language, source, limits, layers)
+        sandbox = await creation.run_detached(sandboxes, language, source, limits, packages)
         return JSONResponse(sandbox.to_dict(), 202,
                             {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
-    run = partial(services.execute_script, runtime, language, source, limits,
-                  package_dirs=layers, capacity=capacity, metrics=metrics)
+    run = partial(execution.execute_script, sandboxes, language, source, limits,
+                  packages=packages)
     if stream:
         return ExecutionStream(run)
     return JSONResponse((await unless_client_leaves(request.receive, run())).to_dict())

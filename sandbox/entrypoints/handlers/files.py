@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle import work
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.model import iso_time
 from sandbox.entrypoints.body import capped_chunks
 from sandbox.entrypoints.downloads import FileDownload
@@ -23,39 +24,39 @@ from sandbox.settings import Settings
 @inject
 async def upload_file(
     request: Request,
-    service: SandboxService = Provide[Container.sandbox_service],
+    sandboxes: Sandboxes = Provide[Container.sandboxes],
     settings: Settings = Provide[Container.settings],
 ) -> Response:
     sandbox_id = sandbox_id_of(request)
     checked_query(request.query_params, ())
     path = sandbox_path(request.path_params["path"])
-    await require_running(service, sandbox_id, "write files in")
+    await require_running(sandboxes, sandbox_id, "write files in")
     chunks = capped_chunks(request, settings.max_file_bytes)
 
-    size = await service.write_file(sandbox_id, path, chunks)
+    size = await work.write_file(sandboxes, sandbox_id, path, chunks)
     return JSONResponse({"path": path, "size": size}, 201)
 
 
 @inject
 async def download_file(
-    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+    request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
     sandbox_id = sandbox_id_of(request)
     checked_query(request.query_params, ())
     path = sandbox_path(request.path_params["path"])
 
-    return FileDownload(partial(service.read_file, sandbox_id, path))
+    return FileDownload(partial(work.read_file, sandboxes, sandbox_id, path))
 
 
 @inject
 async def list_files(
-    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+    request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
     sandbox_id = sandbox_id_of(request)
     query = checked_query(request.query_params, ("path",))
     path = sandbox_path(query.get("path", WORKSPACE))
 
-    entries = await service.list_files(sandbox_id, path)
+    entries = await work.list_files(sandboxes, sandbox_id, path)
     return JSONResponse({
         "path": path,
         "entries": [

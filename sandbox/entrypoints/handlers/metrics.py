@@ -12,8 +12,8 @@ from starlette.responses import Response
 
 from sandbox.adapters.prometheus_metrics import PrometheusMetrics
 from sandbox.containers import Container
-from sandbox.domain.capacity import Capacity
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle import reading
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.model import SandboxState
 from sandbox.entrypoints.query import checked_query
 
@@ -22,12 +22,12 @@ from sandbox.entrypoints.query import checked_query
 async def serve_metrics(
     request: Request,
     metrics: PrometheusMetrics = Provide[Container.metrics],
-    service: SandboxService = Provide[Container.sandbox_service],
-    capacity: Capacity = Provide[Container.capacity],
+    sandboxes: Sandboxes = Provide[Container.sandboxes],
 ) -> Response:
     checked_query(request.query_params, ())
-    counted = Counter(sandbox.state.value for sandbox in await service.list_sandboxes())
+    counted = Counter(sandbox.state.value for sandbox in await reading.list_sandboxes(sandboxes))
     # Every state, zero included, so a series does not vanish when its last sandbox leaves.
-    sandboxes = {state.value: counted[state.value] for state in SandboxState}
-    body = metrics.exposition(sandboxes, capacity.executions, capacity.memory_mb)
+    by_state = {state.value: counted[state.value] for state in SandboxState}
+    capacity = sandboxes.capacity
+    body = metrics.exposition(by_state, capacity.executions, capacity.memory_mb, capacity.calls)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from sandbox.containers import Container
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle import reading
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.entrypoints.paths import sandbox_id_of
 from sandbox.entrypoints.query import checked_query, flag
 from sandbox.entrypoints.streaming import ndjson_line
@@ -17,16 +18,17 @@ from sandbox.entrypoints.streaming import ndjson_line
 
 @inject
 async def read_output(
-    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+    request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
     sandbox_id = sandbox_id_of(request)
     query = checked_query(request.query_params, ("follow",))
     if flag(query, "follow"):
-        await service.get(sandbox_id)  # an unknown sandbox is a 404, not an empty stream
-        return StreamingResponse(_lines(service.follow_output(sandbox_id)),
+        # An unknown sandbox is a 404, not an empty stream.
+        await reading.get_sandbox(sandboxes, sandbox_id)
+        return StreamingResponse(_lines(reading.follow_output(sandboxes, sandbox_id)),
                                  media_type="application/x-ndjson")
 
-    sandbox, stdout, stderr = await service.read_output(sandbox_id)
+    sandbox, stdout, stderr = await reading.read_output(sandboxes, sandbox_id)
     return JSONResponse({
         "sandbox_id": sandbox.sandbox_id,
         "state": sandbox.state.value,

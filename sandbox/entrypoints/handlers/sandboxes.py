@@ -11,11 +11,10 @@ from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
 from sandbox.domain.errors import InvalidRequest
-from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.lifecycle import creation, deletion, reading, restoration, suspension
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.limits import LimitPolicy
-from sandbox.domain.model import Language, SandboxState
-from sandbox.domain.packages import PackagePolicy, package_layers
-from sandbox.domain.ports import PackageInstaller
+from sandbox.domain.model import SandboxState
 from sandbox.entrypoints.json_body import read_json_fields
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.paths import sandbox_id_of
@@ -31,11 +30,9 @@ MAX_ENV = 64
 @inject
 async def create_sandbox(
     request: Request,
-    service: SandboxService = Provide[Container.sandbox_service],
+    sandboxes: Sandboxes = Provide[Container.sandboxes],
     policy: LimitPolicy = Provide[Container.limit_policy],
     settings: Settings = Provide[Container.settings],
-    installer: PackageInstaller = Provide[Container.package_installer],
-    package_policy: PackagePolicy = Provide[Container.package_policy],
 ) -> Response:
     checked_query(request.query_params, ())
     # An empty body asks for every default, so `curl -X POST /sandboxes` is enough.
@@ -48,12 +45,9 @@ async def create_sandbox(
     env = _env(fields.text_mapping("env") or {})
     idle_timeout = _idle_timeout(fields.number("idle_timeout"), settings)
     packages = fields.texts("packages") or []
-    if packages and language is not Language.PYTHON:
-        raise InvalidRequest("packages can only be installed for Python")
-    # A running sandbox cannot gain mounts: its packages are installed now, for all its execs.
-    layers = await package_layers(installer, None, b"", packages, package_policy)
 
-    sandbox = await service.create_session(language, limits, env, idle_timeout, layers)
+    sandbox = await creation.create_session(sandboxes, language, limits, env=env,
+                                            idle_timeout_s=idle_timeout, packages=packages)
     return JSONResponse(sandbox.to_dict(), 201, {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
 
 
@@ -81,12 +75,12 @@ def _idle_timeout(given: float | None, settings: Settings) -> float:
 
 @inject
 async def list_sandboxes(
-    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+    request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
     query = checked_query(request.query_params, ("state",))
     state = _state(query.get("state"))
-    sandboxes = await service.list_sandboxes(state)
-    return JSONResponse({"sandboxes": [sandbox.to_dict() for sandbox in sandboxes]})
+    found = await reading.list_sandboxes(sandboxes, state)
+    return JSONResponse({"sandboxes": [sandbox.to_dict() for sandbox in found]})
 
 
 def _state(value: str | None) -> SandboxState | None:
@@ -100,36 +94,36 @@ def _state(value: str | None) -> SandboxState | None:
 
 @inject
 async def inspect_sandbox(
-    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+    request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
     sandbox_id = sandbox_id_of(request)
     checked_query(request.query_params, ())
-    return JSONResponse((await service.get(sandbox_id)).to_dict())
+    return JSONResponse((await reading.get_sandbox(sandboxes, sandbox_id)).to_dict())
 
 
 @inject
 async def suspend_sandbox(
-    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+    request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
     sandbox_id = sandbox_id_of(request)
     checked_query(request.query_params, ())
-    return JSONResponse((await service.suspend(sandbox_id)).to_dict())
+    return JSONResponse((await suspension.suspend_sandbox(sandboxes, sandbox_id)).to_dict())
 
 
 @inject
 async def restore_sandbox(
-    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+    request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
     sandbox_id = sandbox_id_of(request)
     checked_query(request.query_params, ())
-    return JSONResponse((await service.restore(sandbox_id)).to_dict())
+    return JSONResponse((await restoration.restore_sandbox(sandboxes, sandbox_id)).to_dict())
 
 
 @inject
 async def delete_sandbox(
-    request: Request, service: SandboxService = Provide[Container.sandbox_service]
+    request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
     sandbox_id = sandbox_id_of(request)
     checked_query(request.query_params, ())
-    await service.delete(sandbox_id)
+    await deletion.delete_sandbox(sandboxes, sandbox_id)
     return JSONResponse({"sandbox_id": sandbox_id, "deleted": True})

@@ -1,32 +1,40 @@
-"""Use cases. They speak only to ports."""
+"""Executing a script in a fresh sandbox that is gone afterwards."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 import structlog
 
 from sandbox.domain.capacity import Capacity
 from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.metrics import Metrics, NoMetrics, verdict_of
 from sandbox.domain.model import ExecutionResult, Language, Limits, Program, SandboxSpec, Stream
-from sandbox.domain.output import OutputCapture, TextListener
+from sandbox.domain.output import ExecutionEvents, OutputCapture
 from sandbox.domain.ports import SandboxRuntime
 
 log = structlog.get_logger(__name__)
 
 
-class ExecutionEvents:
-    """What a caller that streams wants to hear while a script runs. The default hears nothing."""
-
-    async def started(self, sandbox_id: str) -> None:
-        return None
-
-    async def output(self, stream: Stream, text: str) -> None:
-        return None
-
-
 async def execute_script(
+    sandboxes: Sandboxes,
+    language: Language,
+    source: bytes,
+    limits: Limits,
+    events: ExecutionEvents | None = None,
+    packages: Iterable[str] = (),
+) -> ExecutionResult:
+    """Install the script's packages (`packages` and a PEP 723 block), wait (boundedly) for a
+    place, run it, and return its result. A refusal (bad packages, AtCapacity) is raised
+    before `events.started`."""
+    layers = await sandboxes.package_layers(language, source, packages)
+    return await run_script(sandboxes.runtime, language, source, limits, events, layers,
+                            capacity=sandboxes.capacity, metrics=sandboxes.metrics)
+
+
+async def run_script(
     runtime: SandboxRuntime,
     language: Language,
     source: bytes,
@@ -37,16 +45,13 @@ async def execute_script(
     capacity: Capacity | None = None,
     metrics: Metrics | None = None,
 ) -> ExecutionResult:
-    """Run a script in a fresh sandbox that is gone afterwards, and return its result.
-
-    With `capacity`, waits (boundedly) for a place first: AtCapacity is raised before
-    `events.started`, and the place is freed as soon as the sandbox has ended, even while a
-    slow listener still holds its last output."""
+    """The run itself, on a runtime. With `capacity`, waits (boundedly) for a place first:
+    AtCapacity is raised before `events.started`, and the place is freed as soon as the
+    sandbox has ended, even while a slow listener still holds its last output."""
     events = events or ExecutionEvents()
     metrics = metrics or NoMetrics()
     sandbox_id = new_sandbox_id()
-    listener: TextListener = events.output
-    capture = OutputCapture(limits.output_bytes, listener)
+    capture = OutputCapture(limits.output_bytes, events.output)
     admitted: contextlib.AbstractAsyncContextManager[None] = (
         capacity.execution(limits.memory_mb) if capacity else contextlib.nullcontext()
     )

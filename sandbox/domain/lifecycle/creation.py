@@ -1,0 +1,105 @@
+"""Creating managed sandboxes: a detached script, or a long-lived session."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import structlog
+
+from sandbox.domain.errors import InvalidRequest, RuntimeFailure
+from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.lifecycle.supervision import output_sink, supervise
+from sandbox.domain.model import (
+    IDLE,
+    Language,
+    Limits,
+    Program,
+    Sandbox,
+    SandboxKind,
+    SandboxState,
+)
+from sandbox.domain.reasons import Reason, ReasonCode
+
+log = structlog.get_logger(__name__)
+
+
+async def run_detached(
+    sandboxes: Sandboxes,
+    language: Language,
+    source: bytes,
+    limits: Limits,
+    packages: Iterable[str] = (),
+) -> Sandbox:
+    """Start a script in a new sandbox and return at once; it runs on, its output kept.
+    Its packages (`packages` and a PEP 723 block) are installed first: a 422 costs no
+    sandbox."""
+    layers = await sandboxes.package_layers(language, source, packages)
+    sandbox = _new(sandboxes, SandboxKind.SCRIPT, language, limits, layers)
+    return await _create(sandboxes, sandbox, Program.script(language, source))
+
+
+async def create_session(
+    sandboxes: Sandboxes,
+    language: Language,
+    limits: Limits,
+    *,
+    env: tuple[tuple[str, str], ...] = (),
+    idle_timeout_s: float | None = None,
+    packages: Iterable[str] = (),
+) -> Sandbox:
+    """A long-lived sandbox that idles until work arrives with exec. A running sandbox
+    cannot gain mounts: its packages are installed now, for all its execs."""
+    packages = list(packages)
+    if packages and language is not Language.PYTHON:
+        raise InvalidRequest("packages can only be installed for Python")
+    layers = await sandboxes.package_layers(None, b"", packages)
+    sandbox = _new(sandboxes, SandboxKind.SESSION, language, limits, layers, env, idle_timeout_s)
+    return await _create(sandboxes, sandbox, IDLE)
+
+
+def _new(
+    sandboxes: Sandboxes,
+    kind: SandboxKind,
+    language: Language,
+    limits: Limits,
+    package_dirs: tuple[str, ...],
+    env: tuple[tuple[str, str], ...] = (),
+    idle_timeout_s: float | None = None,
+) -> Sandbox:
+    now = sandboxes.clock()
+    return Sandbox(sandbox_id=new_sandbox_id(), kind=kind, state=SandboxState.CREATING,
+                   language=language, limits=limits, created_at=now, updated_at=now,
+                   env=env, idle_timeout_s=idle_timeout_s, last_activity_at=now,
+                   package_dirs=package_dirs)
+
+
+async def _create(sandboxes: Sandboxes, sandbox: Sandbox, program: Program) -> Sandbox:
+    structlog.contextvars.bind_contextvars(sandbox_id=sandbox.sandbox_id)
+    async with sandboxes.admission.admitted(sandbox), sandboxes.lock(sandbox.sandbox_id):
+        await sandboxes.store.add(sandbox)
+        try:
+            sink = output_sink(sandboxes, sandbox)
+            await sandboxes.runtime.launch(sandbox.spec(), program, sink)
+        except Exception as error:
+            # The runtime has removed what it started; the record must not stay `creating`.
+            log.error("sandbox.create_failed", sandbox_id=sandbox.sandbox_id,
+                      detail=_detail(error))
+            await sandboxes.save(sandbox, SandboxState.FAILED,
+                                 Reason.of(ReasonCode.CREATE_FAILED))
+            raise
+        except BaseException:
+            # Cancelled: the client left.
+            await asyncio.shield(sandboxes.save(sandbox, SandboxState.FAILED,
+                                                Reason.of(ReasonCode.CREATE_INTERRUPTED)))
+            raise
+        sandbox = await sandboxes.save(sandbox, SandboxState.RUNNING,
+                                       running_since=sandbox.created_at)
+        supervise(sandboxes, sandbox, sink)
+    log.info("sandbox.created", kind=sandbox.kind.value, language=sandbox.language)
+    return sandbox
+
+
+def _detail(error: Exception) -> str:
+    return error.message if isinstance(error, RuntimeFailure) else repr(error)
