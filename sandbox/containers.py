@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import inspect
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import structlog
@@ -13,8 +14,18 @@ from dependency_injector import containers, providers
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.adapters.fake_packages import FakePackageInstaller
 from sandbox.adapters.file_output_log import FileOutputLog
+from sandbox.adapters.memory_signals import InMemorySignals
 from sandbox.adapters.pip_installer import PipPackageInstaller
+from sandbox.adapters.postgres.database import PostgresDatabase
+from sandbox.adapters.postgres.handoffs import PostgresHandoffRequests
+from sandbox.adapters.postgres.leases import PostgresLeaseStore
+from sandbox.adapters.postgres.output_log import PostgresOutputLog
+from sandbox.adapters.postgres.signals import PostgresSignals
+from sandbox.adapters.postgres.store import PostgresSandboxStore
 from sandbox.adapters.prometheus_metrics import PrometheusMetrics
+from sandbox.adapters.sqlite_db import SqliteDatabase
+from sandbox.adapters.sqlite_handoffs import SqliteHandoffRequests
+from sandbox.adapters.sqlite_leases import SqliteLeaseStore
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.capacity import Capacity
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
@@ -51,7 +62,7 @@ def _pip_installer(
 
 
 async def _opened(adapter: T) -> AsyncIterator[T]:
-    """Starts the chosen adapter (runtime or installer) with the app and closes it on
+    """Starts the chosen adapter (runtime, installer, database) with the app and closes it on
     shutdown; the fakes need neither."""
     start = getattr(adapter, "start", None)
     if start is not None:
@@ -61,15 +72,17 @@ async def _opened(adapter: T) -> AsyncIterator[T]:
     finally:
         close = getattr(adapter, "close", None)
         if close is not None:
-            await close()
+            closing = close()
+            if inspect.isawaitable(closing):
+                await closing
 
 
-def _sqlite_store(settings: Settings) -> Iterator[SandboxStore]:
-    store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
-    try:
-        yield store
-    finally:
-        store.close()
+def _sqlite_database(settings: Settings) -> SqliteDatabase:
+    return SqliteDatabase(settings.state_dir / "sandboxes.db")
+
+
+def _postgres_database(settings: Settings) -> PostgresDatabase:
+    return PostgresDatabase(settings.database_url)
 
 
 def _output_log(settings: Settings) -> OutputLog:
@@ -84,9 +97,12 @@ async def _served(
     reap_interval_s: float,
     capacity: Capacity,
     metrics: Metrics,
+    database: object,
 ) -> AsyncIterator[SandboxService]:
     """The lifecycle service, reconciled with the host before the first request and reaped in
-    the background until shutdown."""
+    the background until shutdown. `database` is only held: the store reaches it through a
+    Selector, which the container's shutdown order does not see, and the service must close
+    (suspending what runs, writing records) before the database does."""
     service = SandboxService(runtime, store, outputs, policy, capacity=capacity, metrics=metrics)
     reconciled = await _reconciled(service)
     reaper = asyncio.create_task(_reap_forever(service, reap_interval_s, reconciled))
@@ -164,10 +180,49 @@ class Container(containers.DeclarativeContainer):
 
     runtime = providers.Resource(_opened, runtime_adapter)
 
-    # Both runtimes keep records in SQLite: the fake's tests prove they survive a restart.
-    store = providers.Resource(_sqlite_store, settings)
+    # Shared state: SQLite in the state folder for one instance (both runtimes: the fake's
+    # tests prove records survive a restart), PostgreSQL when SANDBOX_DATABASE_URL names one
+    # that several instances share. Singletons under one Resource, as for the runtime.
+    database_adapter = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(_sqlite_database, settings),
+        postgres=providers.Singleton(_postgres_database, settings),
+    )
 
-    outputs = providers.Singleton(_output_log, settings)
+    database = providers.Resource(_opened, database_adapter)
+
+    store = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(SqliteSandboxStore, database),
+        postgres=providers.Singleton(PostgresSandboxStore, database),
+    )
+
+    leases = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(SqliteLeaseStore, database),
+        postgres=providers.Singleton(PostgresLeaseStore, database),
+    )
+
+    handoffs = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(SqliteHandoffRequests, database),
+        postgres=providers.Singleton(PostgresHandoffRequests, database),
+    )
+
+    # Detached output: files in the state folder, or the shared database so that every
+    # instance reads it and it outlives the instance that ran the script.
+    outputs = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(_output_log, settings),
+        postgres=providers.Singleton(PostgresOutputLog, database),
+    )
+
+    # One instance needs no more than signals within the process.
+    signals = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(InMemorySignals),
+        postgres=providers.Singleton(PostgresSignals, database),
+    )
 
     # Packages install with pip on the host for the real runtime; the fake installs nothing.
     package_installer = providers.Resource(
@@ -192,4 +247,5 @@ class Container(containers.DeclarativeContainer):
         reap_interval_s=settings.provided.reap_interval_s,
         capacity=capacity,
         metrics=metrics,
+        database=database,
     )

@@ -6,7 +6,14 @@ from sandbox.adapters.fences import checked_fence, lease_lost
 from sandbox.adapters.memory_leases import InMemoryLeaseStore
 from sandbox.domain.errors import InvalidState
 from sandbox.domain.model import Sandbox, SandboxState, Stream
-from sandbox.domain.ports import Lease, OutputLog, OutputSink, SandboxStore, StoredOutput
+from sandbox.domain.ports import (
+    OUTPUT_READ_LIMIT,
+    Lease,
+    OutputLog,
+    OutputSink,
+    SandboxStore,
+    StoredOutput,
+)
 
 
 class InMemorySandboxStore(SandboxStore):
@@ -65,8 +72,8 @@ class InMemoryOutputLog(OutputLog):
 
     async def read(self, sandbox_id: str, stream: Stream, offset: int = 0) -> StoredOutput:
         data = bytes(self.data.get((sandbox_id, stream), b""))
-        return StoredOutput(data=data[offset:], truncated=(sandbox_id, stream) in self.truncated,
-                            size=len(data))
+        return StoredOutput(data=data[offset:offset + OUTPUT_READ_LIMIT],
+                            truncated=(sandbox_id, stream) in self.truncated, size=len(data))
 
     async def remove(self, sandbox_id: str) -> None:
         for stream in Stream:

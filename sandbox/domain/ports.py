@@ -272,6 +272,10 @@ class Signals(abc.ABC):
         """Listening when it returns: every signal published afterwards is delivered."""
 
 
+# The most one `OutputLog.read` returns; a reader wanting more reads on from its new offset.
+OUTPUT_READ_LIMIT = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class StoredOutput:
     data: bytes
@@ -287,7 +291,8 @@ class OutputLog(abc.ABC):
         """A sink that appends to the sandbox's output, up to limit_bytes per stream."""
 
     @abc.abstractmethod
-    async def read(self, sandbox_id: str, stream: Stream, offset: int = 0) -> StoredOutput: ...
+    async def read(self, sandbox_id: str, stream: Stream, offset: int = 0) -> StoredOutput:
+        """At most OUTPUT_READ_LIMIT bytes from offset, with the stream's whole size."""
 
     @abc.abstractmethod
     async def remove(self, sandbox_id: str) -> None: ...

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from sandbox.adapters.postgres.database import PostgresDatabase
 from sandbox.domain.model import Stream
-from sandbox.domain.ports import OutputLog, OutputSink, StoredOutput
-
-READ_LIMIT = 4 * 1024 * 1024
+from sandbox.domain.ports import OUTPUT_READ_LIMIT, OutputLog, OutputSink, StoredOutput
 
 _APPEND = """
 WITH grown AS (
@@ -62,14 +60,15 @@ class PostgresOutputLog(OutputLog):
 
     async def read(self, sandbox_id: str, stream: Stream, offset: int = 0) -> StoredOutput:
         rows = await self._db.fetch(_READ, {"sandbox_id": sandbox_id, "stream": stream.value,
-                                            "offset": offset, "limit": READ_LIMIT})
+                                            "offset": offset, "limit": OUTPUT_READ_LIMIT})
         if not rows:
             return StoredOutput(data=b"", truncated=False, size=0)
         size, truncated = rows[0][0], rows[0][1]
         chunks = [(start, bytes(data)) for _, _, start, data in rows if start is not None]
         joined = b"".join(data for _, data in chunks)
         skip = offset - chunks[0][0] if chunks else 0
-        return StoredOutput(data=joined[skip:skip + READ_LIMIT], truncated=truncated, size=size)
+        return StoredOutput(data=joined[skip:skip + OUTPUT_READ_LIMIT], truncated=truncated,
+                            size=size)
 
     async def remove(self, sandbox_id: str) -> None:
         async with self._db.connection() as conn, conn.transaction():
