@@ -58,21 +58,22 @@ def _run_as() -> pwd.struct_passwd:
 
 
 def _as_user(owner: pwd.struct_passwd, argv: list[str], timeout: float) -> None:
-    switch = {} if os.geteuid() != 0 else {
-        "user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": [],
-    }
+    switch = os.geteuid() == 0
     result = subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, check=False, cwd="/",
-        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": "/"}, **switch,  # type: ignore[arg-type]
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": "/"},
+        user=owner.pw_uid if switch else None, group=owner.pw_gid if switch else None,
+        extra_groups=[] if switch else None,
     )
     if result.returncode != 0:
         raise ClusterUnavailable(f"{Path(argv[0]).name} failed: {result.stderr.strip()}")
 
 
 @contextlib.contextmanager
-def throwaway_cluster() -> Iterator[Cluster]:
-    """Starts a cluster (initdb, trust authentication, fsync off: data is thrown away) and
-    stops and removes it afterwards, whatever happened."""
+def throwaway_cluster(durable: bool = False) -> Iterator[Cluster]:
+    """Starts a cluster (initdb, trust authentication) and stops and removes it afterwards,
+    whatever happened. Its data is thrown away, so fsync is off unless `durable` (for
+    measurements that compare with a store that syncs)."""
     bin_dir = server_bin()
     owner = _run_as()
     folder = Path(tempfile.mkdtemp(prefix="sandbox-pg-"))
@@ -81,7 +82,9 @@ def throwaway_cluster() -> Iterator[Cluster]:
     try:
         _as_user(owner, [str(bin_dir / "initdb"), "-D", str(data), "-U", owner.pw_name,
                          "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"], 120)
-        options = f"-k {folder} -c listen_addresses= -c fsync=off -c max_connections=200"
+        options = f"-k {folder} -c listen_addresses= -c max_connections=200"
+        if not durable:
+            options += " -c fsync=off"
         _as_user(owner, [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"),
                          "-o", options, "-w", "-t", str(START_TIMEOUT_S), "start"],
                  START_TIMEOUT_S + 10)
