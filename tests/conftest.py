@@ -24,18 +24,27 @@ def postgres_required() -> bool:
     )
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[Cluster]:
-    stack = contextlib.ExitStack()
+def started_cluster(stack: contextlib.ExitStack) -> Cluster:
     try:
-        cluster = stack.enter_context(throwaway_cluster())
+        return stack.enter_context(throwaway_cluster())
     except ClusterUnavailable as problem:
         if postgres_required():
             pytest.fail(f"{problem} (CI=true or SANDBOX_REQUIRE_RUNSC=1: not skipping)",
                         pytrace=False)
         pytest.skip(str(problem))
-    with stack:
-        yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    with contextlib.ExitStack() as stack:
+        yield started_cluster(stack)
+
+
+@pytest.fixture
+def own_postgres_cluster() -> Iterator[Cluster]:
+    """A cluster for this test alone, which it may stop and start (outages)."""
+    with contextlib.ExitStack() as stack:
+        yield started_cluster(stack)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 MIGRATION_LOCK = 0x5A4D_6967_7261_7465
 SANDBOX_LOCK_CLASS = 0x5A4D_0001
 
-# A time-out of connect and of waiting for a free connection; past it, StoreUnavailable.
+# A time-out of connect and of waiting for a working connection; past it, StoreUnavailable.
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -36,7 +36,10 @@ def described(url: str) -> str:
 
 
 class PostgresDatabase:
-    def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, url: str, min_size: int = 1, max_size: int = 10,
+        wait_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self.where = described(url)
         # Each connection is checked when taken from the pool: after a restart of the server
@@ -45,12 +48,12 @@ class PostgresDatabase:
             url, min_size=min_size, max_size=max_size, open=False, name="sandbox-store",
             kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_S)},
             check=psycopg_pool.AsyncConnectionPool.check_connection,
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=wait_s,
         )
 
     async def start(self) -> None:
         try:
-            await self.pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+            await self.pool.open(wait=True, timeout=self.pool.timeout)
         except psycopg_pool.PoolTimeout as error:
             raise StoreUnavailable(f"{self.where} cannot be reached") from error
         await self._migrate()
