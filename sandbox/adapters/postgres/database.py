@@ -42,12 +42,13 @@ class PostgresDatabase:
     ) -> None:
         self.url = url
         self.where = described(url)
-        # Each connection is checked when taken from the pool: after a restart of the server
-        # a dead connection is replaced instead of failing one request.
+        # Connections are not checked when taken from the pool: a check is one more round
+        # trip on every call (it doubled their latency here, scripts/bench_store.py). After a
+        # restart of the server each dead connection fails one call instead (StoreUnavailable,
+        # a 503) and the pool replaces it.
         self.pool = psycopg_pool.AsyncConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, name="sandbox-store",
             kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_S)},
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
             timeout=wait_s,
         )
 
