@@ -49,12 +49,13 @@ define run_tiers
 	exit $$rc
 endef
 
-.PHONY: help venv host rootfs run test-unit test require-root lint bench image lock deploy clean
+.PHONY: help venv host rootfs postgres run test-unit test require-root lint bench bench-store image lock deploy clean
 
 help:
 	@echo "make venv       .venv with the app and dev tools (re-installs when pyproject.toml changes)"
 	@echo "make host       install the pinned runsc and debootstrap (root)"
 	@echo "make rootfs     build the sandbox rootfs, cached by its recipe (root)"
+	@echo "make postgres   install Debian's PostgreSQL server for the tests (root; no cluster made)"
 	@echo "make run        serve on 127.0.0.1:8080 (root; SANDBOX_RUNTIME=fake needs neither)"
 	@echo "make test-unit  the fake-runtime tiers: seconds, no root"
 	@echo "make test       every tier: unit contract e2e integration faults load image (root, runsc)"
@@ -63,6 +64,7 @@ help:
 	@echo "make image      the container image, with docker or podman (root; ENGINE=podman)"
 	@echo "make lock       re-pin requirements.lock and rootfs/requirements.lock with hashes"
 	@echo "make deploy     gcloud run deploy to Cloud Run (PROJECT, REGION...: docs/cloud-run.md)"
+	@echo "make bench-store  store latency, SQLite against PostgreSQL (a throwaway cluster)"
 	@echo "make clean      remove .venv and caches (not the rootfs)"
 
 venv: $(STAMP)
@@ -85,6 +87,18 @@ host:
 rootfs: host venv
 	@PIP_PYTHON=$(BIN)/python scripts/build-rootfs.sh
 
+# The tests start throwaway clusters of Debian's server themselves (scripts/pg_cluster.py), so
+# only the binaries are needed: the package is told not to make (and start) its own cluster.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" -eq 0 ]; then \
+	        install -d /etc/postgresql-common/createcluster.d; \
+	        echo "create_main_cluster = false" \
+	            >/etc/postgresql-common/createcluster.d/gvisor-sandbox.conf; \
+	    fi; \
+	    $(call apt_install,postgresql); \
+	fi
+
 run: venv $(if $(filter fake,$(SANDBOX_RUNTIME)),,rootfs)
 	SANDBOX_LOG_FORMAT="$${SANDBOX_LOG_FORMAT:-console}" exec $(BIN)/python -m sandbox
 
@@ -99,15 +113,16 @@ require-root:
 	    exit 1; \
 	fi
 
-# The tests see SANDBOX_REQUIRE_RUNSC and fail, instead of skipping, when runsc is unusable.
+# The tests see SANDBOX_REQUIRE_RUNSC and fail, instead of skipping, when runsc (or
+# PostgreSQL) is unusable.
 test: export SANDBOX_REQUIRE_RUNSC := 1
-test: require-root venv rootfs
+test: require-root venv rootfs postgres
 	@$(call run_tiers,$(ALL_TIERS),,fake and runsc,strict)
 
 lint: venv
 	$(BIN)/ruff check sandbox tests scripts
 	$(BIN)/mypy
-	$(BIN)/mypy scripts/bench.py
+	$(BIN)/mypy scripts/bench.py scripts/bench_store.py scripts/pg_cluster.py
 
 bench: venv rootfs
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
@@ -125,6 +140,8 @@ lock:
 
 deploy:
 	@scripts/deploy.sh $(if $(DEPLOY_ARGS),-- $(DEPLOY_ARGS))
+bench-store: venv postgres
+	$(BIN)/python scripts/bench_store.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import inspect
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import TypeVar
 
@@ -14,8 +15,18 @@ from dependency_injector import containers, providers
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.adapters.fake_packages import FakePackageInstaller
 from sandbox.adapters.file_output_log import FileOutputLog
+from sandbox.adapters.memory_signals import InMemorySignals
 from sandbox.adapters.pip_installer import PipPackageInstaller
+from sandbox.adapters.postgres.database import PostgresDatabase
+from sandbox.adapters.postgres.handoffs import PostgresHandoffRequests
+from sandbox.adapters.postgres.leases import PostgresLeaseStore
+from sandbox.adapters.postgres.output_log import PostgresOutputLog
+from sandbox.adapters.postgres.signals import PostgresSignals
+from sandbox.adapters.postgres.store import PostgresSandboxStore
 from sandbox.adapters.prometheus_metrics import PrometheusMetrics
+from sandbox.adapters.sqlite_db import SqliteDatabase
+from sandbox.adapters.sqlite_handoffs import SqliteHandoffRequests
+from sandbox.adapters.sqlite_leases import SqliteLeaseStore
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.capacity import Capacity
 from sandbox.domain.lifecycle import reaping, reconciliation, shutdown
@@ -68,7 +79,7 @@ def _pip_installer(
 
 
 async def _opened(adapter: T) -> AsyncIterator[T]:
-    """Starts the chosen adapter (runtime or installer) with the app and closes it on
+    """Starts the chosen adapter (runtime, installer, database) with the app and closes it on
     shutdown; the fakes need neither."""
     start = getattr(adapter, "start", None)
     if start is not None:
@@ -78,15 +89,17 @@ async def _opened(adapter: T) -> AsyncIterator[T]:
     finally:
         close = getattr(adapter, "close", None)
         if close is not None:
-            await close()
+            closing = close()
+            if inspect.isawaitable(closing):
+                await closing
 
 
-def _sqlite_store(settings: Settings) -> Iterator[SandboxStore]:
-    store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
-    try:
-        yield store
-    finally:
-        store.close()
+def _sqlite_database(settings: Settings) -> SqliteDatabase:
+    return SqliteDatabase(settings.state_dir / "sandboxes.db")
+
+
+def _postgres_database(settings: Settings) -> PostgresDatabase:
+    return PostgresDatabase(settings.database_url)
 
 
 def _output_log(settings: Settings) -> OutputLog:
@@ -103,9 +116,12 @@ async def _served(
     metrics: Metrics,
     installer: PackageInstaller,
     package_policy: PackagePolicy,
+    database: object,
 ) -> AsyncIterator[Sandboxes]:
     """What the use cases share, reconciled with the host before the first request and reaped
-    in the background until shutdown."""
+    in the background until shutdown. `database` is only held: the store reaches it through a
+    Selector, which the container's shutdown order does not see, and the use cases must shut
+    down (suspending what runs, writing records) before the database does."""
     sandboxes = Sandboxes(runtime, store, outputs, policy, capacity=capacity, metrics=metrics,
                           installer=installer, package_policy=package_policy)
     reconciled = await _reconciled(sandboxes)
@@ -177,10 +193,49 @@ class Container(containers.DeclarativeContainer):
 
     runtime = providers.Resource(_opened, runtime_adapter)
 
-    # Both runtimes keep records in SQLite: the fake's tests prove they survive a restart.
-    store = providers.Resource(_sqlite_store, settings)
+    # Shared state: SQLite in the state folder for one instance (both runtimes: the fake's
+    # tests prove records survive a restart), PostgreSQL when SANDBOX_DATABASE_URL names one
+    # that several instances share. Singletons under one Resource, as for the runtime.
+    database_adapter = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(_sqlite_database, settings),
+        postgres=providers.Singleton(_postgres_database, settings),
+    )
 
-    outputs = providers.Singleton(_output_log, settings)
+    database = providers.Resource(_opened, database_adapter)
+
+    store = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(SqliteSandboxStore, database),
+        postgres=providers.Singleton(PostgresSandboxStore, database),
+    )
+
+    leases = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(SqliteLeaseStore, database),
+        postgres=providers.Singleton(PostgresLeaseStore, database),
+    )
+
+    handoffs = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(SqliteHandoffRequests, database),
+        postgres=providers.Singleton(PostgresHandoffRequests, database),
+    )
+
+    # Detached output: files in the state folder, or the shared database so that every
+    # instance reads it and it outlives the instance that ran the script.
+    outputs = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(_output_log, settings),
+        postgres=providers.Singleton(PostgresOutputLog, database),
+    )
+
+    # One instance needs no more than signals within the process.
+    signals = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(InMemorySignals),
+        postgres=providers.Singleton(PostgresSignals, database),
+    )
 
     package_policy = providers.Singleton(_package_policy, settings)
 
@@ -208,4 +263,5 @@ class Container(containers.DeclarativeContainer):
         metrics=metrics,
         installer=package_installer,
         package_policy=package_policy,
+        database=database,
     )

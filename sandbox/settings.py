@@ -7,6 +7,8 @@ import hashlib
 import ipaddress
 import os
 import re
+import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +25,15 @@ class SettingsError(ValueError):
 
 
 MIN_TOKEN_CHARS = 16
+INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def default_instance_id() -> str:
+    """The host's name (as logs show it) and a random suffix, new on every start: a server
+    that restarts is a new owner, and the leases of the one before it simply expire."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:50].strip(".-_")
+    return f"{host or 'instance'}-{secrets.token_hex(4)}"
 
 
 def default_memory_budget_mb() -> int:
@@ -129,6 +140,13 @@ class Settings:
     # Comma-separated package names; an empty allow list allows every name not denied.
     packages_allow: str = ""
     packages_deny: str = ""
+    # postgresql://user:password@host/db (libpq's URL; `?host=/cloudsql/...` for a socket):
+    # then every instance keeps records, leases, handoff requests and detached output in this
+    # one database. Empty: SQLite in the state folder, for one instance. Never shown (it may
+    # hold a password).
+    database_url: str = field(default="", repr=False)
+    # This instance's name in leases; ignored when settings are compared.
+    instance_id: str = field(default_factory=default_instance_id, compare=False)
 
     def __post_init__(self, api_tokens: str) -> None:
         problems = self._auth_problems(api_tokens)
@@ -160,6 +178,7 @@ class Settings:
             problems.append("need SANDBOX_DEFAULT_MEMORY_MB <= SANDBOX_MAX_TOTAL_MEMORY_MB")
         problems.extend(self._package_problems())
         problems.extend(self._browser_problems())
+        problems.extend(self._shared_state_problems())
         if problems:
             raise SettingsError("; ".join(problems))
 
@@ -220,6 +239,22 @@ class Settings:
                 problems.append(f"SANDBOX_CORS_ORIGINS holds {origin[:60]!r}, not an origin "
                                 "(scheme://host[:port], as a browser sends it)")
         return problems
+
+    def _shared_state_problems(self) -> list[str]:
+        problems = []
+        if self.database_url and not self.database_url.startswith(DATABASE_SCHEMES):
+            # The value is not repeated: it may hold a password.
+            problems.append("SANDBOX_DATABASE_URL must be a postgresql:// URL (or empty for "
+                            "SQLite in the state folder)")
+        if not INSTANCE_ID.fullmatch(self.instance_id):
+            problems.append("SANDBOX_INSTANCE_ID must be 1 to 64 letters, digits, '.', '_' "
+                            "or '-', starting with a letter or digit")
+        return problems
+
+    @property
+    def store_backend(self) -> str:
+        """`postgres` when SANDBOX_DATABASE_URL is set, else `sqlite`."""
+        return "postgres" if self.database_url else "sqlite"
 
     def _package_problems(self) -> list[str]:
         problems = []

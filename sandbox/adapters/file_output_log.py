@@ -13,9 +13,7 @@ from typing import BinaryIO
 from sandbox.adapters.private import private_folder
 from sandbox.domain.ids import checked_sandbox_id
 from sandbox.domain.model import Stream
-from sandbox.domain.ports import OutputLog, OutputSink, StoredOutput
-
-READ_LIMIT = 4 * 1024 * 1024
+from sandbox.domain.ports import OUTPUT_READ_LIMIT, OutputLog, OutputSink, StoredOutput
 
 
 class _FileSink(OutputSink):
@@ -86,7 +84,7 @@ class FileOutputLog(OutputLog):
                 with path.open("rb") as source:
                     size = path.stat().st_size
                     source.seek(offset)
-                    data = source.read(READ_LIMIT)
+                    data = source.read(OUTPUT_READ_LIMIT)
             except FileNotFoundError:
                 data, size = b"", 0
             truncated = (folder / f"{stream.value}.truncated").exists()

@@ -55,3 +55,17 @@ class RuntimeFailure(SandboxError):
     def __init__(self, message: str, public_message: str | None = None) -> None:
         super().__init__(message)
         self.public_message = public_message
+
+
+class LeaseLost(SandboxError):
+    """A fenced write found that its lease is no longer the sandbox's live lease: another
+    instance owns the sandbox now, or the lease expired. Nothing was written."""
+
+    code = "lease_lost"
+
+
+class StoreUnavailable(SandboxError):
+    """The shared store (the database) cannot be reached now; a retry may succeed."""
+
+    code = "store_unavailable"
+    retry_after_s = 1

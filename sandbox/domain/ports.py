@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -150,7 +151,13 @@ class SandboxRuntime(abc.ABC):
 
 class SandboxStore(abc.ABC):
     """Durable records of managed sandboxes. Every write is atomic: a crash at any moment
-    leaves each record either as it was or as it was written."""
+    leaves each record either as it was or as it was written.
+
+    A write given `fence` is made only while that lease is the sandbox's live lease (same
+    token, not expired by the store's clock), checked and written in one transaction: an
+    owner paused past its lease, or fenced out by a newer one, gets `LeaseLost` and has
+    written nothing. The lease is held for the transaction, so a new owner's `acquire`
+    waits for the write and sees it afterwards."""
 
     @abc.abstractmethod
     async def add(self, sandbox: Sandbox) -> None: ...
@@ -159,13 +166,151 @@ class SandboxStore(abc.ABC):
     async def get(self, sandbox_id: str) -> Sandbox | None: ...
 
     @abc.abstractmethod
-    async def save(self, sandbox: Sandbox) -> None: ...
+    async def save(self, sandbox: Sandbox, fence: Lease | None = None) -> None: ...
 
     @abc.abstractmethod
-    async def remove(self, sandbox_id: str) -> None: ...
+    async def remove(self, sandbox_id: str, fence: Lease | None = None) -> None: ...
 
     @abc.abstractmethod
     async def list(self, state: SandboxState | None = None) -> list[Sandbox]: ...
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One instance's tenure over one sandbox. `token` is the fence: it only grows per
+    sandbox and is never given twice. `expires_at` is seconds since the epoch by the
+    store's clock (the database's, never an instance's)."""
+
+    sandbox_id: str
+    owner: str
+    token: int
+    expires_at: float
+
+
+class LeaseStore(abc.ABC):
+    """Who runs each sandbox. Held in the same database as the records, so that fenced
+    writes (`SandboxStore.save(..., fence=lease)`) check the lease in their transaction.
+
+    Contract, for every implementation:
+    - `acquire` gives a lease only when the sandbox has no live lease of another owner; each
+      acquire is a new tenure with a new, larger token, even by the same owner (its older
+      lease is fenced out), after a release, or after the lease row was removed;
+    - a lease is live until `expires_at` by the store's clock and not after: an expired
+      lease cannot be renewed or fence a write, even if no one took it yet; its owner must
+      acquire anew;
+    - `renew` extends a live lease by ttl_s from now; None once it is gone;
+    - `release` ends a lease early; releasing a lease no longer live does nothing;
+    - `expired` lists leases past their expiry that no one released or took over: the
+      sandboxes of instances that stopped renewing (a sweeper acquires them to act)."""
+
+    @abc.abstractmethod
+    async def acquire(self, sandbox_id: str, owner: str, ttl_s: float) -> Lease | None: ...
+
+    @abc.abstractmethod
+    async def renew(self, lease: Lease, ttl_s: float) -> Lease | None: ...
+
+    @abc.abstractmethod
+    async def release(self, lease: Lease) -> None: ...
+
+    @abc.abstractmethod
+    async def current(self, sandbox_id: str) -> Lease | None:
+        """The sandbox's live lease, if any."""
+
+    @abc.abstractmethod
+    async def expired(self) -> list[Lease]:
+        """Leases past their expiry, oldest expiry first."""
+
+
+class HandoffState(enum.StrEnum):
+    REQUESTED = "requested"
+    RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class HandoffRequest:
+    """An instance asks the owner of a running sandbox to checkpoint it and let go.
+    `requested_at` is seconds since the epoch by the store's clock."""
+
+    sandbox_id: str
+    requester: str
+    requested_at: float
+    state: HandoffState
+
+
+class HandoffRequests(abc.ABC):
+    """Durable handoff requests, at most one per sandbox, so concurrent requesters agree on
+    one: the first recorded. Signals only wake the owner; these rows are the truth a
+    woken (or polling) owner reads."""
+
+    @abc.abstractmethod
+    async def request(self, sandbox_id: str, requester: str) -> HandoffRequest:
+        """Records a request unless the sandbox has one; returns the one it has now."""
+
+    @abc.abstractmethod
+    async def get(self, sandbox_id: str) -> HandoffRequest | None: ...
+
+    @abc.abstractmethod
+    async def pending(self) -> list[HandoffRequest]:
+        """Requests in state `requested`, oldest first."""
+
+    @abc.abstractmethod
+    async def mark(self, sandbox_id: str, requester: str, state: HandoffState) -> bool:
+        """Moves the sandbox's request to `state` if `requester` made it; False otherwise."""
+
+    @abc.abstractmethod
+    async def remove(self, sandbox_id: str, requester: str) -> None:
+        """Forgets the sandbox's request if `requester` made it."""
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A wake-up on a channel. `missed` marks a gap: signals may have been lost before it
+    (the subscription reconnected, or its reader fell behind), so the reader must re-read
+    the durable rows the signals point at."""
+
+    channel: str
+    payload: str
+    missed: bool = False
+
+
+class Subscription(abc.ABC):
+    """Signals of the channels subscribed to, as they arrive; close it when done."""
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    @abc.abstractmethod
+    async def __anext__(self) -> Signal: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class Signals(abc.ABC):
+    """Wake-ups between instances. Best effort: a signal is delivered to every subscription
+    listening when it is published, at most once, and may be lost (a subscriber reconnecting
+    gets a `missed` signal instead). Whoever waits on a signal also polls the durable rows it
+    points at, at an interval, and on every `missed` signal.
+
+    Channel names are lowercase letters, digits and `_`, starting with a letter, at most 63
+    characters; payloads are text under 8000 bytes."""
+
+    @abc.abstractmethod
+    async def publish(self, channel: str, payload: str) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe(self, *channels: str) -> Subscription:
+        """Listening when it returns: every signal published afterwards is delivered."""
+
+
+# The most one `OutputLog.read` returns; a reader wanting more reads on from its new offset.
+OUTPUT_READ_LIMIT = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -183,7 +328,8 @@ class OutputLog(abc.ABC):
         """A sink that appends to the sandbox's output, up to limit_bytes per stream."""
 
     @abc.abstractmethod
-    async def read(self, sandbox_id: str, stream: Stream, offset: int = 0) -> StoredOutput: ...
+    async def read(self, sandbox_id: str, stream: Stream, offset: int = 0) -> StoredOutput:
+        """At most OUTPUT_READ_LIMIT bytes from offset, with the stream's whole size."""
 
     @abc.abstractmethod
     async def remove(self, sandbox_id: str) -> None: ...

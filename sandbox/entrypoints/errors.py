@@ -10,7 +10,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
-from sandbox.domain.errors import AtCapacity, PayloadTooLarge, RuntimeFailure, SandboxError
+from sandbox.domain.errors import (
+    AtCapacity,
+    LeaseLost,
+    PayloadTooLarge,
+    RuntimeFailure,
+    SandboxError,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +31,9 @@ STATUS_BY_CODE = {
     "package_resolution_failed": 422,
     "at_capacity": 429,
     "runtime_failure": 503,
+    # Another instance took the sandbox over during the call; a retry finds its new owner.
+    "lease_lost": 503,
+    "store_unavailable": 503,
 }
 
 INTERNAL_MESSAGE = "internal error; the server's log has the details under this request's id"
@@ -64,8 +74,10 @@ async def _sandbox_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SandboxError)
     body = public_error(exc)
     headers: dict[str, str] = {}
-    if isinstance(exc, AtCapacity):
+    if isinstance(exc, AtCapacity | StoreUnavailable):
         headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, LeaseLost):
+        headers["Retry-After"] = "1"
     if isinstance(exc, PayloadTooLarge):
         headers.update(_CLOSE)
     status = STATUS_BY_CODE.get(body["code"], 500)

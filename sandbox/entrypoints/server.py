@@ -72,6 +72,11 @@ SERVER_OPTIONS: dict[str, Any] = {
     "http": HeadDeadlineH11Protocol,
     "h11_max_incomplete_event_size": 16 * 1024,
     "timeout_keep_alive": 5,
+    # Not uvloop: its connect_read_pipe and connect_write_pipe close a pipe's descriptor twice
+    # (uvloop issue 763), and under load the second close hit a descriptor another thread had
+    # just been given (seen here: rmtree of a bundle failed with EBADF). The sandboxes' pipes
+    # are the server's main traffic; asyncio's own loop closes each once.
+    "loop": "asyncio",
 }
 
 

@@ -1,23 +1,36 @@
-"""What every OutputLog does, held to by the in-memory log and the file one."""
+"""What every OutputLog does, held to by the in-memory log, the file one and the PostgreSQL
+one."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sandbox.adapters.file_output_log import FileOutputLog
 from sandbox.adapters.memory_store import InMemoryOutputLog
+from sandbox.adapters.postgres.database import PostgresDatabase
+from sandbox.adapters.postgres.output_log import PostgresOutputLog
 from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.model import Stream
-from sandbox.domain.ports import OutputLog, StoredOutput
+from sandbox.domain.ports import OUTPUT_READ_LIMIT, OutputLog, StoredOutput
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "file"])
-def outputs(request: pytest.FixtureRequest, tmp_path: Path) -> OutputLog:
-    return InMemoryOutputLog() if request.param == "memory" else FileOutputLog(tmp_path / "out")
+@pytest.fixture(params=["memory", "file", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def outputs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutputLog]:
+    if request.param == "memory":
+        yield InMemoryOutputLog()
+    elif request.param == "file":
+        yield FileOutputLog(tmp_path / "out")
+    else:
+        database = PostgresDatabase(request.getfixturevalue("postgres_url"))
+        await database.start()
+        yield PostgresOutputLog(database)
+        await database.close()
 
 
 async def written(outputs: OutputLog, limit: int, *writes: tuple[Stream, bytes]) -> str:
@@ -124,3 +137,60 @@ async def test_file_output_survives_a_new_log_over_the_same_folder(tmp_path: Pat
 
     assert await reopened.ids() == {sandbox_id}
     assert await reopened.read(sandbox_id, Stream.STDOUT) == StoredOutput(b"abc", True, 3)
+
+
+async def test_a_read_gets_at_most_the_read_limit_from_its_offset(outputs: OutputLog) -> None:
+    chunk = bytes(range(256)) * 4096
+    sandbox_id = await written(outputs, 8 * 1024 * 1024,
+                               *((Stream.STDOUT, chunk) for _ in range(5)))
+
+    whole = await outputs.read(sandbox_id, Stream.STDOUT)
+    rest = await outputs.read(sandbox_id, Stream.STDOUT, offset=OUTPUT_READ_LIMIT + 100)
+
+    assert (whole.data, whole.size) == ((chunk * 5)[:OUTPUT_READ_LIMIT], 5 * len(chunk))
+    assert rest.data == (chunk * 5)[OUTPUT_READ_LIMIT + 100:]
+
+
+# PostgreSQL only ---------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_postgres_output_is_read_by_another_instance_after_the_writer_is_gone(
+    postgres_url: str,
+) -> None:
+    writer = PostgresDatabase(postgres_url)
+    await writer.start()
+    sandbox_id = await written(PostgresOutputLog(writer), 5, (Stream.STDOUT, b"abc"),
+                               (Stream.STDERR, b"e"), (Stream.STDOUT, b"defg"))
+    await writer.close()
+    reader = PostgresDatabase(postgres_url)
+    await reader.start()
+
+    try:
+        stdout = await PostgresOutputLog(reader).read(sandbox_id, Stream.STDOUT, offset=1)
+    finally:
+        await reader.close()
+
+    assert stdout == StoredOutput(data=b"bcde", truncated=True, size=5)
+
+
+@pytest.mark.postgres
+async def test_postgres_sinks_writing_at_once_keep_every_byte_up_to_the_cap(
+    postgres_url: str,
+) -> None:
+    """Two sinks on one stream (as a restore starts while the old sink drains)."""
+    database = PostgresDatabase(postgres_url, max_size=4)
+    await database.start()
+    outputs, sandbox_id = PostgresOutputLog(database), new_sandbox_id()
+    sinks = [outputs.sink(sandbox_id, 150) for _ in range(2)]
+
+    try:
+        await asyncio.gather(*(sink.write(Stream.STDOUT, bytes([65 + n]) * 10)
+                               for n in range(10) for sink in sinks))
+        stdout = await outputs.read(sandbox_id, Stream.STDOUT)
+    finally:
+        await database.close()
+
+    assert (stdout.size, len(stdout.data), stdout.truncated) == (150, 150, True)
+    runs = [stdout.data[at:at + 10] for at in range(0, 150, 10)]
+    assert all(len(set(run)) == 1 for run in runs)

@@ -1,4 +1,5 @@
-"""What every SandboxStore does, held to by the in-memory store and the SQLite one."""
+"""What every SandboxStore does, held to by the in-memory store, the SQLite one and the
+PostgreSQL one."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.backends import BACKENDS, opened_backend
 from sandbox.adapters import records
-from sandbox.adapters.memory_store import InMemorySandboxStore
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.errors import InvalidState
 from sandbox.domain.ids import new_sandbox_id
@@ -22,14 +23,10 @@ pytestmark = pytest.mark.anyio
 CREATED_AT = 1_700_000_000.25
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SandboxStore]:
-    if request.param == "memory":
-        yield InMemorySandboxStore()
-        return
-    sqlite = SqliteSandboxStore(tmp_path / "s.db")
-    yield sqlite
-    sqlite.close()
+    async with opened_backend(request, tmp_path) as backend:
+        yield (await backend.instance()).store
 
 
 def a_sandbox(**changes: object) -> Sandbox:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,20 @@ from dependency_injector import providers
 from lifecycle_support import limits
 
 from sandbox.adapters.fake import FakeSandboxRuntime
+from sandbox.adapters.memory_signals import InMemorySignals
+from sandbox.adapters.postgres.database import PostgresDatabase
+from sandbox.adapters.postgres.handoffs import PostgresHandoffRequests
+from sandbox.adapters.postgres.leases import PostgresLeaseStore
+from sandbox.adapters.postgres.output_log import PostgresOutputLog
+from sandbox.adapters.postgres.signals import PostgresSignals
+from sandbox.adapters.postgres.store import PostgresSandboxStore
+from sandbox.adapters.sqlite_leases import SqliteLeaseStore
 from sandbox.containers import Container
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.lifecycle import reaping
 from sandbox.domain.lifecycle.creation import create_session
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
-from sandbox.domain.model import Language
+from sandbox.domain.model import Language, SandboxState
 from sandbox.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -150,3 +159,53 @@ def test_the_capacity_follows_the_settings(tmp_path: Path) -> None:
     capacity = Container(settings=settings).capacity()
 
     assert (capacity.max_executions, capacity.max_calls, capacity.memory_budget_mb) == (3, 5, 2048)
+async def test_without_a_database_url_shared_state_is_sqlite_and_signals_stay_in_process(
+    tmp_path: Path,
+) -> None:
+    container = Container(settings=Settings(runtime="fake", state_dir=tmp_path))
+
+    await awaited(container.init_resources())
+    pending: Any = container.leases()
+    leases = await pending
+    lease = await leases.acquire("0123456789abcdef01234567", "a", 60)
+    signals = container.signals()
+    await awaited(container.shutdown_resources())
+
+    assert isinstance(leases, SqliteLeaseStore)
+    assert lease is not None
+    assert isinstance(signals, InMemorySignals)
+
+
+@pytest.mark.postgres
+async def test_a_database_url_puts_records_leases_and_output_in_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = Settings(runtime="fake", state_dir=tmp_path, database_url=postgres_url)
+    container = Container(settings=settings)
+
+    await awaited(container.init_resources())
+    pending: Any = container.sandboxes()
+    sandboxes: Sandboxes = await pending
+    sandbox = await create_session(sandboxes, Language.PYTHON, settings.default_limits())
+    adapters = [await resolved(provider) for provider in (
+        container.store, container.leases, container.handoffs, container.outputs,
+        container.signals)]
+    await awaited(container.shutdown_resources())
+
+    assert [type(adapter) for adapter in adapters] == [
+        PostgresSandboxStore, PostgresLeaseStore, PostgresHandoffRequests, PostgresOutputLog,
+        PostgresSignals]
+    assert not (tmp_path / "sandboxes.db").exists()
+    other = PostgresDatabase(postgres_url)
+    await other.start()
+    try:
+        kept = await PostgresSandboxStore(other).get(sandbox.sandbox_id)
+    finally:
+        await other.close()
+    assert kept is not None
+    assert kept.state is SandboxState.SUSPENDED  # by the service's close, before the pool's
+
+
+async def resolved(provider: Any) -> Any:
+    value = provider()
+    return await value if inspect.isawaitable(value) else value

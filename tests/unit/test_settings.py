@@ -190,3 +190,30 @@ def test_origins_are_kept_as_browsers_send_them() -> None:
     settings = Settings(cors_origins="HTTPS://App.Example/, http://localhost:3000")
 
     assert settings.origins() == {"https://app.example", "http://localhost:3000"}
+def test_the_store_is_sqlite_unless_a_database_url_is_set() -> None:
+    shared = Settings.from_env({"SANDBOX_DATABASE_URL": "postgresql://app:secret@db/sandbox"})
+
+    assert Settings().store_backend == "sqlite"
+    assert shared.store_backend == "postgres"
+    assert "secret" not in repr(shared)
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused_without_showing_it() -> None:
+    with pytest.raises(SettingsError, match="SANDBOX_DATABASE_URL must be a postgresql") as error:
+        Settings.from_env({"SANDBOX_DATABASE_URL": "mysql://app:secret@db/sandbox"})
+
+    assert "secret" not in str(error.value)
+
+
+def test_each_start_gets_its_own_instance_id_named_after_the_host() -> None:
+    first, second = Settings(), Settings()
+
+    assert first.instance_id != second.instance_id
+    assert first.instance_id.rsplit("-", 1)[0] == second.instance_id.rsplit("-", 1)[0]
+    assert Settings.from_env({"SANDBOX_INSTANCE_ID": "run-a.1"}).instance_id == "run-a.1"
+
+
+@pytest.mark.parametrize("instance_id", ["", "-a", "a b", "a/b", "x" * 65])
+def test_an_instance_id_outside_the_pattern_is_refused(instance_id: str) -> None:
+    with pytest.raises(SettingsError, match="SANDBOX_INSTANCE_ID"):
+        Settings(instance_id=instance_id)
