@@ -202,19 +202,21 @@ class Agent:
         keep: tuple[int, ...]
         theirs: list[int] = []
         try:
-            out_read, out_write = os.pipe()
-            err_read, err_write = os.pipe()
+            # Made as the sandbox user, so that the process may reopen them (/dev/stdout),
+            # as it may the pipes of a script that is the sandbox's init.
+            out_read, out_write = as_user(os.pipe)
+            err_read, err_write = as_user(os.pipe)
             ours += [out_read, err_read]
             theirs += [out_write, err_write]
             if args.get("stdin"):
-                in_read, in_write = os.pipe()
+                in_read, in_write = as_user(os.pipe)
                 ours.append(in_write)
             else:
                 in_read, in_write = os.open(os.devnull, os.O_RDONLY), -1
             theirs.append(in_read)
             control_write, keep = -1, ()
             if args.get("control"):
-                control_read, control_write = os.pipe()
+                control_read, control_write = as_user(os.pipe)
                 os.set_inheritable(control_read, True)
                 ours.append(control_write)
                 theirs.append(control_read)
