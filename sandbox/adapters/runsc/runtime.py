@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import structlog
 
-from sandbox.adapters.runsc import cgroups, memory, oci
+from sandbox.adapters.runsc import cgroups, memory, oci, warm
 from sandbox.adapters.runsc.agent_channel import MAIN_TAG, AgentError
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
 from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
@@ -24,7 +24,15 @@ from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
-from sandbox.domain.model import FileEntry, Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.model import (
+    IDLE,
+    FileEntry,
+    Language,
+    Outcome,
+    Program,
+    SandboxSpec,
+    Stream,
+)
 from sandbox.domain.ports import OutputSink, SandboxRuntime
 from sandbox.settings import Settings
 
@@ -61,6 +69,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._live: set[str] = set()
         # The runsc processes and agent channels of managed sandboxes, by id.
         self._supervised: dict[str, Supervised] = {}
+        # Warm sandboxes not yet given their script, by id.
+        self._warm: dict[str, warm.WarmSandbox] = {}
         self._agent_identity = _agent_identity()
         # Holds the memory limit where no cgroup does (started only without cgroups).
         self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
@@ -212,10 +222,13 @@ class RunscSandboxRuntime(SandboxRuntime):
         supervised = self._supervised.get(sandbox_id)
         if supervised is not None:
             supervised.ending = True  # ended by us: its supervisor must not call it a failure
+            # Stop listening first: its pipes closing is then no news worth a warning.
+            await supervised.channel.close()
         await self._runsc.end(sandbox_id)
         if process is not None and process.returncode is None:
             await wait_or_kill(process, KILL_GRACE_S)
         await self._end_supervision(sandbox_id)
+        self._warm.pop(sandbox_id, None)
         self.remove_bundle(sandbox_id)
         shutil.rmtree(self._checkpoints / sandbox_id, ignore_errors=True)
         self._memory_watch.forget(sandbox_id)
@@ -394,6 +407,58 @@ class RunscSandboxRuntime(SandboxRuntime):
         except (TimeoutError, RuntimeFailure):
             log.error("runsc.exec_kill_failed", sandbox_id=supervised.sandbox_id)
             await self._runsc.kill_all(supervised.sandbox_id)
+
+    # Warm sandboxes: started ahead of a request, spent by one script ----------------------
+
+    async def start_warm(
+        self, spec: SandboxSpec, language: Language, preimport: tuple[str, ...]
+    ) -> None:
+        await self.launch(spec, IDLE, warm.Nowhere())
+        waiting = warm.WarmSandbox(language)
+        try:
+            if language is Language.PYTHON:
+                supervised = self._agent(spec.sandbox_id)
+                waiting.sink = warm.RunnerSink()
+                waiting.tag = await supervised.channel.spawn(
+                    warm.runner_argv(preimport), supervised.env, oci.WORKDIR, waiting.sink,
+                    AGENT_ANSWER_TIMEOUT_S, control=True,
+                )
+                await warm.until_ready(supervised.channel, waiting.tag, waiting.sink,
+                                       AGENT_START_TIMEOUT_S)
+        except BaseException:
+            await self._destroy(spec.sandbox_id)
+            raise
+        self._warm[spec.sandbox_id] = waiting
+
+    async def run_warm(
+        self, sandbox_id: str, program: Program, sink: OutputSink, timeout_s: float
+    ) -> Outcome:
+        supervised = self._agent(sandbox_id)
+        waiting = self._warm.pop(sandbox_id, None)
+        if waiting is None or waiting.language is not program.language:
+            raise RuntimeFailure(f"sandbox {sandbox_id} is not waiting for a "
+                                 f"{program.language} script")
+        self._bundles.write_script(sandbox_id, program)
+        started = time.monotonic()
+        if waiting.tag is not None and waiting.sink is not None:
+            tag = waiting.tag
+            await waiting.sink.attach(sink)
+            await supervised.channel.control(tag, warm.GO)
+        else:
+            try:
+                tag = await supervised.channel.spawn(oci.program_argv(program), supervised.env,
+                                                     oci.WORKDIR, sink, AGENT_ANSWER_TIMEOUT_S)
+            except AgentError as refused:
+                return await _not_started(refused, sink, started)
+        try:
+            return await self._finish_exec(supervised, tag, b"", timeout_s, started)
+        except RuntimeFailure:
+            # The whole sandbox ended under the script: out of memory, as a cold run says it.
+            if not self._out_of_memory(sandbox_id):
+                raise
+            await supervised.process.wait()
+            return Outcome(exit_code=supervised.process.returncode, oom_killed=True,
+                           duration_ms=int((time.monotonic() - started) * 1000))
 
     async def checkpoint(self, sandbox_id: str) -> str:
         image = self._checkpoints / checked(sandbox_id)
