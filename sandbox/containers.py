@@ -22,6 +22,7 @@ from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.metrics import Metrics
 from sandbox.domain.packages import PackagePolicy
 from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
+from sandbox.domain.warm_pool import PoolTuning, WarmPool
 from sandbox.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -41,11 +42,13 @@ def _package_policy(settings: Settings) -> PackagePolicy:
 
 
 def _pip_installer(
-    settings: Settings, store: SandboxStore, metrics: Metrics
+    settings: Settings, store: SandboxStore, metrics: Metrics, pinned: set[str]
 ) -> PackageInstaller:
     async def layers_in_use() -> list[str]:
         # A suspended sandbox needs its layers to restore: the cache must never evict them.
-        return [layer for sandbox in await store.list() for layer in sandbox.package_dirs]
+        # Nor those the warm pools mount (`pinned`).
+        recorded = [layer for sandbox in await store.list() for layer in sandbox.package_dirs]
+        return [*recorded, *pinned]
 
     return PipPackageInstaller(settings, in_use=layers_in_use, metrics=metrics)
 
@@ -76,6 +79,21 @@ def _output_log(settings: Settings) -> OutputLog:
     return FileOutputLog(settings.state_dir / "outputs")
 
 
+def _warm_pool(
+    settings: Settings,
+    runtime: SandboxRuntime,
+    capacity: Capacity,
+    metrics: Metrics,
+    installer: PackageInstaller,
+    pinned: set[str],
+) -> WarmPool:
+    return WarmPool(
+        runtime, settings.pool_profiles(), settings.default_limits(), settings.pool_modules(),
+        capacity, metrics, installer,
+        PoolTuning(refill_concurrency=settings.pool_refill_concurrency), pinned_layers=pinned,
+    )
+
+
 async def _served(
     runtime: SandboxRuntime,
     store: SandboxStore,
@@ -84,18 +102,23 @@ async def _served(
     reap_interval_s: float,
     capacity: Capacity,
     metrics: Metrics,
+    pool: WarmPool,
 ) -> AsyncIterator[SandboxService]:
     """The lifecycle service, reconciled with the host before the first request and reaped in
-    the background until shutdown."""
+    the background until shutdown; the warm pools fill once the reconcile has removed what a
+    crash left (pooled sandboxes included), and are emptied first on the way out."""
     service = SandboxService(runtime, store, outputs, policy, capacity=capacity, metrics=metrics)
     reconciled = await _reconciled(service)
-    reaper = asyncio.create_task(_reap_forever(service, reap_interval_s, reconciled))
+    if reconciled:
+        await pool.start()
+    reaper = asyncio.create_task(_reap_forever(service, reap_interval_s, reconciled, pool))
     try:
         yield service
     finally:
         reaper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
+        await pool.close()
         await service.close()
 
 
@@ -110,11 +133,15 @@ async def _reconciled(service: SandboxService) -> bool:
     return True
 
 
-async def _reap_forever(service: SandboxService, interval_s: float, reconciled: bool) -> None:
+async def _reap_forever(
+    service: SandboxService, interval_s: float, reconciled: bool, pool: WarmPool
+) -> None:
     while True:
         await asyncio.sleep(interval_s)
         if not reconciled:
             reconciled = await _reconciled(service)
+            if reconciled:
+                await pool.start()
             continue
         try:
             await service.reap()
@@ -164,6 +191,9 @@ class Container(containers.DeclarativeContainer):
 
     runtime = providers.Resource(_opened, runtime_adapter)
 
+    # Package layers the warm pools mount: the installer's cache must not evict them.
+    pinned_layers: providers.Singleton[set[str]] = providers.Singleton(set)
+
     # Both runtimes keep records in SQLite: the fake's tests prove they survive a restart.
     store = providers.Resource(_sqlite_store, settings)
 
@@ -175,11 +205,15 @@ class Container(containers.DeclarativeContainer):
         providers.Selector(
             settings.provided.runtime,
             fake=providers.Singleton(FakePackageInstaller, metrics=metrics),
-            runsc=providers.Singleton(_pip_installer, settings, store, metrics),
+            runsc=providers.Singleton(_pip_installer, settings, store, metrics, pinned_layers),
         ),
     )
 
     package_policy = providers.Singleton(_package_policy, settings)
+
+    warm_pool = providers.Singleton(
+        _warm_pool, settings, runtime, capacity, metrics, package_installer, pinned_layers,
+    )
 
     # Resources are started after the resources they depend on and shut down before them, so
     # the service has a started runtime and an open store for as long as it lives.
@@ -192,4 +226,5 @@ class Container(containers.DeclarativeContainer):
         reap_interval_s=settings.provided.reap_interval_s,
         capacity=capacity,
         metrics=metrics,
+        pool=warm_pool,
     )

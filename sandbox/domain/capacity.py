@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
@@ -39,6 +39,9 @@ class Capacity:
         self._tokens = itertools.count()
         # Woken at every release, to look again whether they fit now.
         self._waiters: set[asyncio.Future[None]] = set()
+        # Admissions waiting for memory now, and who frees memory held ahead of demand.
+        self._short_of_memory = 0
+        self._reclaim: Callable[[int], None] | None = None
 
     @property
     def executions(self) -> int:
@@ -63,6 +66,19 @@ class Capacity:
         """Memory for a managed sandbox, held until `release(holder)`: it outlives requests."""
         self.release(holder)
         await self._admit(holder, memory_mb, execution=False)
+
+    def try_reserve(self, holder: str, memory_mb: int) -> bool:
+        """Memory held ahead of demand (a warm pool): taken only when it is free now and no
+        request waits for memory, so that it never delays one."""
+        if self._short_of_memory or self.memory_mb + memory_mb > self.memory_budget_mb:
+            return False
+        self._memory[holder] = memory_mb
+        return True
+
+    def reclaim_with(self, reclaim: Callable[[int], None] | None) -> None:
+        """`reclaim(shortfall_mb)` is called when an admission finds too little memory: it
+        starts freeing memory held ahead of demand (releasing it as it goes)."""
+        self._reclaim = reclaim
 
     def release(self, holder: str) -> None:
         """Idempotent: releasing what is not held does nothing."""
@@ -96,8 +112,12 @@ class Capacity:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s
         while (full := self._full(memory_mb, execution)) is not None:
+            short = full == "memory"
+            if short and self._reclaim is not None:
+                self._reclaim(self.memory_mb + memory_mb - self.memory_budget_mb)
             freed = loop.create_future()
             self._waiters.add(freed)
+            self._short_of_memory += short
             try:
                 async with asyncio.timeout_at(deadline):
                     await freed
@@ -105,6 +125,7 @@ class Capacity:
                 pass
             finally:
                 self._waiters.discard(freed)
+                self._short_of_memory -= short
             if loop.time() >= deadline and (full := self._full(memory_mb, execution)):
                 raise self.refusal(full, self._message(full, memory_mb))
         self._memory[holder] = memory_mb

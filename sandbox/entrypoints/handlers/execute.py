@@ -18,6 +18,7 @@ from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.metrics import Metrics
 from sandbox.domain.packages import PackagePolicy, package_layers, split_packages_param
 from sandbox.domain.ports import PackageInstaller, SandboxRuntime
+from sandbox.domain.warm_pool import WarmPool
 from sandbox.entrypoints.body import read_capped_body
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.query import checked_query, flag, optional_float, optional_int
@@ -38,6 +39,7 @@ async def execute_script(
     package_policy: PackagePolicy = Provide[Container.package_policy],
     capacity: Capacity = Provide[Container.capacity],
     metrics: Metrics = Provide[Container.metrics],
+    pool: WarmPool = Provide[Container.warm_pool],
 ) -> Response:
     query = checked_query(request.query_params, PARAMETERS)
     language = parse_language(query.get("language"))
@@ -62,11 +64,12 @@ async def execute_script(
                                   package_policy)
 
     if detach:
+        # A detached script is a managed sandbox (suspend, restore, output kept): cold.
         sandbox = await service.run_detached(language, source, limits, layers)
         return JSONResponse(sandbox.to_dict(), 202,
                             {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
     run = partial(services.execute_script, runtime, language, source, limits,
-                  package_dirs=layers, capacity=capacity, metrics=metrics)
+                  package_dirs=layers, capacity=capacity, metrics=metrics, pool=pool)
     if stream:
         return ExecutionStream(run)
     return JSONResponse((await run()).to_dict())
