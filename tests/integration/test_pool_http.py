@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from e2e.scrape import sample
+
 from integration.server import destroy_leftovers, eventually, ok, serving
 from integration.support import leftovers
 from sandbox.settings import Settings

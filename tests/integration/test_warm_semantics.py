@@ -111,6 +111,9 @@ SCRIPTS = [
     ("open files", PY, "import os\nprint(sorted(os.listdir('/proc/self/fd')))\n"),
     ("a subprocess", PY,
      "import subprocess\nprint(subprocess.run(['sh', '-c', 'echo child; exit 3']).returncode)\n"),
+    ("processes left behind end with the script", PY,
+     "import subprocess\nsubprocess.Popen(['sh', '-c', 'sleep 0.2; echo late'])\n"
+     "subprocess.Popen(['setsid', 'sh', '-c', 'sleep 0.2; echo late too'])\nprint('now')\n"),
     ("pandas", PY,
      "import pandas as pd\nprint(pd.DataFrame({'a': [1, 2, 3]}).describe())\n"),
     ("bash hello", SH, "echo hello from bash\n"),
@@ -119,6 +122,8 @@ SCRIPTS = [
     ("bash stdin", SH, "cat; echo \"read: $?\"\n"),
     ("bash args", SH, "echo \"$0\" \"$#\"\n"),
     ("bash signals", SH, "trap -p\nkill -l 1 >/dev/null && echo ok\n"),
+    ("bash processes left behind end with the script", SH,
+     "(sleep 0.2; echo late) &\nsetsid sh -c 'sleep 0.2; echo late too' &\necho now\n"),
     ("bash syntax error", SH, "echo before\nif then fi\n"),
 ]
 

@@ -157,14 +157,16 @@ class AgentChannel:
         stdin: bool = False,
         main: bool = False,
         control: bool = False,
+        last: bool = False,
     ) -> int:
-        """Start a program; its output goes to `sink`. Returns its tag."""
+        """Start a program; its output goes to `sink`. Returns its tag. With `last`, every
+        other process of the sandbox is killed when it ends (as when an init ends)."""
         tag = MAIN_TAG if main else next(self._tags)
         process = self._track(tag, sink, WINDOW)
         try:
             answer = await self._ask(
                 "spawn", layout.STARTED, timeout_s, tag=tag, argv=argv, cwd=cwd, stdin=stdin,
-                env=[item.encode() for item in env], credit=WINDOW, control=control,
+                env=[item.encode() for item in env], credit=WINDOW, control=control, last=last,
             )
         except BaseException:
             self._forget(process)

@@ -421,7 +421,7 @@ class RunscSandboxRuntime(SandboxRuntime):
                 waiting.sink = warm.RunnerSink()
                 waiting.tag = await supervised.channel.spawn(
                     warm.runner_argv(preimport), supervised.env, oci.WORKDIR, waiting.sink,
-                    AGENT_ANSWER_TIMEOUT_S, control=True,
+                    AGENT_ANSWER_TIMEOUT_S, control=True, last=True,
                 )
                 await warm.until_ready(supervised.channel, waiting.tag, waiting.sink,
                                        AGENT_START_TIMEOUT_S)
@@ -447,7 +447,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         else:
             try:
                 tag = await supervised.channel.spawn(oci.program_argv(program), supervised.env,
-                                                     oci.WORKDIR, sink, AGENT_ANSWER_TIMEOUT_S)
+                                                     oci.WORKDIR, sink, AGENT_ANSWER_TIMEOUT_S,
+                                                     last=True)
             except AgentError as refused:
                 return await _not_started(refused, sink, started)
         try:

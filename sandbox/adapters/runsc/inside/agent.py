@@ -83,6 +83,9 @@ class Proc:
         self.stdin_closing = False
         self.credit = credit
         self.control = control  # our write end of its control pipe (a warm runner), or -1
+        # The sandbox's last process (a warm sandbox's script): when it ends, every other
+        # process ends too, as when the init of a sandbox ends.
+        self.last = False
         self.status: int | None = None
         self.ended_at = 0.0
 
@@ -105,6 +108,9 @@ class Agent:
         self.downloads: dict[int, Download] = {}
         self.uploads: dict[int, tuple[int, str, str]] = {}  # tag -> (fd, part, path)
         self.paused = False
+        # Rounds left of killing every other process (the sandbox's last process ended);
+        # one per turn of the loop, which reaps them in between.
+        self.killing_all = 0
         self.detached = False  # the service's pipes are gone (it died); wait for a restore
         self.reattach_at = 0.0
         self.wake_read, wake_write = os.pipe()
@@ -235,6 +241,7 @@ class Agent:
                 os.set_blocking(fd, False)
         proc = Proc(tag, pid, {out_read: STDOUT, err_read: STDERR}, in_write,
                     int(args.get("credit", 0)), control_write)  # type: ignore[call-overload]
+        proc.last = bool(args.get("last"))
         self.procs[tag] = proc
         self.by_pid[pid] = proc
         self.send(STARTED, tag, STARTED_PAYLOAD.pack(pid))
@@ -301,6 +308,16 @@ class Agent:
             if proc is not None:  # else an orphan the init inherits: reaped, forgotten
                 proc.status = status
                 proc.ended_at = time.monotonic()
+                if proc.last:
+                    self.killing_all = GROUP_KILL_ROUNDS
+
+    def kill_all_others(self) -> None:
+        """SIGKILL every process but the agent, until none is left to signal."""
+        self.killing_all -= 1
+        try:
+            os.kill(-1, _signal.SIGKILL)
+        except ProcessLookupError:
+            self.killing_all = 0
 
     def finish_ended(self, now: float) -> None:
         for proc in list(self.procs.values()):
@@ -497,6 +514,8 @@ class Agent:
             for fd, _event in events:
                 self.on_ready(fd)
             self.reap()
+            if self.killing_all:
+                self.kill_all_others()
             if self.detached and time.monotonic() >= self.reattach_at:
                 self.receive()
 
@@ -524,6 +543,8 @@ class Agent:
             waits.append(0.0)  # a file to read on: no reason to wait
         if self.detached:
             waits.append(self.reattach_at - now)
+        if self.killing_all:
+            return 0
         return None if not waits else max(0, int(min(waits) * 1000) + 1)
 
     def on_ready(self, fd: int) -> None:
