@@ -115,10 +115,6 @@ class WarmPool:
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._profiles)
-
     def sizes(self) -> dict[str, int]:
         """Ready sandboxes per profile."""
         return {state.profile.name: len(state.ready) for state in self._profiles}
