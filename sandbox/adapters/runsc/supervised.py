@@ -31,6 +31,9 @@ class Supervised:
     # Set when the service itself ends it (checkpoint, destroy): its end is then no failure.
     ending: bool = False
     stderr: asyncio.Task[None] | None = field(default=None, repr=False)
+    # The pipe the channel reads: closed here, since a loop may keep a pipe open after its
+    # end (uvloop does, when the reader asks it to at EOF) and then refuse to close itself.
+    stdout: Pipe | None = field(default=None, repr=False)
 
     async def close(self, grace_s: float) -> None:
         """Stop listening and wait (boundedly) for runsc to exit; the caller has ended the
@@ -48,6 +51,8 @@ class Supervised:
             self.stderr.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.stderr
+        if self.stdout is not None:
+            self.stdout.transport.close()
 
 
 async def start_supervised(
@@ -60,7 +65,7 @@ async def start_supervised(
     The caller starts the channel (a new sandbox) or resumes it (a restored one)."""
     process, writer, stdout, stderr = await spawn_with_stdin(argv, stdout_limit=MAX_SYNC_SCAN)
     channel = AgentChannel(sandbox_id, writer, stdout.reader, on_broken)
-    supervised = Supervised(sandbox_id, process, channel, env)
+    supervised = Supervised(sandbox_id, process, channel, env, stdout=stdout)
     supervised.stderr = asyncio.create_task(_log_stderr(sandbox_id, stderr))
     return supervised
 
