@@ -98,7 +98,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         rest. Only the readers of the pipes end here."""
         self._memory_watch.close()
         for sandbox_id in list(self._supervised):
-            await self._supervised.pop(sandbox_id).channel.close()
+            await self._supervised.pop(sandbox_id).stop_listening()
 
     @property
     def identity(self) -> dict[str, str]:

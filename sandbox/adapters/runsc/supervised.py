@@ -47,6 +47,11 @@ class Supervised:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await self.process.wait()
+        await self.stop_listening()
+
+    async def stop_listening(self) -> None:
+        """Let go of its pipes; the sandbox itself runs on (the server is going away)."""
+        await self.channel.close()
         if self.stderr is not None:
             self.stderr.cancel()
             with contextlib.suppress(asyncio.CancelledError):
