@@ -36,6 +36,7 @@ from sandbox.domain.metrics import Metrics
 from sandbox.domain.model import SandboxState
 from sandbox.domain.packages import PackagePolicy
 from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
+from sandbox.domain.warm_pool import PoolTuning, WarmPool
 from sandbox.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -65,17 +66,20 @@ def _lifecycle_policy(settings: Settings) -> LifecyclePolicy:
     return settings.lifecycle_policy()
 
 
-async def layers_held(store: SandboxStore) -> list[str]:
-    """The package layers of the sandboxes that can still run."""
-    return [layer for sandbox in await store.list() if sandbox.state in LAYER_HOLDING_STATES
-            for layer in sandbox.package_dirs]
+async def layers_held(store: SandboxStore, pinned: set[str] | None = None) -> list[str]:
+    """The package layers of the sandboxes that can still run, and those the warm pools
+    mount (`pinned`)."""
+    recorded = [layer for sandbox in await store.list() if sandbox.state in LAYER_HOLDING_STATES
+                for layer in sandbox.package_dirs]
+    return [*recorded, *(pinned or ())]
 
 
 def _pip_installer(
-    settings: Settings, store: SandboxStore, metrics: Metrics, capacity: Capacity
+    settings: Settings, store: SandboxStore, metrics: Metrics, capacity: Capacity,
+    pinned: set[str],
 ) -> PackageInstaller:
-    return PipPackageInstaller(settings, in_use=partial(layers_held, store), metrics=metrics,
-                               capacity=capacity)
+    return PipPackageInstaller(settings, in_use=partial(layers_held, store, pinned),
+                               metrics=metrics, capacity=capacity)
 
 
 async def _opened(adapter: T) -> AsyncIterator[T]:
@@ -106,6 +110,21 @@ def _output_log(settings: Settings) -> OutputLog:
     return FileOutputLog(settings.state_dir / "outputs")
 
 
+def _warm_pool(
+    settings: Settings,
+    runtime: SandboxRuntime,
+    capacity: Capacity,
+    metrics: Metrics,
+    installer: PackageInstaller,
+    pinned: set[str],
+) -> WarmPool:
+    return WarmPool(
+        runtime, settings.pool_profiles(), settings.default_limits(), settings.pool_modules(),
+        capacity, metrics, installer,
+        PoolTuning(refill_concurrency=settings.pool_refill_concurrency), pinned_layers=pinned,
+    )
+
+
 async def _served(
     runtime: SandboxRuntime,
     store: SandboxStore,
@@ -117,21 +136,27 @@ async def _served(
     installer: PackageInstaller,
     package_policy: PackagePolicy,
     database: object,
+    pool: WarmPool,
 ) -> AsyncIterator[Sandboxes]:
     """What the use cases share, reconciled with the host before the first request and reaped
-    in the background until shutdown. `database` is only held: the store reaches it through a
-    Selector, which the container's shutdown order does not see, and the use cases must shut
-    down (suspending what runs, writing records) before the database does."""
+    in the background until shutdown; the warm pools fill once the reconcile has removed what
+    a crash left (pooled sandboxes included), and are emptied first on the way out.
+    `database` is only held: the store reaches it through a Selector, which the container's
+    shutdown order does not see, and the use cases must shut down (suspending what runs,
+    writing records) before the database does."""
     sandboxes = Sandboxes(runtime, store, outputs, policy, capacity=capacity, metrics=metrics,
-                          installer=installer, package_policy=package_policy)
+                          installer=installer, package_policy=package_policy, pool=pool)
     reconciled = await _reconciled(sandboxes)
-    reaper = asyncio.create_task(_reap_forever(sandboxes, reap_interval_s, reconciled))
+    if reconciled:
+        await pool.start()
+    reaper = asyncio.create_task(_reap_forever(sandboxes, reap_interval_s, reconciled, pool))
     try:
         yield sandboxes
     finally:
         reaper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
+        await pool.close()
         await shutdown.shut_down(sandboxes)
 
 
@@ -146,11 +171,15 @@ async def _reconciled(sandboxes: Sandboxes) -> bool:
     return True
 
 
-async def _reap_forever(sandboxes: Sandboxes, interval_s: float, reconciled: bool) -> None:
+async def _reap_forever(
+    sandboxes: Sandboxes, interval_s: float, reconciled: bool, pool: WarmPool
+) -> None:
     while True:
         await asyncio.sleep(interval_s)
         if not reconciled:
             reconciled = await _reconciled(sandboxes)
+            if reconciled:
+                await pool.start()
             continue
         try:
             await reaping.reap(sandboxes)
@@ -192,6 +221,9 @@ class Container(containers.DeclarativeContainer):
     )
 
     runtime = providers.Resource(_opened, runtime_adapter)
+
+    # Package layers the warm pools mount: the installer's cache must not evict them.
+    pinned_layers: providers.Singleton[set[str]] = providers.Singleton(set)
 
     # Shared state: SQLite in the state folder for one instance (both runtimes: the fake's
     # tests prove records survive a restart), PostgreSQL when SANDBOX_DATABASE_URL names one
@@ -246,8 +278,13 @@ class Container(containers.DeclarativeContainer):
             settings.provided.runtime,
             fake=providers.Singleton(FakePackageInstaller, metrics=metrics,
                                      policy=package_policy),
-            runsc=providers.Singleton(_pip_installer, settings, store, metrics, capacity),
+            runsc=providers.Singleton(_pip_installer, settings, store, metrics, capacity,
+                                      pinned_layers),
         ),
+    )
+
+    warm_pool = providers.Singleton(
+        _warm_pool, settings, runtime, capacity, metrics, package_installer, pinned_layers,
     )
 
     # Resources are started after the resources they depend on and shut down before them, so
@@ -264,4 +301,5 @@ class Container(containers.DeclarativeContainer):
         installer=package_installer,
         package_policy=package_policy,
         database=database,
+        pool=warm_pool,
     )

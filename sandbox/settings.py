@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy
 from sandbox.domain.model import Limits
 from sandbox.domain.packages import PackagePolicy
+from sandbox.domain.pool_profiles import PoolProfile, parse_modules, parse_pool
 
 
 class SettingsError(ValueError):
@@ -147,6 +148,12 @@ class Settings:
     database_url: str = field(default="", repr=False)
     # This instance's name in leases; ignored when settings are compared.
     instance_id: str = field(default_factory=default_instance_id, compare=False)
+    # Warm pools (see sandbox/domain/pool_profiles.py for the grammar); empty: none.
+    pool: str = "python:2,bash:1"
+    # Modules a warm Python sandbox has imported before its request arrives.
+    pool_preimport: str = "numpy,pandas"
+    # Warm sandboxes started at once while the pools refill.
+    pool_refill_concurrency: int = 1
 
     def __post_init__(self, api_tokens: str) -> None:
         problems = self._auth_problems(api_tokens)
@@ -179,6 +186,7 @@ class Settings:
         problems.extend(self._package_problems())
         problems.extend(self._browser_problems())
         problems.extend(self._shared_state_problems())
+        problems.extend(self._pool_problems())
         if problems:
             raise SettingsError("; ".join(problems))
 
@@ -278,6 +286,31 @@ class Settings:
         except ValueError as error:
             problems.append(f"SANDBOX_PACKAGES_ALLOW/SANDBOX_PACKAGES_DENY: {error}")
         return problems
+
+    def _pool_problems(self) -> list[str]:
+        problems = []
+        try:
+            profiles = self.pool_profiles()
+        except ValueError as error:
+            return [f"SANDBOX_POOL: {error}"]
+        for profile in profiles:
+            memory = profile.memory_mb or self.default_memory_mb
+            if memory > min(self.max_memory_mb, self.max_total_memory_mb):
+                problems.append(f"SANDBOX_POOL: {profile.name} asks for more memory than "
+                                "SANDBOX_MAX_MEMORY_MB or SANDBOX_MAX_TOTAL_MEMORY_MB")
+        try:
+            self.pool_modules()
+        except ValueError as error:
+            problems.append(f"SANDBOX_POOL_PREIMPORT: {error}")
+        if self.pool_refill_concurrency <= 0:
+            problems.append("SANDBOX_POOL_REFILL_CONCURRENCY must be positive")
+        return problems
+
+    def pool_profiles(self) -> tuple[PoolProfile, ...]:
+        return parse_pool(self.pool, self.package_policy())
+
+    def pool_modules(self) -> tuple[str, ...]:
+        return parse_modules(self.pool_preimport)
 
     def find_links(self) -> list[str]:
         return [link.strip() for link in self.pip_find_links.split(",") if link.strip()]

@@ -1,4 +1,5 @@
-"""Benchmark: `POST /execute` through the service against a bare `runsc run` of the same script.
+"""Benchmark: `POST /execute` through the service against a bare `runsc run` of the same script,
+and the warm pools against native Python in the same rootfs (`bench_pool.py`).
 
 A benchmark, not a test: it prints a table and never fails on the figures. It needs root,
 runsc and the rootfs (`make bench` sets them up) and talks to the server over loopback only.
@@ -27,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import bench_pool
 import httpx
 import structlog
 import uvicorn
@@ -104,7 +106,10 @@ def bench_environ(state_dir: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_server(state_dir: Path, log_path: Path, wheels: Path) -> Iterator[str]:
+def running_server(
+    state_dir: Path, log_path: Path, wheels: Path, pool: str = "", preimport: str | None = None
+) -> Iterator[str]:
+    """A server; without `pool`, one with no warm pool (every call takes the cold path)."""
     port = free_port()
     env = {
         **bench_environ(state_dir),
@@ -114,6 +119,8 @@ def running_server(state_dir: Path, log_path: Path, wheels: Path) -> Iterator[st
         # Packages come from a local folder of handmade wheels: no index, no network.
         "SANDBOX_PIP_FIND_LINKS": str(wheels),
         "SANDBOX_PIP_NO_INDEX": "true",
+        "SANDBOX_POOL": pool,
+        **({"SANDBOX_POOL_PREIMPORT": preimport} if preimport is not None else {}),
     }
     with log_path.open("wb") as log:
         server = subprocess.Popen(
@@ -406,6 +413,53 @@ def measure_checkpoint_removal(runtime: RunscSandboxRuntime, settings: Settings)
     print(f"removing a {CHECKPOINT_MIB} MiB checkpoint folder, worst lag of the event loop:")
     for name, lag in lags.items():
         print(f"  {name}: {lag:.1f} ms")
+def measure_cold(
+    tmp: Path, wheels: Path, runtime: RunscSandboxRuntime, settings: Settings,
+    args: argparse.Namespace,
+) -> list[Case]:
+    """The cold path (a server without pools) against bare runsc, and package layers."""
+    cases = []
+    with running_server(tmp / "server", tmp / "server.log", wheels) as base_url:
+        for concurrency in (1, args.concurrency):
+            for language in SCRIPTS:
+                service = service_work(base_url, language)
+                raw = raw_work(runtime, settings, language)
+                if concurrency == 1:
+                    service(WARMUP)
+                    raw(WARMUP)
+                print(f"measuring {language.value} with concurrency {concurrency}...",
+                      flush=True)
+                cases.append(Case(language, concurrency,
+                                  measure(service, args.runs, concurrency),
+                                  measure(raw, args.runs, concurrency)))
+        report(cases, args.runs, settings, runsc_version(runtime))
+        measure_packages(base_url, args.runs)
+    return cases
+
+
+def measure_pools(
+    tmp: Path, wheels: Path, settings: Settings, args: argparse.Namespace, raw_p50_ms: float
+) -> None:
+    """P2, P8, refill and the cold path beside a pool on the default pools; then the idle
+    cost of each kind of pooled sandbox, each alone in a server of its own."""
+    figures: list[bench_pool.Figure] = []
+    print("measuring the warm pools...", flush=True)
+    with running_server(tmp / "pool", tmp / "pool.log", wheels, "python:2,bash:1") as base_url, \
+            httpx.Client(base_url=base_url, timeout=CALL_TIMEOUT_S) as client:
+        figures += bench_pool.latency_figures(client, settings.rootfs_dir, args.warm_runs)
+        figures += bench_pool.refill_figures(client, 2)
+        bench_pool.wait_full(client, "python", 2)
+        figures.append(bench_pool.cold_beside_pool(client, args.warm_runs, raw_p50_ms,
+                                                   GOAL_P50_RATIO))
+    for name, pool, preimport in (("python, pandas imported", "python:2", None),
+                                  ("python, nothing imported", "python:2", ""),
+                                  ("bash", "bash:2", None)):
+        state = tmp / f"idle-{pool}-{preimport}"
+        with running_server(state, tmp / "idle.log", wheels, pool, preimport) as base_url, \
+                httpx.Client(base_url=base_url, timeout=CALL_TIMEOUT_S) as client:
+            bench_pool.wait_full(client, pool.split(":")[0], 2)
+            figures.append(bench_pool.idle_figure(name, state, CGROUP_PARENT))
+    bench_pool.report(figures)
 
 
 def runsc_version(runtime: RunscSandboxRuntime) -> str:
@@ -430,6 +484,10 @@ def parse_args() -> argparse.Namespace:
                         help="calls per case (default 30)")
     parser.add_argument("--concurrency", type=count(2, 32), default=4,
                         help="clients in the concurrent cases (default 4)")
+    parser.add_argument("--pools-only", action="store_true",
+                        help="only the warm-pool figures (bare runsc still timed for one)")
+    parser.add_argument("--warm-runs", type=count(1, 1000), default=15,
+                        help="calls per warm-pool figure, each on a full pool (default 15)")
     return parser.parse_args()
 
 
@@ -443,32 +501,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sandbox-bench-") as tmp:
         settings = Settings.from_env(bench_environ(Path(tmp, "raw")))
         runtime = RunscSandboxRuntime(settings)
-        cases = []
         try:
             # Started before the server, so that whichever clears leftovers when it starts
             # meets no live sandbox of the other.
             asyncio.run(runtime.start())
             wheels = Path(tmp, "wheels")
             write_bench_wheels(wheels)
-            with running_server(Path(tmp, "server"), Path(tmp, "server.log"),
-                                wheels) as base_url:
-                for concurrency in (1, args.concurrency):
-                    for language in SCRIPTS:
-                        service = service_work(base_url, language)
-                        raw = raw_work(runtime, settings, language)
-                        if concurrency == 1:
-                            service(WARMUP)
-                            raw(WARMUP)
-                        print(f"measuring {language.value} with concurrency {concurrency}...",
-                              flush=True)
-                        cases.append(Case(language, concurrency,
-                                          measure(service, args.runs, concurrency),
-                                          measure(raw, args.runs, concurrency)))
-                report(cases, args.runs, settings, runsc_version(runtime))
-                measure_packages(base_url, args.runs)
-            asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
-            measure_checkpoint_removal(runtime, settings)
-        except BenchError as error:
+            if args.pools_only:
+                raw_python = raw_work(runtime, settings, Language.PYTHON)
+                raw_python(WARMUP)
+                raw_p50_ms = measure(raw_python, args.runs, 1).percentile_ms(0.5)
+            else:
+                cases = measure_cold(Path(tmp), wheels, runtime, settings, args)
+                raw_p50_ms = next(case.raw for case in cases if case.language is Language.PYTHON
+                                  and case.concurrency == 1).percentile_ms(0.5)
+            measure_pools(Path(tmp), wheels, settings, args, raw_p50_ms)
+        except (BenchError, bench_pool.PoolBenchError) as error:
+            if not args.pools_only:
+                asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
+                measure_checkpoint_removal(runtime, settings)
             print(f"bench: {error}", file=sys.stderr)
             return 1
         finally:

@@ -87,6 +87,14 @@ class FakeSandboxRuntime(SandboxRuntime):
         self.problems: list[str] = []
         # The host the fake pretends to run on: tests set False for one without cgroups.
         self.cgroups = True
+        # Warm sandboxes: their language while unused; the scripts they ran; what tests steer
+        # (starts that fail, starts held until released).
+        self.warm: dict[str, Language] = {}
+        self.warm_runs: list[tuple[str, Program]] = []
+        self.warm_starts: list[SandboxSpec] = []
+        self.failing_warm_starts = 0
+        self.warm_gate = asyncio.Event()
+        self.warm_gate.set()
 
     def program(self, source: bytes, behaviour: FakeBehaviour) -> None:
         self._programmed[source] = behaviour
@@ -167,6 +175,9 @@ class FakeSandboxRuntime(SandboxRuntime):
         self, sandbox_id: str, program: Program, sink: OutputSink, stdin: bytes, timeout_s: float
     ) -> Outcome:
         self._running(sandbox_id)
+        return await self._play_within(program, sink, timeout_s)
+
+    async def _play_within(self, program: Program, sink: OutputSink, timeout_s: float) -> Outcome:
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s):
@@ -174,6 +185,26 @@ class FakeSandboxRuntime(SandboxRuntime):
         except TimeoutError:
             return Outcome(exit_code=None, timed_out=True, duration_ms=_ms_since(started))
         return Outcome(exit_code=exit_code, oom_killed=oom, duration_ms=_ms_since(started))
+
+    async def start_warm(
+        self, spec: SandboxSpec, language: Language, preimport: tuple[str, ...]
+    ) -> None:
+        self.warm_starts.append(spec)
+        await self.warm_gate.wait()
+        if self.failing_warm_starts > 0:
+            self.failing_warm_starts -= 1
+            raise RuntimeFailure("the fake was told to fail this warm start")
+        self._launch(spec, Program(language=None, argv=("idle",)), _Nowhere(), files={})
+        self.warm[spec.sandbox_id] = language
+
+    async def run_warm(
+        self, sandbox_id: str, program: Program, sink: OutputSink, timeout_s: float
+    ) -> Outcome:
+        self._running(sandbox_id)
+        if self.warm.pop(sandbox_id, None) is not program.language:
+            raise RuntimeFailure(f"sandbox {sandbox_id} is not warm for {program.language}")
+        self.warm_runs.append((sandbox_id, program))
+        return await self._play_within(program, sink, timeout_s)
 
     async def checkpoint(self, sandbox_id: str) -> str:
         sandbox = self._running(sandbox_id)
@@ -195,6 +226,7 @@ class FakeSandboxRuntime(SandboxRuntime):
         self._images.pop(f"fake-image-{sandbox_id}", None)
 
     async def _stop(self, sandbox_id: str) -> None:
+        self.warm.pop(sandbox_id, None)
         sandbox = self._sandboxes.pop(sandbox_id, None)
         self.live.discard(sandbox_id)
         if sandbox is not None and not sandbox.init.done():
@@ -251,6 +283,9 @@ async def _chunks_of(data: bytes) -> AsyncIterator[bytes]:
     for start in range(0, len(data), FILE_CHUNK_BYTES):
         yield bytes(view[start:start + FILE_CHUNK_BYTES])
         await asyncio.sleep(0)  # as a real transfer would, it lets others run between chunks
+class _Nowhere(OutputSink):
+    async def write(self, stream: Stream, data: bytes) -> None:
+        return None
 
 
 async def _idle() -> tuple[int | None, bool]:

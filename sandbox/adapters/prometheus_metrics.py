@@ -8,12 +8,21 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from sandbox.domain.metrics import CapacityLimit, ExecutionKind, LayerResult, Metrics, Verdict
+from sandbox.domain.metrics import (
+    CapacityLimit,
+    ExecutionKind,
+    LayerResult,
+    Metrics,
+    PoolMiss,
+    Verdict,
+)
 
 # Seconds: from a 5 ms answer to a script that runs for its whole 5 minutes.
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _EXECUTION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _CHECKPOINT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A warm sandbox takes from half a second (Bash) to seconds (Python importing pandas).
+_REFILL_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 10, 30, 60)
 
 
 class PrometheusMetrics(Metrics):
@@ -46,6 +55,20 @@ class PrometheusMetrics(Metrics):
         self._layers = Counter(
             "sandbox_package_layer_requests", "Package layers asked for, by how they were had",
             ["result"], registry=registry)
+        self._pool_hits = Counter(
+            "sandbox_pool_hits", "Requests served by a warm sandbox", ["profile"],
+            registry=registry)
+        self._pool_misses = Counter(
+            "sandbox_pool_misses", "Requests that found no warm sandbox and ran cold",
+            ["reason"], registry=registry)
+        self._pool_ready = Gauge(
+            "sandbox_pool_ready", "Warm sandboxes ready now", ["profile"], registry=registry)
+        self._pool_refill_seconds = Histogram(
+            "sandbox_pool_refill_seconds", "Time to start one warm sandbox", ["profile"],
+            buckets=_REFILL_BUCKETS, registry=registry)
+        self._pool_refill_failures = Counter(
+            "sandbox_pool_refill_failures", "Warm sandboxes that failed to start", ["profile"],
+            registry=registry)
         self._capacity_executions = Gauge(
             "sandbox_capacity_executions", "Ephemeral executions holding a place now",
             registry=registry)
@@ -73,6 +96,21 @@ class PrometheusMetrics(Metrics):
 
     def package_layer_requested(self, result: LayerResult) -> None:
         self._layers.labels(result=result).inc()
+
+    def pool_hit(self, profile: str) -> None:
+        self._pool_hits.labels(profile=profile).inc()
+
+    def pool_missed(self, reason: PoolMiss) -> None:
+        self._pool_misses.labels(reason=reason).inc()
+
+    def pool_size(self, profile: str, ready: int) -> None:
+        self._pool_ready.labels(profile=profile).set(ready)
+
+    def pool_refilled(self, profile: str, seconds: float) -> None:
+        self._pool_refill_seconds.labels(profile=profile).observe(seconds)
+
+    def pool_refill_failed(self, profile: str) -> None:
+        self._pool_refill_failures.labels(profile=profile).inc()
 
     # The HTTP entrypoint's ---------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import math
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 import structlog
@@ -49,6 +49,9 @@ class Capacity:
         self._tokens = itertools.count()
         # Woken at every release, to look again whether they fit now.
         self._waiters: set[asyncio.Future[None]] = set()
+        # Admissions waiting for memory now, and who frees memory held ahead of demand.
+        self._short_of_memory = 0
+        self._reclaim: Callable[[int], None] | None = None
 
     @property
     def executions(self) -> int:
@@ -89,6 +92,20 @@ class Capacity:
         self.release(holder)
         await self._admit(holder, memory_mb, "sandbox")
 
+    def try_reserve(self, holder: str, memory_mb: int) -> bool:
+        """Memory held ahead of demand (a warm pool): taken only when it is free now and no
+        request waits for memory, so that it never delays one."""
+        if self._short_of_memory or self.memory_mb + memory_mb > self.memory_budget_mb:
+            return False
+        self._memory[holder] = memory_mb
+        self._kinds[holder] = "sandbox"
+        return True
+
+    def reclaim_with(self, reclaim: Callable[[int], None] | None) -> None:
+        """`reclaim(shortfall_mb)` is called when an admission finds too little memory: it
+        starts freeing memory held ahead of demand (releasing it as it goes)."""
+        self._reclaim = reclaim
+
     def release(self, holder: str) -> None:
         """Idempotent: releasing what is not held does nothing."""
         if self._memory.pop(holder, None) is None:
@@ -121,8 +138,12 @@ class Capacity:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s
         while (full := self._full(memory_mb, kind)) is not None:
+            short = full == "memory"
+            if short and self._reclaim is not None:
+                self._reclaim(self.memory_mb + memory_mb - self.memory_budget_mb)
             freed = loop.create_future()
             self._waiters.add(freed)
+            self._short_of_memory += short
             try:
                 async with asyncio.timeout_at(deadline):
                     await freed
@@ -130,6 +151,7 @@ class Capacity:
                 pass
             finally:
                 self._waiters.discard(freed)
+                self._short_of_memory -= short
             if loop.time() >= deadline and (full := self._full(memory_mb, kind)):
                 raise self.refusal(full, self._message(full, memory_mb))
         self._memory[holder] = memory_mb

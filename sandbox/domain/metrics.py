@@ -12,6 +12,9 @@ ExecutionKind = Literal["execute", "exec"]
 Verdict = Literal["ok", "failed", "timed_out", "oom"]
 CapacityLimit = Literal["executions", "calls", "memory", "running_sandboxes", "package_builds"]
 LayerResult = Literal["hit", "built", "failed"]
+# Why a request found no warm sandbox: pools off, the pool not running (starting, stopping),
+# no profile fits the request, or its profile has none ready.
+PoolMiss = Literal["disabled", "stopped", "no_profile", "empty"]
 
 
 class Metrics(abc.ABC):
@@ -33,6 +36,23 @@ class Metrics(abc.ABC):
     @abc.abstractmethod
     def package_layer_requested(self, result: LayerResult) -> None: ...
 
+    # Warm pools, per profile (`python`, `python@1024`, ...).
+
+    @abc.abstractmethod
+    def pool_hit(self, profile: str) -> None: ...
+
+    @abc.abstractmethod
+    def pool_missed(self, reason: PoolMiss) -> None: ...
+
+    @abc.abstractmethod
+    def pool_size(self, profile: str, ready: int) -> None: ...
+
+    @abc.abstractmethod
+    def pool_refilled(self, profile: str, seconds: float) -> None: ...
+
+    @abc.abstractmethod
+    def pool_refill_failed(self, profile: str) -> None: ...
+
 
 class NoMetrics(Metrics):
     def execution_finished(self, kind: ExecutionKind, verdict: Verdict, seconds: float) -> None:
@@ -48,6 +68,21 @@ class NoMetrics(Metrics):
         return None
 
     def package_layer_requested(self, result: LayerResult) -> None:
+        return None
+
+    def pool_hit(self, profile: str) -> None:
+        return None
+
+    def pool_missed(self, reason: PoolMiss) -> None:
+        return None
+
+    def pool_size(self, profile: str, ready: int) -> None:
+        return None
+
+    def pool_refilled(self, profile: str, seconds: float) -> None:
+        return None
+
+    def pool_refill_failed(self, profile: str) -> None:
         return None
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from sandbox.domain.model import (
     FileEntry,
+    Language,
     Outcome,
     Program,
     Sandbox,
@@ -139,6 +140,25 @@ class SandboxRuntime(abc.ABC):
 
     @abc.abstractmethod
     async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]: ...
+
+    # Warm sandboxes (pools): started before any request, each runs one script and is then
+    # destroyed by its owner.
+
+    @abc.abstractmethod
+    async def start_warm(
+        self, spec: SandboxSpec, language: Language, preimport: tuple[str, ...]
+    ) -> None:
+        """Start a sandbox that will run one script of `language` as soon as it is given (for
+        Python, an interpreter with the modules `preimport` imported, waiting); return once it
+        is ready. On a failure, or when cancelled, nothing of it is left."""
+
+    @abc.abstractmethod
+    async def run_warm(
+        self, sandbox_id: str, program: Program, sink: OutputSink, timeout_s: float
+    ) -> Outcome:
+        """Run the script in a sandbox `start_warm` made for its language, with what `run`
+        promises a script in a new sandbox (the same output, exit code and verdicts; ended
+        after `timeout_s`). The sandbox is spent afterwards; its owner destroys it."""
 
     @abc.abstractmethod
     async def running_ids(self) -> set[str]:

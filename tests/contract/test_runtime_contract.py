@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from sandbox.domain.errors import FileNotFoundInSandbox, PayloadTooLarge
+from sandbox.domain.errors import FileNotFoundInSandbox, PayloadTooLarge, RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN, new_sandbox_id
 from sandbox.domain.lifecycle.execution import run_script
-from sandbox.domain.model import IDLE, Language, SandboxSpec, Stream
+from sandbox.domain.model import IDLE, Language, Limits, Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.output import OutputCapture
 from sandbox.domain.ports import FILE_CHUNK_BYTES, OutputSink, SandboxRuntime
 from sandbox.settings import Settings
 
@@ -143,6 +144,72 @@ async def test_the_identity_names_the_rootfs(runtime: SandboxRuntime) -> None:
 
     assert isinstance(identity.get("rootfs"), str)
     assert identity["rootfs"] != ""
+
+
+# Warm sandboxes: started ahead, then given one script.
+
+
+async def run_warm(
+    runtime: SandboxRuntime, language: Language, source: bytes, limits: Limits = LIMITS
+) -> tuple[Outcome, str, str]:
+    spec = SandboxSpec(sandbox_id=new_sandbox_id(), limits=limits)
+    await runtime.start_warm(spec, language, ())
+    try:
+        capture = OutputCapture(limits.output_bytes)
+        outcome = await runtime.run_warm(spec.sandbox_id, Program.script(language, source),
+                                         capture, limits.timeout_s)
+        await capture.close()
+    finally:
+        await runtime.destroy(spec.sandbox_id)
+    return (outcome, capture.captured(Stream.STDOUT).text,
+            capture.captured(Stream.STDERR).text)
+
+
+@pytest.mark.parametrize(
+    ("language", "source"),
+    [
+        (Language.PYTHON,
+         b'import sys\nprint("out")\nprint("err", file=sys.stderr)\nsys.exit(3)\n'),
+        (Language.BASH, b"echo out\necho err >&2\nexit 3\n"),
+    ],
+    ids=["python", "bash"],
+)
+async def test_a_warm_sandbox_runs_its_script_as_a_new_one_would(
+    runtime: SandboxRuntime, language: Language, source: bytes
+) -> None:
+    cold = await run_script(runtime, language, source, LIMITS)
+
+    outcome, stdout, stderr = await run_warm(runtime, language, source)
+
+    assert (outcome.exit_code, stdout, stderr) == (
+        cold.outcome.exit_code, cold.stdout.text, cold.stderr.text)
+    assert (outcome.exit_code, stdout, stderr) == (3, "out\n", "err\n")
+    assert outcome.timed_out is False
+    assert outcome.oom_killed is False
+
+
+async def test_a_warm_script_past_its_timeout_is_timed_out(runtime: SandboxRuntime) -> None:
+    source = b'import time\nprint("before")\ntime.sleep(5)\nprint("after")\n'
+
+    outcome, stdout, _ = await run_warm(runtime, Language.PYTHON, source,
+                                        dataclasses.replace(LIMITS, timeout_s=0.5))
+
+    assert outcome.timed_out is True
+    assert outcome.exit_code is None
+    assert stdout == "before\n"
+
+
+async def test_a_warm_sandbox_refuses_a_script_of_another_language(
+    runtime: SandboxRuntime,
+) -> None:
+    spec = SandboxSpec(sandbox_id=new_sandbox_id(), limits=LIMITS)
+    await runtime.start_warm(spec, Language.BASH, ())
+    try:
+        with pytest.raises(RuntimeFailure):
+            await runtime.run_warm(spec.sandbox_id, Program.script(Language.PYTHON, b""),
+                                   OutputCapture(100), 5)
+    finally:
+        await runtime.destroy(spec.sandbox_id)
 
 
 # Files in a long-lived sandbox, moved in chunks ---------------------------------------------
@@ -282,3 +349,15 @@ async def test_the_limit_layers_name_every_limit_and_hold_wall_time_on_the_serve
                            "wall_time", "output"}
     assert layers["wall_time"] == ["server_timer"]
     assert layers["memory"] != []
+async def test_a_destroyed_warm_sandbox_leaves_nothing_and_runs_nothing(
+    runtime: SandboxRuntime,
+) -> None:
+    spec = SandboxSpec(sandbox_id=new_sandbox_id(), limits=LIMITS)
+    await runtime.start_warm(spec, Language.PYTHON, ())
+
+    await runtime.destroy(spec.sandbox_id)
+
+    assert spec.sandbox_id not in await runtime.leftover_ids()
+    with pytest.raises(RuntimeFailure):
+        await runtime.run_warm(spec.sandbox_id, Program.script(Language.PYTHON, b""),
+                               OutputCapture(100), 5)

@@ -56,7 +56,9 @@ StartService = Callable[..., Service]
 
 
 def fake_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(runtime="fake", state_dir=tmp_path / "state", **overrides)
+    """Without warm pools unless asked (`pool=...`): most tests count the sandboxes a
+    request makes, and a pool makes its own."""
+    return Settings(runtime="fake", state_dir=tmp_path / "state", **{"pool": "", **overrides})
 
 
 def fake_runtime_of(container: Container) -> FakeSandboxRuntime:

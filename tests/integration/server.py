@@ -65,6 +65,8 @@ def server_env(settings: Settings, port: int, **overrides: str) -> dict[str, str
         "SANDBOX_ROOTFS_DIR": str(settings.rootfs_dir),
         "SANDBOX_CGROUP_PARENT": settings.cgroup_parent,
         "SANDBOX_LOG_FORMAT": "json",
+        # No warm pool unless a test asks for one: the others count the sandboxes they make.
+        "SANDBOX_POOL": "",
     })
     env.update(overrides)
     return env

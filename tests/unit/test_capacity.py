@@ -248,3 +248,42 @@ async def test_a_place_is_released_however_the_call_ends() -> None:
             raise RuntimeError("the runtime broke")
 
     assert capacity.calls == 0
+async def test_memory_held_ahead_of_demand_is_taken_only_when_free() -> None:
+    capacity = Capacity(max_executions=4, memory_budget_mb=1000, wait_s=SHORT_WAIT_S)
+
+    taken = [capacity.try_reserve(f"pooled-{index}", 400) for index in range(3)]
+
+    assert taken == [True, True, False]
+    assert capacity.memory_mb == 800
+
+
+async def test_memory_held_ahead_of_demand_gives_way_to_a_request_waiting_for_memory() -> None:
+    capacity = Capacity(max_executions=4, memory_budget_mb=1000, wait_s=60)
+    holder, done = await started(capacity, 800)
+    waiting = asyncio.create_task(capacity.reserve("session", 500))
+    await asyncio.sleep(0.01)
+
+    taken_while_waiting = capacity.try_reserve("pooled", 100)
+    done.set()
+    await holder
+    await waiting
+
+    assert taken_while_waiting is False
+    assert capacity.memory_mb == 500
+
+
+async def test_an_admission_short_of_memory_asks_for_the_shortfall_to_be_reclaimed() -> None:
+    capacity = Capacity(max_executions=4, memory_budget_mb=1000, wait_s=60)
+    assert capacity.try_reserve("pooled", 700)
+    asked: list[int] = []
+
+    def reclaim(shortfall_mb: int) -> None:
+        asked.append(shortfall_mb)
+        asyncio.get_running_loop().call_soon(capacity.release, "pooled")
+
+    capacity.reclaim_with(reclaim)
+    async with capacity.execution(600):
+        admitted_with = capacity.memory_mb
+
+    assert asked == [300]
+    assert admitted_with == 600

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ from sandbox.adapters.postgres.store import PostgresSandboxStore
 from sandbox.adapters.sqlite_leases import SqliteLeaseStore
 from sandbox.containers import Container
 from sandbox.domain.errors import RuntimeFailure
+from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.lifecycle import reaping
 from sandbox.domain.lifecycle.creation import create_session
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
-from sandbox.domain.model import Language, SandboxState
+from sandbox.domain.model import Language, SandboxSpec, SandboxState
 from sandbox.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -209,3 +210,60 @@ async def test_a_database_url_puts_records_leases_and_output_in_postgresql(
 async def resolved(provider: Any) -> Any:
     value = provider()
     return await value if inspect.isawaitable(value) else value
+class RuntimeThatCountsListings(RuntimeThatFailsToList):
+    """Notes how many listings (reconcile attempts) each warm start came after."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(failures)
+        self.listings_at_warm_starts: list[int] = []
+
+    async def start_warm(
+        self, spec: SandboxSpec, language: Language, preimport: tuple[str, ...]
+    ) -> None:
+        self.listings_at_warm_starts.append(self.listings)
+        await super().start_warm(spec, language, preimport)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in time")
+
+
+async def test_the_warm_pool_fills_once_a_reconcile_succeeded_and_empties_at_shutdown(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(runtime="fake", state_dir=tmp_path, reap_interval_s=0.01,
+                        pool="python:2,bash:1")
+    container = Container(settings=settings)
+    runtime = RuntimeThatCountsListings(failures=2)
+    container.runtime_adapter.override(providers.Object(runtime))
+
+    await awaited(container.init_resources())
+    await until(lambda: len(runtime.warm) == 3)
+    await awaited(container.shutdown_resources())
+
+    assert runtime.listings_at_warm_starts == [3, 3, 3]  # none before the reconcile worked
+    assert runtime.live == set()
+
+
+async def test_pooled_sandboxes_a_crash_left_behind_are_removed_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    runtime = FakeSandboxRuntime()
+    left = [SandboxSpec(sandbox_id=new_sandbox_id(), limits=limits()) for _ in range(2)]
+    for spec in left:  # what a server that was killed had in its pool
+        await runtime.start_warm(spec, Language.PYTHON, ())
+    container = Container(settings=Settings(runtime="fake", state_dir=tmp_path, pool="bash:1"))
+    container.runtime_adapter.override(providers.Object(runtime))
+
+    await awaited(container.init_resources())
+    await until(lambda: len(runtime.warm) == 1)
+    after_start = dict(runtime.warm)
+    await awaited(container.shutdown_resources())
+
+    assert list(after_start.values()) == [Language.BASH]
+    assert not {spec.sandbox_id for spec in left} & set(after_start)
+    assert runtime.live == set()

@@ -160,16 +160,18 @@ class AgentChannel:
         main: bool = False,
         control: bool = False,
         forked_script: str | None = None,
+        last: bool = False,
     ) -> int:
         """Start a program; its output goes to `sink`. Returns its tag. With `forked_script`
         (a Python script run as argv would run it), the session's zygote forks it if it
-        can; the agent starts argv otherwise."""
+        can; the agent starts argv otherwise. With `last`, every other process of the
+        sandbox is killed when it ends (as when an init ends)."""
         tag = MAIN_TAG if main else next(self._tags)
         process = self._track(tag, sink, WINDOW)
         try:
             answer = await self._ask(
                 "spawn", layout.STARTED, timeout_s, tag=tag, argv=argv, cwd=cwd, stdin=stdin,
-                env=[item.encode() for item in env], credit=WINDOW, control=control,
+                env=[item.encode() for item in env], credit=WINDOW, control=control, last=last,
                 zygote=forked_script is not None, script=forked_script or "",
             )
         except BaseException:

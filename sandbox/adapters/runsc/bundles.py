@@ -55,15 +55,21 @@ class Bundles:
         input_dir.mkdir(mode=0o755)
         input_dir.chmod(0o755)
         if program.language is not None:
-            script = input_dir / oci.script_name(program.language)
-            script.write_bytes(program.source)
-            script.chmod(0o644)
+            self.write_script(spec.sandbox_id, program)
         config = oci.build_config(spec, program, self.rootfs, input_dir, cgroups_path,
                                   agent_dir)
         _write_private(bundle / "config.json", json.dumps(config))
         memory_bytes = spec.limits.memory_mb * 1024 * 1024
         _write_private(bundle / "limits.json", json.dumps({"memory_bytes": memory_bytes}))
         return bundle
+
+    def write_script(self, sandbox_id: str, program: Program) -> None:
+        """The program's script where its sandbox finds it (read-only inside; a running
+        sandbox sees it at once)."""
+        assert program.language is not None
+        script = self.path(sandbox_id) / "input" / oci.script_name(program.language)
+        script.write_bytes(program.source)
+        script.chmod(0o644)
 
     def exists(self, sandbox_id: str) -> bool:
         return (self.path(sandbox_id) / "config.json").exists()

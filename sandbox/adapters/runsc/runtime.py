@@ -18,7 +18,7 @@ import structlog
 
 from sandbox.adapters import limit_layers
 from sandbox.adapters.private import private_folder, private_tree_files
-from sandbox.adapters.runsc import cgroups, memory, oci
+from sandbox.adapters.runsc import cgroups, memory, oci, warm
 from sandbox.adapters.runsc.agent_channel import MAIN_TAG, AgentError
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
 from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
@@ -27,7 +27,15 @@ from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
 from sandbox.domain.errors import InvalidRequest, RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
-from sandbox.domain.model import FileEntry, Language, Outcome, Program, SandboxSpec, Stream
+from sandbox.domain.model import (
+    IDLE,
+    FileEntry,
+    Language,
+    Outcome,
+    Program,
+    SandboxSpec,
+    Stream,
+)
 from sandbox.domain.ports import OpenedFile, OutputSink, SandboxRuntime
 from sandbox.settings import Settings
 
@@ -74,6 +82,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._live: set[str] = set()
         # The runsc processes and agent channels of managed sandboxes, by id.
         self._supervised: dict[str, Supervised] = {}
+        # Warm sandboxes not yet given their script, by id.
+        self._warm: dict[str, warm.WarmSandbox] = {}
         self._agent_identity = _agent_identity()
         # Holds the memory limit where no cgroup does (started only without cgroups).
         self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
@@ -264,10 +274,13 @@ class RunscSandboxRuntime(SandboxRuntime):
         supervised = self._supervised.get(sandbox_id)
         if supervised is not None:
             supervised.ending = True  # ended by us: its supervisor must not call it a failure
+            # Stop listening first: its pipes closing is then no news worth a warning.
+            await supervised.channel.close()
         await self._runsc.end(sandbox_id)
         if process is not None and process.returncode is None:
             await wait_or_kill(process, KILL_GRACE_S)
         await self._end_supervision(sandbox_id)
+        self._warm.pop(sandbox_id, None)
         await self._remove_bundle(sandbox_id)
         await self._remove_image(self._checkpoints / sandbox_id)
         self._memory_watch.forget(sandbox_id)
@@ -473,6 +486,53 @@ class RunscSandboxRuntime(SandboxRuntime):
             log.error("runsc.exec_kill_failed", sandbox_id=supervised.sandbox_id)
             await self._runsc.kill_all(supervised.sandbox_id)
 
+    # Warm sandboxes: started ahead of a request, spent by one script ----------------------
+
+    async def start_warm(
+        self, spec: SandboxSpec, language: Language, preimport: tuple[str, ...]
+    ) -> None:
+        await self.launch(spec, IDLE, warm.Nowhere())
+        waiting = warm.WarmSandbox(language)
+        try:
+            if language is Language.PYTHON:
+                supervised = self._agent(spec.sandbox_id)
+                waiting.sink = warm.RunnerSink()
+                waiting.tag = await supervised.channel.spawn(
+                    warm.runner_argv(preimport), supervised.env, oci.WORKDIR, waiting.sink,
+                    AGENT_ANSWER_TIMEOUT_S, control=True, last=True,
+                )
+                await warm.until_ready(supervised.channel, waiting.tag, waiting.sink,
+                                       AGENT_START_TIMEOUT_S)
+        except BaseException:
+            await self._destroy(spec.sandbox_id)
+            raise
+        self._warm[spec.sandbox_id] = waiting
+
+    async def run_warm(
+        self, sandbox_id: str, program: Program, sink: OutputSink, timeout_s: float
+    ) -> Outcome:
+        supervised = self._agent(sandbox_id)
+        waiting = self._warm.pop(sandbox_id, None)
+        if waiting is None or waiting.language is not program.language:
+            raise RuntimeFailure(f"sandbox {sandbox_id} is not waiting for a "
+                                 f"{program.language} script")
+        self._bundles.write_script(sandbox_id, program)
+        oom_kills_before = self._cgroups.oom_kills(sandbox_id)
+        started = time.monotonic()
+        if waiting.tag is not None and waiting.sink is not None:
+            tag = waiting.tag
+            await waiting.sink.attach(sink)
+            await supervised.channel.control(tag, warm.GO)
+        else:
+            try:
+                tag = await supervised.channel.spawn(oci.program_argv(program), supervised.env,
+                                                     oci.WORKDIR, sink, AGENT_ANSWER_TIMEOUT_S,
+                                                     last=True)
+            except AgentError as refused:
+                return await _not_started(refused, sink, started)
+        return await self._finish_exec(supervised, tag, b"", timeout_s, started,
+                                       oom_kills_before)
+
     async def checkpoint(self, sandbox_id: str) -> str:
         image = self._checkpoints / checked(sandbox_id)
         await self._remove_image(image)
@@ -489,7 +549,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         if code != 0:
             if supervised is not None:
                 supervised.ending = False
-            shutil.rmtree(image, ignore_errors=True)
+            await self._remove_image(image)
             # runsc ends a sandbox whose image it could not write (a full disk), and may show
             # it as running for a moment: let it settle, so that `running_ids` tells the truth.
             await self._runsc.wait_until_stopped(sandbox_id, FAILED_CHECKPOINT_POLLS)

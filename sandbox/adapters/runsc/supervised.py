@@ -30,6 +30,8 @@ class Supervised:
     main: bool = False
     # Set when the service itself ends it (checkpoint, destroy): its end is then no failure.
     ending: bool = False
+    # The pipe the channel reads: closed here, since a loop may keep a pipe open after its
+    # end (uvloop does, when the reader asks it to at EOF) and then refuse to close itself.
     frames: Pipe | None = field(default=None, repr=False)
     stderr: asyncio.Task[None] | None = field(default=None, repr=False)
 

@@ -11,9 +11,18 @@ from sandbox.domain.capacity import Capacity
 from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.metrics import Metrics, NoMetrics, verdict_of
-from sandbox.domain.model import ExecutionResult, Language, Limits, Program, SandboxSpec, Stream
+from sandbox.domain.model import (
+    ExecutionResult,
+    Language,
+    Limits,
+    Outcome,
+    Program,
+    SandboxSpec,
+    Stream,
+)
 from sandbox.domain.output import ExecutionEvents, OutputCapture
 from sandbox.domain.ports import SandboxRuntime
+from sandbox.domain.warm_pool import WarmLease, WarmPool
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +40,8 @@ async def execute_script(
     before `events.started`."""
     layers = await sandboxes.package_layers(language, source, packages)
     return await run_script(sandboxes.runtime, language, source, limits, events, layers,
-                            capacity=sandboxes.capacity, metrics=sandboxes.metrics)
+                            capacity=sandboxes.capacity, metrics=sandboxes.metrics,
+                            pool=sandboxes.pool)
 
 
 async def run_script(
@@ -44,27 +54,36 @@ async def run_script(
     *,
     capacity: Capacity | None = None,
     metrics: Metrics | None = None,
+    pool: WarmPool | None = None,
 ) -> ExecutionResult:
-    """The run itself, on a runtime. With `capacity`, waits (boundedly) for a place first:
-    AtCapacity is raised before `events.started`, and the place is freed as soon as the
-    sandbox has ended, even while a slow listener still holds its last output."""
+    """The run itself: in a warm sandbox from `pool` when one fits, else in one started for
+    it. With `capacity`, waits (boundedly) for a place first: AtCapacity is raised before
+    `events.started`, and the place is freed as soon as the sandbox has ended, even while a
+    slow listener still holds its last output. A warm sandbox brings its own memory."""
     events = events or ExecutionEvents()
     metrics = metrics or NoMetrics()
-    sandbox_id = new_sandbox_id()
+    lease = pool.take(language, limits, package_dirs) if pool is not None else None
+    sandbox_id = lease.sandbox_id if lease is not None else new_sandbox_id()
     capture = OutputCapture(limits.output_bytes, events.output)
+    memory_mb = 0 if lease is not None else limits.memory_mb
     admitted: contextlib.AbstractAsyncContextManager[None] = (
-        capacity.execution(limits.memory_mb) if capacity else contextlib.nullcontext()
+        capacity.execution(memory_mb) if capacity else contextlib.nullcontext()
     )
-    async with admitted:
-        structlog.contextvars.bind_contextvars(sandbox_id=sandbox_id)
-        await events.started(sandbox_id)
-        log.info("execution.started", language=language.value, timeout_s=limits.timeout_s,
-                 memory_mb=limits.memory_mb, script_bytes=len(source))
-        outcome = await runtime.run(
-            SandboxSpec(sandbox_id=sandbox_id, limits=limits, package_dirs=package_dirs),
-            Program.script(language, source),
-            capture,
-        )
+    started = False
+    try:
+        async with admitted:
+            structlog.contextvars.bind_contextvars(sandbox_id=sandbox_id)
+            await events.started(sandbox_id)
+            log.info("execution.started", language=language.value, timeout_s=limits.timeout_s,
+                     memory_mb=limits.memory_mb, script_bytes=len(source),
+                     warm=lease is not None)
+            started = True
+            outcome = await _run(runtime, pool, lease, SandboxSpec(
+                sandbox_id=sandbox_id, limits=limits, package_dirs=package_dirs,
+            ), Program.script(language, source), capture)
+    finally:
+        if pool is not None and lease is not None and not started:
+            pool.give_back(lease)
     metrics.execution_finished("execute", verdict_of(outcome), outcome.duration_ms / 1000)
     await capture.close()
     result = ExecutionResult(
@@ -78,3 +97,16 @@ async def run_script(
              oom_killed=outcome.oom_killed, duration_ms=outcome.duration_ms,
              stdout_truncated=result.stdout.truncated, stderr_truncated=result.stderr.truncated)
     return result
+
+
+async def _run(
+    runtime: SandboxRuntime,
+    pool: WarmPool | None,
+    lease: WarmLease | None,
+    spec: SandboxSpec,
+    program: Program,
+    capture: OutputCapture,
+) -> Outcome:
+    if pool is not None and lease is not None:
+        return await pool.run(lease, program, capture, spec.limits.timeout_s)
+    return await runtime.run(spec, program, capture)

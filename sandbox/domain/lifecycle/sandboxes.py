@@ -24,6 +24,7 @@ from sandbox.domain.model import Language, Sandbox, SandboxState, can_move
 from sandbox.domain.packages import PackagePolicy, package_layers
 from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
 from sandbox.domain.reasons import Reason
+from sandbox.domain.warm_pool import WarmPool
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Sandboxes:
         metrics: Metrics | None = None,
         installer: PackageInstaller | None = None,
         package_policy: PackagePolicy | None = None,
+        pool: WarmPool | None = None,
     ) -> None:
         self.runtime = runtime
         self.store = store
@@ -64,6 +66,8 @@ class Sandboxes:
         self.metrics = metrics or NoMetrics()
         self.installer = installer
         self.package_policy = package_policy or PackagePolicy()
+        # Warm sandboxes for /execute, when the server keeps any.
+        self.pool = pool
         self.admission = Admission(store, self.capacity, policy.max_running)
         # Calls (execs, file calls) at work in each sandbox: suspend and the reaper wait for
         # none to be at work.

@@ -52,6 +52,7 @@ async def execute_script(
         raise InvalidRequest("the body is empty: send the script as the request body")
 
     if detach:
+        # A detached script is a managed sandbox (suspend, restore, output kept): cold.
         sandbox = await creation.run_detached(sandboxes, language, source, limits, packages)
         return JSONResponse(sandbox.to_dict(), 202,
                             {"Location": f"/sandboxes/{sandbox.sandbox_id}"})

@@ -88,6 +88,9 @@ class Proc:
         self.stdin_closing = False
         self.credit = credit
         self.control = control  # our write end of its control pipe (a warm runner), or -1
+        # The sandbox's last process (a warm sandbox's script): when it ends, every other
+        # process ends too, as when the init of a sandbox ends.
+        self.last = False
         self.status: int | None = None
         self.ended_at = 0.0
         self.forked = False  # a child of the zygote, whose exit the zygote reports
@@ -130,7 +133,9 @@ class Pipes:
         self.child = (their_in, their_out, their_err)
 
     def pair(self, reader_ours: bool = True) -> tuple[int, int]:
-        read, write = os.pipe()
+        # Made as the sandbox user, so that the process may reopen them (/dev/stdout), as it
+        # may the pipes of a script that is the sandbox's init.
+        read, write = as_user(os.pipe)
         mine, other = (read, write) if reader_ours else (write, read)
         self.ours.append(mine)
         self.theirs.append(other)
@@ -165,6 +170,9 @@ class Agent:
         self.downloads: dict[int, Download] = {}
         self.uploads: dict[int, tuple[int, str, str]] = {}  # tag -> (fd, part, path)
         self.paused = False
+        # Rounds left of killing every other process (the sandbox's last process ended);
+        # one per turn of the loop, which reaps them in between.
+        self.killing_all = 0
         self.detached = False  # the service's pipes are gone (it died); wait for a restore
         self.zygote: Zygote | None = None
         # Process groups never signalled for a request: the agent's own, and those of the
@@ -280,6 +288,7 @@ class Agent:
         finally:
             pipes.close_theirs()
         self.track(tag, pid, pipes, int(args.get("credit", 0)))  # type: ignore[call-overload]
+        self.procs[tag].last = bool(args.get("last"))
 
     def track(self, tag: int, pid: int, pipes: Pipes, credit: int) -> None:
         for fd in pipes.ours:
@@ -450,6 +459,16 @@ class Agent:
             if proc is not None:  # else an orphan the init inherits: reaped, forgotten
                 proc.status = status
                 proc.ended_at = time.monotonic()
+                if proc.last:
+                    self.killing_all = GROUP_KILL_ROUNDS
+
+    def kill_all_others(self) -> None:
+        """SIGKILL every process but the agent, until none is left to signal."""
+        self.killing_all -= 1
+        try:
+            os.kill(-1, _signal.SIGKILL)
+        except ProcessLookupError:
+            self.killing_all = 0
 
     def finish_ended(self, now: float) -> None:
         for proc in list(self.procs.values()):
@@ -659,6 +678,8 @@ class Agent:
                 self.on_ready(fd)
             self.reap()
             self.kill_groups()
+            if self.killing_all:
+                self.kill_all_others()
             if self.detached and time.monotonic() >= self.reattach_at:
                 self.receive()
 
@@ -690,6 +711,8 @@ class Agent:
             waits.append(self.reattach_at - now)
         if self.killing:
             waits.append(KILL_ROUND_S)
+        if self.killing_all:
+            return 0
         return None if not waits else max(0, int(min(waits) * 1000) + 1)
 
     def on_ready(self, fd: int) -> None:
