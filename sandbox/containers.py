@@ -17,6 +17,7 @@ from sandbox.adapters.pip_installer import PipPackageInstaller
 from sandbox.adapters.prometheus_metrics import PrometheusMetrics
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.capacity import Capacity
+from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
 from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.metrics import Metrics
@@ -38,6 +39,10 @@ def _runsc_runtime(settings: Settings) -> SandboxRuntime:
 
 def _package_policy(settings: Settings) -> PackagePolicy:
     return settings.package_policy()
+
+
+def _egress_policy(settings: Settings) -> EgressPolicy:
+    return settings.egress_policy()
 
 
 def _pip_installer(
@@ -180,6 +185,9 @@ class Container(containers.DeclarativeContainer):
     )
 
     package_policy = providers.Singleton(_package_policy, settings)
+
+    # The operator's egress allow-list: every sandbox's list must stay within it.
+    egress_policy = providers.Singleton(_egress_policy, settings)
 
     # Resources are started after the resources they depend on and shut down before them, so
     # the service has a started runtime and an open store for as long as it lives.

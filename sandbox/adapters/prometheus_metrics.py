@@ -8,12 +8,20 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from sandbox.domain.metrics import CapacityLimit, ExecutionKind, LayerResult, Metrics, Verdict
+from sandbox.domain.metrics import (
+    CapacityLimit,
+    EgressVerdict,
+    ExecutionKind,
+    LayerResult,
+    Metrics,
+    Verdict,
+)
 
 # Seconds: from a 5 ms answer to a script that runs for its whole 5 minutes.
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _EXECUTION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _CHECKPOINT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_EGRESS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 900)
 
 
 class PrometheusMetrics(Metrics):
@@ -46,6 +54,15 @@ class PrometheusMetrics(Metrics):
         self._layers = Counter(
             "sandbox_package_layer_requests", "Package layers asked for, by how they were had",
             ["result"], registry=registry)
+        self._egress_connections = Counter(
+            "sandbox_egress_connections", "Egress proxy connections, by how they ended",
+            ["verdict"], registry=registry)
+        self._egress_bytes = Counter(
+            "sandbox_egress_bytes", "Bytes relayed by the egress proxy (sent: out of sandboxes)",
+            ["direction"], registry=registry)
+        self._egress_seconds = Histogram(
+            "sandbox_egress_connection_seconds", "How long egress connections lasted",
+            buckets=_EGRESS_BUCKETS, registry=registry)
         self._capacity_executions = Gauge(
             "sandbox_capacity_executions", "Ephemeral executions holding a place now",
             registry=registry)
@@ -70,6 +87,14 @@ class PrometheusMetrics(Metrics):
 
     def package_layer_requested(self, result: LayerResult) -> None:
         self._layers.labels(result=result).inc()
+
+    def egress_connection(
+        self, verdict: EgressVerdict, sent: int, received: int, seconds: float
+    ) -> None:
+        self._egress_connections.labels(verdict=verdict).inc()
+        self._egress_bytes.labels(direction="sent").inc(sent)
+        self._egress_bytes.labels(direction="received").inc(received)
+        self._egress_seconds.observe(seconds)
 
     # The HTTP entrypoint's ---------------------------------------------------------------
 

@@ -93,10 +93,12 @@ class SandboxService:
         source: bytes,
         limits: Limits,
         package_dirs: tuple[str, ...] = (),
+        network_allow: tuple[str, ...] = (),
     ) -> Sandbox:
         """Start a script in a new sandbox and return at once; it runs on, its output kept."""
         return await self._create(SandboxKind.SCRIPT, language, limits, (), None,
-                                  Program.script(language, source), package_dirs)
+                                  Program.script(language, source), package_dirs,
+                                  network_allow)
 
     async def create_session(
         self,
@@ -105,10 +107,11 @@ class SandboxService:
         env: tuple[tuple[str, str], ...] = (),
         idle_timeout_s: float | None = None,
         package_dirs: tuple[str, ...] = (),
+        network_allow: tuple[str, ...] = (),
     ) -> Sandbox:
         """A long-lived sandbox that idles until work arrives with exec."""
         return await self._create(SandboxKind.SESSION, language, limits, env, idle_timeout_s,
-                                  IDLE, package_dirs)
+                                  IDLE, package_dirs, network_allow)
 
     async def _create(
         self,
@@ -119,12 +122,14 @@ class SandboxService:
         idle_timeout_s: float | None,
         program: Program,
         package_dirs: tuple[str, ...],
+        network_allow: tuple[str, ...] = (),
     ) -> Sandbox:
         now = self._clock()
         sandbox = Sandbox(
             sandbox_id=new_sandbox_id(), kind=kind, state=SandboxState.CREATING,
             language=language, limits=limits, created_at=now, updated_at=now, env=env,
             idle_timeout_s=idle_timeout_s, last_activity_at=now, package_dirs=package_dirs,
+            network_allow=network_allow,
         )
         structlog.contextvars.bind_contextvars(sandbox_id=sandbox.sandbox_id)
         async with self._admitted(sandbox), self._lock(sandbox.sandbox_id):

@@ -12,6 +12,13 @@ ExecutionKind = Literal["execute", "exec"]
 Verdict = Literal["ok", "failed", "timed_out", "oom"]
 CapacityLimit = Literal["executions", "memory", "running_sandboxes"]
 LayerResult = Literal["hit", "built", "failed"]
+# How an egress connection ended: relayed to its end; refused by the allow-list, by the
+# address it resolves to, or by a cap; failed upstream (no such name, no answer); a request
+# that is not HTTP; or cut part-way (idle, total time, bytes, suspend or delete).
+EgressVerdict = Literal[
+    "relayed", "refused_policy", "refused_address", "refused_limit", "failed_upstream",
+    "bad_request", "cut_idle", "cut_timeout", "cut_bytes", "cut_interrupted",
+]
 
 
 class Metrics(abc.ABC):
@@ -33,6 +40,11 @@ class Metrics(abc.ABC):
     @abc.abstractmethod
     def package_layer_requested(self, result: LayerResult) -> None: ...
 
+    @abc.abstractmethod
+    def egress_connection(
+        self, verdict: EgressVerdict, sent: int, received: int, seconds: float
+    ) -> None: ...
+
 
 class NoMetrics(Metrics):
     def execution_finished(self, kind: ExecutionKind, verdict: Verdict, seconds: float) -> None:
@@ -48,6 +60,11 @@ class NoMetrics(Metrics):
         return None
 
     def package_layer_requested(self, result: LayerResult) -> None:
+        return None
+
+    def egress_connection(
+        self, verdict: EgressVerdict, sent: int, received: int, seconds: float
+    ) -> None:
         return None
 
 

@@ -36,6 +36,7 @@ async def execute_script(
     *,
     capacity: Capacity | None = None,
     metrics: Metrics | None = None,
+    network_allow: tuple[str, ...] = (),
 ) -> ExecutionResult:
     """Run a script in a fresh sandbox that is gone afterwards, and return its result.
 
@@ -56,7 +57,8 @@ async def execute_script(
         log.info("execution.started", language=language.value, timeout_s=limits.timeout_s,
                  memory_mb=limits.memory_mb, script_bytes=len(source))
         outcome = await runtime.run(
-            SandboxSpec(sandbox_id=sandbox_id, limits=limits, package_dirs=package_dirs),
+            SandboxSpec(sandbox_id=sandbox_id, limits=limits, package_dirs=package_dirs,
+                        network_allow=network_allow),
             Program.script(language, source),
             capture,
         )

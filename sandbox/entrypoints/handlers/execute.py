@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from sandbox.containers import Container
 from sandbox.domain import services
 from sandbox.domain.capacity import Capacity
+from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.limits import LimitPolicy
@@ -19,12 +20,14 @@ from sandbox.domain.metrics import Metrics
 from sandbox.domain.packages import PackagePolicy, package_layers, split_packages_param
 from sandbox.domain.ports import PackageInstaller, SandboxRuntime
 from sandbox.entrypoints.body import read_capped_body
+from sandbox.entrypoints.egress_request import allow_list_from_query
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.query import checked_query, flag, optional_float, optional_int
 from sandbox.entrypoints.streaming import ExecutionStream
 from sandbox.settings import Settings
 
-PARAMETERS = ("language", "timeout", "memory_mb", "stream", "detach", "packages")
+PARAMETERS = ("language", "timeout", "memory_mb", "stream", "detach", "packages",
+              "allow_hosts")
 
 
 @inject
@@ -38,6 +41,7 @@ async def execute_script(
     package_policy: PackagePolicy = Provide[Container.package_policy],
     capacity: Capacity = Provide[Container.capacity],
     metrics: Metrics = Provide[Container.metrics],
+    egress_policy: EgressPolicy = Provide[Container.egress_policy],
 ) -> Response:
     query = checked_query(request.query_params, PARAMETERS)
     language = parse_language(query.get("language"))
@@ -53,6 +57,7 @@ async def execute_script(
             "stream=true and detach=true do not go together; follow a detached script with "
             "GET /sandboxes/{id}/output?follow=true"
         )
+    network_allow = allow_list_from_query(query, egress_policy)
     source = await read_capped_body(request, settings.max_body_bytes)
     if not source:
         raise InvalidRequest("the body is empty: send the script as the request body")
@@ -62,11 +67,12 @@ async def execute_script(
                                   package_policy)
 
     if detach:
-        sandbox = await service.run_detached(language, source, limits, layers)
+        sandbox = await service.run_detached(language, source, limits, layers, network_allow)
         return JSONResponse(sandbox.to_dict(), 202,
                             {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
     run = partial(services.execute_script, runtime, language, source, limits,
-                  package_dirs=layers, capacity=capacity, metrics=metrics)
+                  package_dirs=layers, capacity=capacity, metrics=metrics,
+                  network_allow=network_allow)
     if stream:
         return ExecutionStream(run)
     return JSONResponse((await run()).to_dict())

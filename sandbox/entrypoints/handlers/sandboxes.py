@@ -10,19 +10,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
+from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.lifecycle import SandboxService
 from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.model import Language, SandboxState
 from sandbox.domain.packages import PackagePolicy, package_layers
 from sandbox.domain.ports import PackageInstaller
+from sandbox.entrypoints.egress_request import allow_list_from_json
 from sandbox.entrypoints.json_body import read_json_fields
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.paths import sandbox_id_of
 from sandbox.entrypoints.query import checked_query
 from sandbox.settings import Settings
 
-CREATE_FIELDS = ("language", "timeout", "memory_mb", "env", "idle_timeout", "packages")
+CREATE_FIELDS = ("language", "timeout", "memory_mb", "env", "idle_timeout", "packages",
+                 "network")
 STATES = ", ".join(state.value for state in SandboxState)
 ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_ENV = 64
@@ -36,6 +39,7 @@ async def create_sandbox(
     settings: Settings = Provide[Container.settings],
     installer: PackageInstaller = Provide[Container.package_installer],
     package_policy: PackagePolicy = Provide[Container.package_policy],
+    egress_policy: EgressPolicy = Provide[Container.egress_policy],
 ) -> Response:
     checked_query(request.query_params, ())
     # An empty body asks for every default, so `curl -X POST /sandboxes` is enough.
@@ -50,10 +54,12 @@ async def create_sandbox(
     packages = fields.texts("packages") or []
     if packages and language is not Language.PYTHON:
         raise InvalidRequest("packages can only be installed for Python")
+    network_allow = allow_list_from_json(fields, egress_policy)
     # A running sandbox cannot gain mounts: its packages are installed now, for all its execs.
     layers = await package_layers(installer, None, b"", packages, package_policy)
 
-    sandbox = await service.create_session(language, limits, env, idle_timeout, layers)
+    sandbox = await service.create_session(language, limits, env, idle_timeout, layers,
+                                           network_allow)
     return JSONResponse(sandbox.to_dict(), 201, {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
 
 
