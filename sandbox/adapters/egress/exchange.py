@@ -1,0 +1,124 @@
+"""One connection from a sandbox, from its request to its end. Refusals and cuts are raised
+as `Refused` and `Cut`; the proxy answers, logs and counts them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import h11
+
+from sandbox.adapters.egress.allowance import Allowance, EgressLimits
+from sandbox.adapters.egress.outcome import Refused, Report
+from sandbox.adapters.egress.requests import Incoming, Target, forwarded_headers, target_of
+from sandbox.adapters.egress.resolver import Resolver
+from sandbox.adapters.egress.streams import CHUNK, Activity, Meter, pump, until_done
+from sandbox.domain.egress import EgressPolicy, IPAddress
+
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+# Addresses of one name tried in turn before giving up.
+MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Context:
+    policy: EgressPolicy
+    resolver: Resolver
+    limits: EgressLimits
+    allowance: Allowance
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: Context,
+    report: Report,
+) -> None:
+    activity = Activity(context.limits.idle_timeout_s)
+    incoming = Incoming(reader, activity)
+    request = await incoming.request()
+    target = target_of(request)
+    report.host, report.port = target.host, target.port
+    context.resolver.screen(target.host)
+    if not context.policy.allows(target.host, target.port):
+        raise Refused("refused_policy", f"{target.host}:{target.port} is not in this sandbox's "
+                      f"allow-list ({', '.join(context.policy.entries)[:300]})")
+    addresses = await context.resolver.addresses(target.host, target.port)
+    up_reader, up_writer, address = await _connect(addresses, target, context.limits)
+    report.address = str(address)
+    meter = Meter(report, context.allowance)
+    try:
+        if target.tunnel:
+            await _tunnel(incoming, reader, writer, up_reader, up_writer, meter, activity)
+        else:
+            await _forward(incoming, request, target, writer, up_reader, up_writer, meter,
+                           activity)
+    finally:
+        up_writer.close()
+
+
+async def _connect(
+    addresses: list[IPAddress], target: Target, limits: EgressLimits
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, IPAddress]:
+    why, status = "no address", 502
+    for address in addresses[:MAX_ATTEMPTS]:
+        try:
+            async with asyncio.timeout(limits.connect_timeout_s):
+                up_reader, up_writer = await asyncio.open_connection(
+                    str(address), target.port, limit=2 * CHUNK)
+        except TimeoutError:
+            why, status = f"{address} did not answer in {limits.connect_timeout_s:g} s", 504
+        except OSError as error:
+            why, status = f"{address}: {error.strerror or error}", 502
+        else:
+            return up_reader, up_writer, address
+    raise Refused("failed_upstream", f"cannot connect to {target.host}:{target.port}: {why}",
+                  status)
+
+
+async def _tunnel(
+    incoming: Incoming, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter, meter: Meter,
+    activity: Activity,
+) -> None:
+    early = await incoming.tunnel_start()
+    writer.write(ESTABLISHED)
+    if early:
+        meter.sent(len(early))
+        up_writer.write(early)
+    await until_done(pump(reader, up_writer, meter.sent, activity),
+                     pump(up_reader, writer, meter.received, activity))
+
+
+async def _forward(
+    incoming: Incoming, request: h11.Request, target: Target, writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter, meter: Meter,
+    activity: Activity,
+) -> None:
+    """One plain-HTTP request: its head and body re-framed by h11 for the upstream server,
+    the answer passed back as it comes until the server closes."""
+    upstream = h11.Connection(h11.CLIENT)
+    head = upstream.send(h11.Request(method=request.method, target=target.path,
+                                     headers=forwarded_headers(request, target)))
+    assert head is not None
+    meter.sent(len(head))
+    up_writer.write(head)
+    await until_done(_body(incoming, upstream, up_writer, meter),
+                     pump(up_reader, writer, meter.received, activity), first_ends_all=True)
+
+
+async def _body(
+    incoming: Incoming, upstream: h11.Connection, up_writer: asyncio.StreamWriter, meter: Meter
+) -> None:
+    while True:
+        event = await incoming.next_event()
+        if isinstance(event, h11.Data):
+            data = upstream.send(h11.Data(data=event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            data = upstream.send(h11.EndOfMessage())
+        else:
+            raise Refused("bad_request", "the request ended before its body")
+        assert data is not None
+        meter.sent(len(data))
+        up_writer.write(data)
+        await up_writer.drain()
+        if isinstance(event, h11.EndOfMessage):
+            await asyncio.Event().wait()  # the answer's end ends the exchange
