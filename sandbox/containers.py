@@ -30,11 +30,11 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
-def _runsc_runtime(settings: Settings) -> SandboxRuntime:
+def _runsc_runtime(settings: Settings, metrics: Metrics) -> SandboxRuntime:
     # Imported when chosen, so that the fake runtime works where the runsc adapter cannot load.
     from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 
-    return RunscSandboxRuntime(settings)
+    return RunscSandboxRuntime(settings, metrics)
 
 
 def _package_policy(settings: Settings) -> PackagePolicy:
@@ -164,7 +164,7 @@ class Container(containers.DeclarativeContainer):
     runtime_adapter = providers.Selector(
         settings.provided.runtime,
         fake=providers.Singleton(FakeSandboxRuntime),
-        runsc=providers.Singleton(_runsc_runtime, settings),
+        runsc=providers.Singleton(_runsc_runtime, settings, metrics),
     )
 
     runtime = providers.Resource(_opened, runtime_adapter)

@@ -120,12 +120,14 @@ async def proxied(
     allow: str,
     hosts: str = "",
     lookup: Lookup | None = None,
+    operator: str | None = None,
     **limits: float,
 ) -> AsyncIterator[Proxied]:
     metrics = RecordingMetrics()
     resolver = (Resolver(parse_host_map(hosts), 2.0) if lookup is None
                 else Resolver(parse_host_map(hosts), 2.0, lookup))
-    proxy = EgressProxy(EgressLimits(**limits), resolver, metrics)  # type: ignore[arg-type]
+    proxy = EgressProxy(EgressLimits(**limits), resolver, metrics,  # type: ignore[arg-type]
+                        None if operator is None else EgressPolicy.from_text(operator))
     folder = tmp_path / "egress"
     await proxy.open(SANDBOX_ID, EgressPolicy.from_text(allow), folder, os.getuid())
     try:

@@ -425,3 +425,20 @@ async def test_reopening_a_sandbox_gives_it_a_fresh_allowance(tmp_path: Path) ->
 
     assert first.startswith(b"HTTP/1.1 200") and reopened.startswith(b"HTTP/1.1 200")
     assert refused.startswith(b"HTTP/1.1 429")
+
+
+async def test_the_operators_list_holds_even_where_a_sandbox_kept_an_older_wider_one(
+    tmp_path: Path,
+) -> None:
+    async with http_server(OK) as upstream, proxied(
+            tmp_path, f"web.test:{upstream.port},old.test:{upstream.port}",
+            "web.test=127.0.0.1,old.test=127.0.0.1", operator=f"web.test:{upstream.port}") as proxy:
+        kept = await proxy.ask(f"GET http://web.test:{upstream.port}/ HTTP/1.1\r\n"
+                               "Host: x\r\n\r\n".encode())
+        dropped = await proxy.ask(f"GET http://old.test:{upstream.port}/ HTTP/1.1\r\n"
+                                  "Host: x\r\n\r\n".encode())
+
+    assert kept == OK
+    assert dropped.startswith(b"HTTP/1.1 403")
+    assert b"no longer in this server's allow-list (SANDBOX_EGRESS_ALLOW)" in dropped
+    assert len(upstream.requests) == 1

@@ -26,6 +26,7 @@ class Context:
     resolver: Resolver
     limits: EgressLimits
     allowance: Allowance
+    operator: EgressPolicy | None = None
 
 
 async def exchange(
@@ -38,9 +39,7 @@ async def exchange(
     target = target_of(request)
     report.host, report.port = target.host, target.port
     context.resolver.screen(target.host)
-    if not context.policy.allows(target.host, target.port):
-        raise Refused("refused_policy", f"{target.host}:{target.port} is not in this sandbox's "
-                      f"allow-list ({', '.join(context.policy.entries)[:300]})")
+    _check_policy(context, target)
     addresses = await context.resolver.addresses(target.host, target.port)
     up_reader, up_writer, address = await _connect(addresses, target, context.limits)
     report.address = str(address)
@@ -53,6 +52,16 @@ async def exchange(
                            activity)
     finally:
         up_writer.close()
+
+
+def _check_policy(context: Context, target: Target) -> None:
+    host, port = target.host, target.port
+    if not context.policy.allows(host, port):
+        raise Refused("refused_policy", f"{host}:{port} is not in this sandbox's allow-list "
+                      f"({', '.join(context.policy.entries)[:300]})")
+    if context.operator is not None and not context.operator.allows(host, port):
+        raise Refused("refused_policy", f"{host}:{port} is no longer in this server's "
+                      "allow-list (SANDBOX_EGRESS_ALLOW)")
 
 
 async def _connect(

@@ -50,11 +50,18 @@ class _Listener:
 
 class EgressProxy:
     def __init__(
-        self, limits: EgressLimits, resolver: Resolver, metrics: Metrics | None = None
+        self,
+        limits: EgressLimits,
+        resolver: Resolver,
+        metrics: Metrics | None = None,
+        operator: EgressPolicy | None = None,
     ) -> None:
+        """`operator`: the server's own list, held at every connection besides the
+        sandbox's (which was within it when asked for, but the server's may have shrunk)."""
         self._limits = limits
         self._resolver = resolver
         self._metrics = metrics or NoMetrics()
+        self._operator = operator
         self._listeners: dict[str, _Listener] = {}
 
     def listening(self) -> set[str]:
@@ -69,7 +76,7 @@ class EgressProxy:
         user inside) may use. A new sandbox run gets a fresh allowance."""
         await self.close(sandbox_id)
         listener = _Listener(sandbox_id, folder, Context(
-            policy, self._resolver, self._limits, Allowance(self._limits)))
+            policy, self._resolver, self._limits, Allowance(self._limits), self._operator))
         sock = _bound_socket(folder, owner)
         try:
             listener.server = await asyncio.start_unix_server(
@@ -108,9 +115,19 @@ class EgressProxy:
     async def _serve(
         self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        listener.tasks.add(task)
+        """The server's task for one connection. The work runs in a task of its own, which
+        `interrupt` cancels: a cancelled server task makes asyncio (3.11) log a false error."""
+        work = asyncio.create_task(self._relay(listener, reader, writer))
+        listener.tasks.add(work)
+        work.add_done_callback(listener.tasks.discard)
+        try:
+            await asyncio.wait({work})
+        finally:
+            work.cancel()  # a no-op unless the server's task itself is being cancelled
+
+    async def _relay(
+        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         report = Report(listener.sandbox_id)
         allowance = listener.context.allowance
         admitted = False
@@ -137,7 +154,6 @@ class EgressProxy:
             if admitted:
                 allowance.release()
             writer.close()
-            listener.tasks.discard(task)
             self._record(listener, report)
 
     def _record(self, listener: _Listener, report: Report) -> None:

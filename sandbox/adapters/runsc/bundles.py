@@ -4,6 +4,7 @@ inside), its memory limit and runsc's log of it."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 from pathlib import Path
@@ -34,6 +35,10 @@ class Bundles:
     def log_file(self, sandbox_id: str) -> Path:
         return self.path(sandbox_id) / "runsc.log"
 
+    def egress_dir(self, sandbox_id: str) -> Path:
+        """Where the sandbox's egress proxy puts its socket (mounted at oci.EGRESS_DIR)."""
+        return self.path(sandbox_id) / "egress"
+
     def write(
         self, spec: SandboxSpec, program: Program, cgroups_path: str, agent_dir: Path | None = None
     ) -> Path:
@@ -45,8 +50,13 @@ class Bundles:
             script = input_dir / oci.script_name(program.language)
             script.write_bytes(program.source)
             script.chmod(0o644)
+        egress_dir = None
+        if spec.network_allow and agent_dir is not None:
+            egress_dir = self.egress_dir(spec.sandbox_id)
+            egress_dir.mkdir(mode=0o700)
+            os.chown(egress_dir, oci.RELAY_UID, oci.RELAY_UID)
         config = oci.build_config(spec, program, self.rootfs, input_dir, cgroups_path,
-                                  agent_dir)
+                                  agent_dir, egress_dir)
         (bundle / "config.json").write_text(json.dumps(config))
         memory_bytes = spec.limits.memory_mb * 1024 * 1024
         (bundle / "limits.json").write_text(json.dumps({"memory_bytes": memory_bytes}))
