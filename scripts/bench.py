@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import structlog
+from bench_egress import measure_egress
 from handmade_wheel import write_wheel
 
 from sandbox.adapters.runsc import cgroups
@@ -325,6 +326,7 @@ def main() -> int:
                                           measure(raw, args.runs, concurrency)))
                 report(cases, args.runs, settings, runsc_version(runtime))
                 measure_packages(base_url, args.runs)
+            measure_egress(settings, args.runs)
         except BenchError as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1

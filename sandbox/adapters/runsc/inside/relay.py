@@ -22,6 +22,7 @@ CHUNK = 64 * 1024
 # Bytes queued towards one side beyond which the other side is not read.
 HIGH_WATER = 256 * 1024
 CONNECT_TIMEOUT_S = 5.0
+REFUSAL_S = 0.5
 READY, PAUSED, PAUSE, GO = b"R", b"P", b"p", b"g"
 UNREACHABLE = (b"HTTP/1.1 502 Bad Gateway: the sandbox's egress proxy is not reachable\r\n"
                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
@@ -152,11 +153,7 @@ class Relay:
             proxy.connect(self.path)
         except OSError:
             proxy.close()
-            try:  # noqa: SIM105 (contextlib is one import more)
-                inside.send(UNREACHABLE)
-            except OSError:
-                pass
-            inside.close()
+            refuse(inside)
             return
         inside.setblocking(False)
         proxy.setblocking(False)
@@ -168,6 +165,20 @@ class Relay:
         for fd in pair.socks:
             self.pairs.pop(fd, None)
         pair.close()
+
+
+def refuse(inside: _socket.socket) -> None:
+    """Say the proxy is unreachable, then read what the client sent until it closes
+    (briefly): closing on unread bytes would reset the connection before it read why."""
+    try:
+        inside.settimeout(REFUSAL_S)
+        inside.sendall(UNREACHABLE)
+        inside.shutdown(_socket.SHUT_WR)
+        while inside.recv(CHUNK):
+            pass
+    except OSError:
+        pass
+    inside.close()
 
 
 def main() -> None:

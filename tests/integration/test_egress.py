@@ -1,0 +1,477 @@
+"""Egress by allow-list on real gVisor: a sandbox reaches the names it is allowed, through the
+service's proxy only, and nothing else. Every allowed name maps to 127.0.0.1 through the
+operator's map; no test sends traffic beyond the host's loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.loopback_servers import Served, echo_server, web_server, wheel_index
+from integration.support import processes_mentioning, require_runsc, runtime_settings
+from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.domain.lifecycle import SandboxService
+from sandbox.domain.model import ExecutionResult, Language, Limits, Program, Sandbox
+from sandbox.domain.services import execute_script
+from sandbox.settings import Settings
+
+pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
+
+LIMITS = Limits(timeout_s=60)
+# Asks the relay inside directly, as a client configured with HTTP_PROXY would.
+ASK = '''
+import socket
+def ask(request, then=b""):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=30)
+    s.sendall(request)
+    head = b""
+    while not head.endswith(b"\\r\\n\\r\\n"):
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    return s, head
+def connect(authority):
+    return ask(f"CONNECT {authority} HTTP/1.1\\r\\nHost: {authority}\\r\\n\\r\\n".encode())
+'''
+
+
+@pytest.fixture
+def web() -> Iterator[Served]:
+    with web_server() as served:
+        yield served
+
+
+@pytest.fixture
+def echo() -> Iterator[Served]:
+    with echo_server() as served:
+        yield served
+
+
+@pytest.fixture
+def wheels(tmp_path: Path) -> Iterator[Served]:
+    folder = tmp_path / "index"
+    folder.mkdir()
+    with wheel_index(folder, "tinyegress", "through the proxy") as served:
+        yield served
+
+
+@pytest.fixture
+def egress_caps() -> dict[str, Any]:
+    """Caps a test may override with parametrize."""
+    return {}
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, web: Served, echo: Served, wheels: Served, egress_caps: dict[str, Any]
+) -> Settings:
+    require_runsc()
+    allow = (f"web.test:{web.port},echo.test:{echo.port},wheels.test:{wheels.port},"
+             f"localhost:{echo.port}")
+    hosts = "web.test=127.0.0.1,echo.test=127.0.0.1,wheels.test=127.0.0.1"
+    return runtime_settings(tmp_path / "state", egress_allow=allow, egress_hosts=hosts,
+                            **egress_caps)
+
+
+def everything(web: Served, echo: Served, wheels: Served) -> tuple[str, ...]:
+    return (f"web.test:{web.port}", f"echo.test:{echo.port}", f"wheels.test:{wheels.port}",
+            f"localhost:{echo.port}")
+
+
+@contextlib.asynccontextmanager
+async def session(
+    service: SandboxService, allow: tuple[str, ...]
+) -> AsyncIterator[Sandbox]:
+    sandbox = await service.create_session(Language.PYTHON, LIMITS, network_allow=allow)
+    try:
+        yield sandbox
+    finally:
+        await service.delete(sandbox.sandbox_id)
+
+
+async def python(service: SandboxService, sandbox: Sandbox, code: str,
+                 timeout_s: float = 60) -> ExecutionResult:
+    result = await service.exec(sandbox.sandbox_id,
+                                Program.script(Language.PYTHON, code.encode()), b"", timeout_s)
+    assert result.outcome.exit_code == 0, result.stderr.text
+    return result
+
+
+async def test_an_allowed_name_is_served_through_the_proxy(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = ASK + f'''
+import os, urllib.request
+print(os.environ["HTTP_PROXY"], os.environ["HTTPS_PROXY"])
+print(urllib.request.urlopen("http://web.test:{web.port}/hello", timeout=30).read().decode(),
+      end="")
+s, head = connect("echo.test:{echo.port}")
+s.sendall(b"ping")
+print(head.split(b"\\r\\n")[0].decode(), s.recv(4).decode())
+'''
+    async with session(service, everything(web, echo, wheels)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    assert result.stdout.text.splitlines() == [
+        "http://127.0.0.1:3128 http://127.0.0.1:3128",
+        f"hello from web.test:{web.port} /hello",
+        "HTTP/1.1 200 Connection established ping",
+    ]
+
+
+async def test_a_name_not_in_the_allow_list_is_refused_by_the_proxy_with_a_clear_message(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = f'''
+import urllib.error, urllib.request
+for url in ("http://evil.test/", "https://evil.test/", "http://web.test:{web.port + 1}/"):
+    try:
+        urllib.request.urlopen(url, timeout=30)
+    except urllib.error.HTTPError as error:
+        print(error.code, error.read().decode().strip())
+    except urllib.error.URLError as error:
+        print(error.reason)
+'''
+    async with session(service, (f"web.test:{web.port}",)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    lines = result.stdout.text.splitlines()
+    allowed = f"(web.test:{web.port})"
+    assert lines[0] == ("403 sandbox egress proxy: evil.test:80 is not in this sandbox's "
+                        f"allow-list {allowed}")
+    assert lines[1] == ("Tunnel connection failed: 403 Forbidden: evil.test:443 is not in this "
+                        f"sandbox's allow-list {allowed}")
+    assert lines[2].startswith(f"403 sandbox egress proxy: web.test:{web.port + 1} is not in")
+    assert web.paths == []
+
+
+async def test_an_ip_literal_is_refused_even_a_metadata_address(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = ASK + '''
+for authority in ("10.0.0.1:443", "169.254.169.254:80", "[fd00:ec2::254]:80", "8.8.8.8:443"):
+    s, head = connect(authority)
+    print(head.split(b"\\r\\n")[0].decode())
+'''
+    async with session(service, everything(web, echo, wheels)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    lines = result.stdout.text.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["HTTP/1.1 403 Forbidden"] * 4
+    assert all("is an IP address; egress goes to host names only" in line for line in lines)
+
+
+async def test_an_allowed_name_that_resolves_inward_is_refused_without_the_operators_map(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = ASK + f'''
+s, head = connect("localhost:{echo.port}")
+print(head.split(b"\\r\\n")[0].decode())
+'''
+    async with session(service, everything(web, echo, wheels)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    line = result.stdout.text.strip()
+    assert line.startswith("HTTP/1.1 403 Forbidden: localhost resolves to ")
+    assert line.endswith("loopback: refused")
+    assert echo.connections == 0
+
+
+async def test_a_redirect_to_a_name_not_allowed_is_refused(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = f'''
+import urllib.error, urllib.request
+try:
+    urllib.request.urlopen("http://web.test:{web.port}/redirect", timeout=30)
+except urllib.error.HTTPError as error:
+    print(error.code, error.url, error.read().decode().strip())
+'''
+    async with session(service, everything(web, echo, wheels)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    assert result.stdout.text.startswith(
+        "403 http://evil.test/ sandbox egress proxy: evil.test:80 is not in this sandbox's")
+    assert web.paths == ["/redirect"]
+
+
+async def test_dns_from_inside_fails_with_egress_on(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = f'''
+import socket
+for name in ("web.test", "localhost.localdomain"):
+    try:
+        print(socket.getaddrinfo(name, {web.port}))
+    except socket.gaierror as error:
+        print("no dns:", error.errno in (socket.EAI_NONAME, socket.EAI_AGAIN, socket.EAI_FAIL))
+'''
+    async with session(service, everything(web, echo, wheels)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    assert result.stdout.text == "no dns: True\nno dns: True\n"
+
+
+async def test_the_proxy_socket_is_out_of_reach_of_the_sandbox_user_and_the_relay_is_powerless(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = '''
+import os, socket
+try:
+    os.listdir("/sandbox/egress")
+except PermissionError as error:
+    print("list:", error.strerror)
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect("/sandbox/egress/proxy.sock")
+except PermissionError as error:
+    print("connect:", error.strerror)
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and b"relay.py" in open(f"/proc/{pid}/cmdline", "rb").read():
+        lines = open(f"/proc/{pid}/status").read().splitlines()
+        status = dict(line.split(":\\t", 1) for line in lines if ":\\t" in line)
+        print("relay:", status["Uid"].split()[0], status["Gid"].split()[0], status["CapEff"],
+              status["CapBnd"] != status["CapEff"])
+'''
+    async with session(service, everything(web, echo, wheels)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    assert result.stdout.text.splitlines() == [
+        "list: Permission denied", "connect: Permission denied",
+        "relay: 999 999 0000000000000000 True"]
+
+
+async def test_a_sandbox_without_an_allow_list_has_no_way_out_at_all(
+    service: SandboxService, runtime: RunscSandboxRuntime, web: Served, echo: Served,
+    wheels: Served,
+) -> None:
+    code = f'''
+import os, socket, urllib.error, urllib.request
+print(sorted(name for name in os.environ if "proxy" in name.lower()))
+try:
+    socket.create_connection(("127.0.0.1", 3128), timeout=10)
+except OSError as error:
+    print("relay:", error.strerror)
+try:
+    urllib.request.urlopen("http://web.test:{web.port}/", timeout=10)
+except urllib.error.URLError as error:
+    print("web:", type(error.reason).__name__)
+try:
+    socket.create_connection(("127.0.0.1", {web.port}), timeout=10)
+except OSError as error:
+    print("host loopback:", error.strerror)
+'''
+    async with session(service, ()) as sandbox:
+        result = await python(service, sandbox, code)
+        commands = processes_mentioning(sandbox.sandbox_id)
+
+    assert result.stdout.text.splitlines() == [
+        "[]", "relay: Connection refused", "web: gaierror", "host loopback: Connection refused"]
+    assert commands and not [line for line in commands if "host-uds" in line]
+    assert runtime.egress.listening() == set()
+    assert web.paths == []
+
+
+@pytest.mark.parametrize("egress_caps", [{"egress_max_connections": 3}])
+async def test_a_flood_of_open_connections_hits_the_cap(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = ASK + f'''
+held = [connect("echo.test:{echo.port}") for _ in range(8)]
+print([head.split(b" ")[1].decode() for s, head in held])
+print(held[-1][1].split(b"\\r\\n")[0].decode())
+'''
+    async with session(service, everything(web, echo, wheels)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    statuses, last = result.stdout.text.splitlines()
+    assert statuses == str(["200"] * 3 + ["429"] * 5)
+    assert last == ("HTTP/1.1 429 Too Many Requests: this sandbox has 3 egress connections "
+                    "open, the most allowed (3)")
+
+
+@pytest.mark.parametrize("egress_caps", [{"egress_connections_per_s": 0.01}])
+async def test_a_flood_of_new_connections_hits_the_rate_cap(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = ASK + f'''
+statuses = []
+for _ in range(6):
+    s, head = connect("echo.test:{echo.port}")
+    statuses.append(head.split(b" ")[1].decode())
+    s.close()
+print(statuses, head.split(b"\\r\\n")[0].decode())
+'''
+    async with session(service, everything(web, echo, wheels)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    assert result.stdout.text.strip() == (
+        str(["200"] + ["429"] * 5) + " HTTP/1.1 429 Too Many Requests: this sandbox opens "
+        "egress connections faster than the 0.01 a second allowed")
+
+
+@pytest.mark.parametrize("egress_caps", [{"egress_max_bytes": 4096}])
+async def test_a_sandbox_past_its_byte_allowance_is_cut_off(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = ASK + f'''
+s, head = connect("echo.test:{echo.port}")
+echoed = 0
+try:
+    for _ in range(10):
+        s.sendall(b"x" * 1000)
+        got = s.recv(1000)
+        if not got:
+            break
+        echoed += len(got)
+except OSError:
+    pass
+print(echoed < 10000, connect("echo.test:{echo.port}")[1].split(b"\\r\\n")[0].decode())
+'''
+    async with session(service, everything(web, echo, wheels)) as sandbox:
+        result = await python(service, sandbox, code)
+
+    assert result.stdout.text.strip() == (
+        "True HTTP/1.1 429 Too Many Requests: this sandbox has used its egress allowance of "
+        "4096 bytes each way")
+
+
+HOLDER = ASK + '''
+import sys, time
+port = int(sys.argv[1]) if len(sys.argv) > 1 else PORT
+s, head = connect(f"echo.test:{port}")
+n = 0
+while True:
+    n += 1
+    try:
+        s.sendall(b"ping %d\\n" % n)
+        if not s.recv(100):
+            raise OSError("closed by the proxy")
+        print("echo", n, flush=True)
+    except OSError as error:
+        print("interrupted:", error, flush=True)
+        s, head = connect(f"echo.test:{port}")
+        print("reconnected:", head.split(b"\\r\\n")[0].decode(), flush=True)
+    time.sleep(0.2)
+'''
+
+
+async def output_until(service: SandboxService, sandbox_id: str, text: str) -> str:
+    """The detached script's output once it holds `text` (bounded wait)."""
+    async with asyncio.timeout(60):
+        while True:
+            _sandbox, stdout, stderr = await service.read_output(sandbox_id)
+            if text in stdout.data.decode():
+                return stdout.data.decode()
+            assert not stderr.data, stderr.data.decode()
+            await asyncio.sleep(0.1)
+
+
+async def test_suspend_with_an_open_egress_connection_works_and_restore_brings_the_proxy_back(
+    service: SandboxService, runtime: RunscSandboxRuntime, web: Served, echo: Served,
+    wheels: Served,
+) -> None:
+    source = HOLDER.replace("PORT", str(echo.port)).encode()
+    sandbox = await service.run_detached(Language.PYTHON, source, LIMITS,
+                                         network_allow=everything(web, echo, wheels))
+    try:
+        await output_until(service, sandbox.sandbox_id, "echo 2\n")
+        assert runtime.egress.connections(sandbox.sandbox_id) == 1
+
+        suspended = await service.suspend(sandbox.sandbox_id)
+        assert runtime.egress.listening() == set()
+        restored = await service.restore(sandbox.sandbox_id)
+        output = await output_until(service, sandbox.sandbox_id, "reconnected:")
+        after = await output_until(service, sandbox.sandbox_id,
+                                   f"echo {output.count(chr(10)) + 2}\n")
+    finally:
+        await service.delete(sandbox.sandbox_id)
+
+    assert suspended.state.value == "suspended" and restored.state.value == "running"
+    assert restored.network_allow == everything(web, echo, wheels)
+    assert "interrupted: closed by the proxy" in output or "interrupted: [Errno" in output
+    assert "reconnected: HTTP/1.1 200 Connection established" in after
+    assert echo.connections == 2
+
+
+async def test_pip_installs_from_an_index_the_allow_list_names(
+    service: SandboxService, web: Served, echo: Served, wheels: Served
+) -> None:
+    index = f"wheels.test:{wheels.port}"
+    install = Program(language=None, argv=(
+        "python3", "-m", "pip", "install", "--disable-pip-version-check", "--no-cache-dir",
+        "--index-url", f"http://{index}/simple/", "--trusted-host", index,
+        "--target", "/tmp/packages", "tinyegress"))
+    check = "import sys; sys.path.insert(0, '/tmp/packages'); import tinyegress\n" \
+            "print(tinyegress.VALUE)\n"
+
+    async with session(service, (index,)) as sandbox:
+        installed = await service.exec(sandbox.sandbox_id, install, b"", 180)
+        result = await python(service, sandbox, check)
+
+    assert installed.outcome.exit_code == 0, installed.stdout.text + installed.stderr.text
+    assert "Successfully installed tinyegress-1.0" in installed.stdout.text
+    assert result.stdout.text == "through the proxy\n"
+    assert "/simple/tinyegress/" in wheels.paths
+    assert "/tinyegress-1.0-py3-none-any.whl" in wheels.paths
+
+
+async def test_delete_leaves_no_socket_listener_task_or_connection(
+    service: SandboxService, runtime: RunscSandboxRuntime, settings: Settings, web: Served,
+    echo: Served, wheels: Served,
+) -> None:
+    source = HOLDER.replace("PORT", str(echo.port)).encode()
+    sandbox = await service.run_detached(Language.PYTHON, source, LIMITS,
+                                         network_allow=everything(web, echo, wheels))
+    await output_until(service, sandbox.sandbox_id, "echo 1\n")
+    folder = settings.state_dir / "bundles" / sandbox.sandbox_id / "egress"
+    assert (folder / "proxy.sock").exists()
+
+    await service.delete(sandbox.sandbox_id)
+
+    assert runtime.egress.listening() == set()
+    assert runtime.egress.connections(sandbox.sandbox_id) == 0
+    assert not folder.exists()
+    assert not [task for task in asyncio.all_tasks() if "egress" in repr(task.get_coro())]
+    async with asyncio.timeout(10):
+        while echo.open_connections:  # noqa: ASYNC110 (a count the server thread keeps)
+            await asyncio.sleep(0.05)
+
+
+async def test_a_one_shot_script_with_an_allow_list_is_served_and_leaves_nothing(
+    runtime: RunscSandboxRuntime, settings: Settings, web: Served, echo: Served, wheels: Served
+) -> None:
+    code = f'''
+import urllib.request
+print(urllib.request.urlopen("http://web.test:{web.port}/once", timeout=30).read().decode())
+'''
+    mount_points = sorted((path, path.stat().st_mode)
+                          for path in (settings.rootfs_dir / "sandbox").rglob("*"))
+    started = time.monotonic()
+
+    result = await execute_script(runtime, Language.PYTHON, code.encode(), LIMITS,
+                                  network_allow=(f"web.test:{web.port}",))
+
+    assert result.outcome.exit_code == 0, result.stderr.text
+    assert result.stdout.text == f"hello from web.test:{web.port} /once\n\n"
+    assert 0 < result.outcome.duration_ms <= (time.monotonic() - started) * 1000 + 1
+    assert runtime.egress.listening() == set()
+    assert sorted((path, path.stat().st_mode) for path in
+                  (settings.rootfs_dir / "sandbox").rglob("*")) == mount_points
+
+
+async def test_a_one_shot_script_past_its_time_with_an_allow_list_is_timed_out_and_gone(
+    runtime: RunscSandboxRuntime, web: Served, echo: Served, wheels: Served
+) -> None:
+    result = await execute_script(runtime, Language.PYTHON, b"import time\ntime.sleep(60)\n",
+                                  Limits(timeout_s=2), network_allow=(f"web.test:{web.port}",))
+
+    assert (result.outcome.exit_code, result.outcome.timed_out) == (None, True)
+    assert runtime.egress.listening() == set()
