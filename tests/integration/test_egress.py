@@ -14,10 +14,23 @@ from typing import Any
 import pytest
 
 from integration.loopback_servers import Served, echo_server, web_server, wheel_index
-from integration.support import processes_mentioning, require_runsc, runtime_settings
+from integration.support import (
+    managed_sandboxes,
+    processes_mentioning,
+    require_runsc,
+    runtime_settings,
+    started_runtime,
+)
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
-from sandbox.domain.lifecycle import SandboxService
-from sandbox.domain.model import ExecutionResult, Language, Limits, Program, Sandbox
+from sandbox.domain.lifecycle import LifecyclePolicy, SandboxService
+from sandbox.domain.model import (
+    ExecutionResult,
+    Language,
+    Limits,
+    Program,
+    Sandbox,
+    SandboxState,
+)
 from sandbox.domain.services import execute_script
 from sandbox.settings import Settings
 
@@ -399,6 +412,40 @@ async def test_suspend_with_an_open_egress_connection_works_and_restore_brings_t
     assert "interrupted: closed by the proxy" in output or "interrupted: [Errno" in output
     assert "reconnected: HTTP/1.1 200 Connection established" in after
     assert echo.connections == 2
+
+
+async def test_after_a_crash_an_egress_session_holding_a_connection_is_suspended_and_restored(
+    runtime: RunscSandboxRuntime, settings: Settings, web: Served, echo: Served, wheels: Served
+) -> None:
+    """Nobody pauses the relay after a crash: it must have let go of the connections whose
+    proxy end died with the server, or the checkpoint that reconcile makes fails."""
+    holder = ASK + f'kept = connect("echo.test:{echo.port}")\nimport time\ntime.sleep(600)\n'
+    daemon = b"setsid python3 /workspace/holder.py >/tmp/holder.log 2>&1 &\n"
+    crashing = LifecyclePolicy(suspend_on_shutdown=False)
+    async with managed_sandboxes(runtime, settings, crashing) as before:
+        session = await before.create_session(Language.PYTHON, LIMITS,
+                                              network_allow=everything(web, echo, wheels))
+        await before.write_file(session.sandbox_id, "/workspace/holder.py", holder.encode())
+        await before.exec(session.sandbox_id, Program.script(Language.BASH, daemon), b"", 30)
+        async with asyncio.timeout(30):
+            while echo.open_connections != 1:  # noqa: ASYNC110 (a count the server keeps)
+                await asyncio.sleep(0.05)
+    await runtime.close()
+
+    async with started_runtime(settings) as restarted, \
+            managed_sandboxes(restarted, settings) as after:
+        await after.reconcile()
+        suspended = await after.get(session.sandbox_id)
+        await after.restore(session.sandbox_id)
+        served = await python(after, await after.get(session.sandbox_id), f'''
+import urllib.request
+print(urllib.request.urlopen("http://web.test:{web.port}/again", timeout=30).read().decode())
+''')
+        await after.delete(session.sandbox_id)
+
+    assert (suspended.state, suspended.reason) == (SandboxState.SUSPENDED,
+                                                   "suspended when the server restarted")
+    assert served.stdout.text == f"hello from web.test:{web.port} /again\n\n"
 
 
 async def test_pip_installs_from_an_index_the_allow_list_names(

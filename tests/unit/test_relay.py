@@ -53,14 +53,19 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_relay(tmp_path: Path, serve: bool = True) -> AsyncIterator[Running]:
-    """The relay, and behind it a stand-in proxy that answers `echo: ` + what it got."""
+async def running_relay(
+    tmp_path: Path, serve: bool = True, answers: int = 1000
+) -> AsyncIterator[Running]:
+    """The relay, and behind it a stand-in proxy that answers `echo: ` + what it got, and
+    closes after `answers` answers."""
     path = tmp_path / "proxy.sock"
     seen: list[bytes] = []
 
     async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
+            for _ in range(answers):
+                if not (data := await reader.read(65536)):
+                    break
                 seen.append(data)
                 writer.write(b"echo: " + data)
                 await writer.drain()
@@ -159,3 +164,23 @@ async def test_many_connections_at_once_each_get_their_own_answer(tmp_path: Path
             writer.close()
 
     assert answers == [b"echo: n%02d" % index for index in range(20)]
+
+
+async def test_when_the_proxy_ends_the_relay_lets_go_of_its_connection_at_once(
+    tmp_path: Path,
+) -> None:
+    """A host-socket connection left open fails a checkpoint: one whose proxy end is done
+    must not wait for the client inside to close too."""
+    async with running_relay(tmp_path, answers=1) as relayed:
+        descriptors = Path(f"/proc/{relayed.process.pid}/fd")
+        before = len(list(descriptors.iterdir()))
+        reader, writer = await relayed.connect()
+        writer.write(b"one")
+        async with asyncio.timeout(10):
+            answer = await reader.readexactly(9)
+            ended = await reader.read()
+            while len(list(descriptors.iterdir())) > before:  # noqa: ASYNC110 (a count)
+                await asyncio.sleep(0.01)
+        writer.close()
+
+    assert (answer, ended) == (b"echo: one", b"")

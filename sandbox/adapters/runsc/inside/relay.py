@@ -30,14 +30,20 @@ IN, OUT, GONE = select.POLLIN, select.POLLOUT, select.POLLHUP | select.POLLERR
 
 
 class Pair:
-    """A connection from inside and its connection to the proxy, one queue towards each."""
+    """A connection from inside and its connection to the proxy, one queue towards each.
+
+    When the inside ends its side, the proxy's side is shut once the bytes are through (a
+    half-close). When the proxy ends, the pair ends once its bytes reached the inside: the
+    relay never keeps a host-socket connection whose far end is done, since one left open
+    fails a checkpoint (after a server crash, nobody pauses the relay first)."""
 
     def __init__(self, inside: _socket.socket, proxy: _socket.socket) -> None:
+        self.inside = inside.fileno()
         self.socks = {inside.fileno(): inside, proxy.fileno(): proxy}
         self.peer = {inside.fileno(): proxy.fileno(), proxy.fileno(): inside.fileno()}
         self.queued = {fd: bytearray() for fd in self.socks}  # bytes to write to that fd
         self.ended: set[int] = set()  # fds read to their end
-        self.shut: set[int] = set()  # fds whose writing side is shut
+        self.shut = False  # the proxy's writing side
 
     def mask(self, fd: int) -> int:
         mask = 0
@@ -73,14 +79,19 @@ class Pair:
         return self.pass_end(fd)
 
     def pass_end(self, fd: int) -> bool:
-        """Once a side ended and its bytes are through, shut the other's writing side."""
-        if self.peer[fd] in self.ended and not self.queued[fd] and fd not in self.shut:
+        """Once the side writing to `fd` ended and its bytes are through: shut the proxy's
+        writing side, or, when the proxy is the one that ended, end the pair."""
+        if self.peer[fd] not in self.ended or self.queued[fd]:
+            return True
+        if fd == self.inside:
+            return False
+        if not self.shut:
             try:
                 self.socks[fd].shutdown(_socket.SHUT_WR)
             except OSError:
                 return False
-            self.shut.add(fd)
-        return len(self.shut) < 2
+            self.shut = True
+        return True
 
     def close(self) -> None:
         for sock in self.socks.values():
