@@ -124,11 +124,20 @@ async def _measure(settings: Settings, runs: int) -> dict[str, list[float]]:
                     elapsed = await _timed(case, port, socket_path)
                     if index >= 3:
                         series.append(elapsed)
+            await _settled(proxy)
         finally:
             await proxy.close_all()
         async with server:
             times["inside"] = await _inside(settings, port, runs, Path(tmp, "state"))
     return times
+
+
+async def _settled(proxy: EgressProxy) -> None:
+    """Until the proxy has seen the last client close (bounded), so none is cut at the end."""
+    for _ in range(500):
+        if not proxy.connections(SANDBOX_ID):
+            return
+        await asyncio.sleep(0.01)
 
 
 def _ms(values: list[float], fraction: float) -> float:
