@@ -12,12 +12,16 @@ from pathlib import Path
 import pytest
 import structlog
 from egress_support import SANDBOX_ID, echo_server, http_server, proxied
+from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox.adapters.egress.allowance import Allowance, EgressLimits
 from sandbox.adapters.egress.outcome import Refused
 from sandbox.adapters.egress.proxy import SOCKET_NAME
 from sandbox.adapters.egress.resolver import Resolver
+from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.containers import Container
 from sandbox.domain.egress import EgressPolicy
+from sandbox.settings import Settings
 
 pytestmark = pytest.mark.anyio
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
@@ -442,3 +446,29 @@ async def test_the_operators_list_holds_even_where_a_sandbox_kept_an_older_wider
     assert dropped.startswith(b"HTTP/1.1 403")
     assert b"no longer in this server's allow-list (SANDBOX_EGRESS_ALLOW)" in dropped
     assert len(upstream.requests) == 1
+
+
+async def test_the_server_counts_egress_connections_in_its_metrics(tmp_path: Path) -> None:
+    """The container hands its metrics to the runsc runtime's proxy (built, not started)."""
+    settings = Settings(runtime="runsc", state_dir=tmp_path / "state", egress_allow="web.test")
+    container = Container(settings=settings)
+    runtime = container.runtime_adapter()
+    assert isinstance(runtime, RunscSandboxRuntime)
+    folder = tmp_path / "egress"
+    await runtime.egress.open(SANDBOX_ID, EgressPolicy.from_text("web.test"), folder,
+                              os.getuid())
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(folder / SOCKET_NAME))
+        writer.write(tunnel("evil.test:443"))
+        async with asyncio.timeout(10):
+            await reader.read()
+        writer.close()
+    finally:
+        await runtime.egress.close_all()
+
+    text = container.metrics().exposition({}, 0, 0).decode()
+    samples = {(found.name, tuple(sorted(found.labels.items()))): found.value
+               for family in text_string_to_metric_families(text) for found in family.samples}
+    assert samples[("sandbox_egress_connections_total", (("verdict", "refused_policy"),))] == 1
+    assert samples[("sandbox_egress_bytes_total", (("direction", "sent"),))] == 0
+    assert samples[("sandbox_egress_connection_seconds_count", ())] == 1
