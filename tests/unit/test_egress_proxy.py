@@ -27,6 +27,14 @@ pytestmark = pytest.mark.anyio
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
 
 
+def served(answer: bytes) -> bool:
+    """Whether the proxy passed on the test servers' answer (re-framed by h11, so its header
+    names are lower case and it says the connection closes)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return (head.startswith(b"HTTP/1.1 200 OK\r\n") and b"connection: close" in head
+            and body == b"hello")
+
+
 def tunnel(authority: str) -> bytes:
     return f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
 
@@ -66,7 +74,7 @@ async def test_a_plain_http_request_goes_to_its_host_with_its_host_header_and_no
             "X-Private: 1\r\nAccept: */*\r\n\r\n".encode())
         await proxy.settled()
 
-    assert answer == OK
+    assert served(answer)
     head = upstream.requests[0].decode().lower().split("\r\n")
     assert head[0] == "get /path?q=1 http/1.1"
     assert f"host: web.test:{upstream.port}" in head
@@ -89,7 +97,7 @@ async def test_a_request_with_a_body_is_passed_on_whole(tmp_path: Path) -> None:
         answer = await proxy.ask(f"POST http://web.test:{port}/ HTTP/1.1\r\nHost: web.test\r\n"
                                  "Content-Length: 11\r\n\r\nhello there".encode())
 
-    assert answer == OK
+    assert served(answer)
     assert received[0].endswith(b"\r\n\r\nhello there")
 
 
@@ -207,7 +215,7 @@ async def test_a_burst_beyond_the_connection_rate_is_refused_with_429(tmp_path: 
         answers = [await proxy.ask(request) for _ in range(5)]
         await proxy.settled()
 
-    assert answers[0] == OK
+    assert served(answers[0])
     assert all(answer.startswith(b"HTTP/1.1 429") and b"faster than the 0.01 a second"
                in answer for answer in answers[1:])
     assert len(upstream.requests) == 1
@@ -442,7 +450,7 @@ async def test_the_operators_list_holds_even_where_a_sandbox_kept_an_older_wider
         dropped = await proxy.ask(f"GET http://old.test:{upstream.port}/ HTTP/1.1\r\n"
                                   "Host: x\r\n\r\n".encode())
 
-    assert kept == OK
+    assert served(kept)
     assert dropped.startswith(b"HTTP/1.1 403")
     assert b"no longer in this server's allow-list (SANDBOX_EGRESS_ALLOW)" in dropped
     assert len(upstream.requests) == 1
@@ -472,3 +480,55 @@ async def test_the_server_counts_egress_connections_in_its_metrics(tmp_path: Pat
     assert samples[("sandbox_egress_connections_total", (("verdict", "refused_policy"),))] == 1
     assert samples[("sandbox_egress_bytes_total", (("direction", "sent"),))] == 0
     assert samples[("sandbox_egress_connection_seconds_count", ())] == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "tail"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"\r\n\r\nhello"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+         b"chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+         b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"),
+    ],
+)
+async def test_an_answer_ends_the_exchange_even_where_the_server_keeps_the_connection(
+    tmp_path: Path, answer: bytes, tail: bytes
+) -> None:
+    """One request per connection: the client is told so, and gets its end of file when the
+    answer is complete, not when a keep-alive server times out."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await reader.read()  # keeps the connection until the proxy closes it
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, proxied(tmp_path, f"web.test:{port}", "web.test=127.0.0.1") as proxy:
+        got = await proxy.ask(f"GET http://web.test:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n"
+                              .encode())
+        await proxy.settled()
+
+    assert got.endswith(tail)
+    assert got.lower().count(b"connection: close") == 1
+    assert proxy.metrics.connections[0][0] == "relayed"
+
+
+async def test_a_server_that_does_not_answer_http_is_a_502(tmp_path: Path) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, proxied(tmp_path, f"web.test:{port}", "web.test=127.0.0.1") as proxy:
+        got = await proxy.ask(f"GET http://web.test:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n"
+                              .encode())
+        await proxy.settled()
+
+    assert got.startswith(b"HTTP/1.1 502 Bad Gateway: the server's answer is not HTTP")
+    assert [(verdict, received) for verdict, _sent, received in proxy.metrics.connections] \
+        == [("failed_upstream", 0)]

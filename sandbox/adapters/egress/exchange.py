@@ -9,8 +9,14 @@ from dataclasses import dataclass
 import h11
 
 from sandbox.adapters.egress.allowance import Allowance, EgressLimits
-from sandbox.adapters.egress.outcome import Refused, Report
-from sandbox.adapters.egress.requests import Incoming, Target, forwarded_headers, target_of
+from sandbox.adapters.egress.outcome import Cut, Refused, Report
+from sandbox.adapters.egress.requests import (
+    MAX_HEAD,
+    Incoming,
+    Target,
+    forwarded_headers,
+    target_of,
+)
 from sandbox.adapters.egress.resolver import Resolver
 from sandbox.adapters.egress.streams import CHUNK, Activity, Meter, pump, until_done
 from sandbox.domain.egress import EgressPolicy, IPAddress
@@ -103,15 +109,16 @@ async def _forward(
     activity: Activity,
 ) -> None:
     """One plain-HTTP request: its head and body re-framed by h11 for the upstream server,
-    the answer passed back as it comes until the server closes."""
-    upstream = h11.Connection(h11.CLIENT)
+    and the answer re-framed back; the exchange ends with the answer."""
+    upstream = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
     head = upstream.send(h11.Request(method=request.method, target=target.path,
                                      headers=forwarded_headers(request, target)))
     assert head is not None
     meter.sent(len(head))
     up_writer.write(head)
     await until_done(_body(incoming, upstream, up_writer, meter),
-                     pump(up_reader, writer, meter.received, activity), first_ends_all=True)
+                     _answer(upstream, up_reader, incoming.conn, writer, meter, activity),
+                     first_ends_all=True)
 
 
 async def _body(
@@ -131,3 +138,46 @@ async def _body(
         await up_writer.drain()
         if isinstance(event, h11.EndOfMessage):
             await asyncio.Event().wait()  # the answer's end ends the exchange
+
+
+async def _answer(
+    upstream: h11.Connection, up_reader: asyncio.StreamReader, downstream: h11.Connection,
+    writer: asyncio.StreamWriter, meter: Meter, activity: Activity,
+) -> None:
+    """Pass the server's answer on as h11 reads it (interim answers too), saying the
+    connection closes after it: one request per connection, whatever the server keeps."""
+    passed = False
+    while True:
+        try:
+            event = upstream.next_event()
+            if event is h11.NEED_DATA:
+                upstream.receive_data(await activity.read(up_reader))
+                continue
+            if isinstance(event, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("it closed before its answer ended")
+            data = downstream.send(_passed_on(event))
+        except h11.ProtocolError as error:
+            why = f"the server's answer is not HTTP: {error}"
+            raise Cut("cut_upstream", why) if passed else Refused("failed_upstream", why) \
+                from None
+        passed = True
+        if data:
+            meter.received(len(data))
+            writer.write(data)
+            await writer.drain()
+        if isinstance(event, h11.EndOfMessage):
+            return
+
+
+def _passed_on(event: object) -> h11.Event:
+    if isinstance(event, h11.InformationalResponse | h11.Response):
+        headers = [(name, value) for name, value in event.headers
+                   if name not in (b"connection", b"keep-alive", b"proxy-connection")]
+        if isinstance(event, h11.Response):
+            return h11.Response(status_code=event.status_code, reason=event.reason,
+                                headers=[*headers, (b"connection", b"close")])
+        return h11.InformationalResponse(status_code=event.status_code, reason=event.reason,
+                                         headers=headers)
+    if isinstance(event, h11.Data):
+        return h11.Data(data=event.data)
+    return h11.EndOfMessage()  # trailers are dropped: the framing towards the client may differ
