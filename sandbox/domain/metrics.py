@@ -15,10 +15,11 @@ LayerResult = Literal["hit", "built", "failed"]
 # How an egress connection ended: relayed to its end; refused by the allow-list, by the
 # address it resolves to, or by a cap; failed upstream (no such name, no answer); a request
 # that is not HTTP; or cut part-way (idle, total time, bytes, suspend or delete, an answer
-# that is not HTTP).
+# that is not HTTP); or the proxy itself failed (a bug, logged with its traceback).
 EgressVerdict = Literal[
     "relayed", "refused_policy", "refused_address", "refused_limit", "failed_upstream",
     "bad_request", "cut_idle", "cut_timeout", "cut_bytes", "cut_interrupted", "cut_upstream",
+    "failed_proxy",
 ]
 
 

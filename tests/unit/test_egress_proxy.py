@@ -532,3 +532,20 @@ async def test_a_server_that_does_not_answer_http_is_a_502(tmp_path: Path) -> No
     assert got.startswith(b"HTTP/1.1 502 Bad Gateway: the server's answer is not HTTP")
     assert [(verdict, received) for verdict, _sent, received in proxy.metrics.connections] \
         == [("failed_upstream", 0)]
+
+
+async def test_a_failure_of_the_proxy_itself_ends_that_connection_alone(tmp_path: Path) -> None:
+    async def broken(host: str, port: int) -> list[str]:
+        raise ZeroDivisionError("a bug")
+
+    async with echo_server() as upstream, proxied(
+            tmp_path, f"echo.test:{upstream.port},bug.test", "echo.test=127.0.0.1",
+            lookup=broken) as proxy:
+        failed = await proxy.ask(tunnel("bug.test:443"))
+        after = await proxy.head(tunnel(f"echo.test:{upstream.port}"))
+        await proxy.settled()
+
+    assert failed == b""
+    assert after.startswith(b"HTTP/1.1 200")
+    assert [verdict for verdict, _, _ in proxy.metrics.connections] == ["failed_proxy",
+                                                                        "relayed"]

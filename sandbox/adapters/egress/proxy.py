@@ -150,6 +150,9 @@ class EgressProxy:
             raise
         except OSError as error:
             report.reason = f"ended by a peer: {error.strerror or error}"
+        except Exception as error:  # a bug here must end this connection only
+            log.exception("egress.failed", sandbox_id=listener.sandbox_id)
+            report.verdict, report.reason = "failed_proxy", repr(error)[:200]
         finally:
             if admitted:
                 allowance.release()
