@@ -32,6 +32,7 @@ import bench_pool
 import httpx
 import structlog
 import uvicorn
+from bench_egress import measure_egress
 from handmade_wheel import write_wheel
 
 from sandbox.adapters.runsc import cgroups
@@ -518,6 +519,7 @@ def main() -> int:
             measure_pools(Path(tmp), wheels, settings, args, raw_p50_ms)
         except (BenchError, bench_pool.PoolBenchError) as error:
             if not args.pools_only:
+                measure_egress(settings, args.runs)
                 asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
                 measure_checkpoint_removal(runtime, settings)
             print(f"bench: {error}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -17,6 +18,9 @@ from typing import TypeVar
 import structlog
 
 from sandbox.adapters import limit_layers
+from sandbox.adapters.egress.allowance import EgressLimits
+from sandbox.adapters.egress.proxy import EgressProxy
+from sandbox.adapters.egress.resolver import Resolver
 from sandbox.adapters.private import private_folder, private_tree_files
 from sandbox.adapters.runsc import cgroups, memory, oci, warm
 from sandbox.adapters.runsc.agent_channel import MAIN_TAG, AgentError
@@ -25,8 +29,10 @@ from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
 from sandbox.adapters.runsc.file_errors import file_error
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
+from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest, RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
+from sandbox.domain.metrics import Metrics
 from sandbox.domain.model import (
     IDLE,
     FileEntry,
@@ -70,7 +76,7 @@ class CgroupsRequired(RuntimeFailure):
 
 
 class RunscSandboxRuntime(SandboxRuntime):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._runsc = Runsc(settings.runsc_path, settings.state_dir / "runsc",
                             settings.runsc_platform)
@@ -87,6 +93,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._agent_identity = _agent_identity()
         # Holds the memory limit where no cgroup does (started only without cgroups).
         self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
+        self._egress = _egress_proxy(settings, metrics)
 
     async def start(self) -> None:
         await asyncio.to_thread(self._make_state_private)
@@ -135,6 +142,11 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._memory_watch.close()
         for sandbox_id in list(self._supervised):
             await self._supervised.pop(sandbox_id).detach()
+        await self._egress.close_all()
+
+    @property
+    def egress(self) -> EgressProxy:
+        return self._egress
 
     @property
     def identity(self) -> dict[str, str]:
@@ -157,6 +169,10 @@ class RunscSandboxRuntime(SandboxRuntime):
             problems.append(f"rootfs {self._rootfs} has no {oci.AGENT_DIR} (run make rootfs)")
         if not self._rootfs_identity():
             problems.append(f"rootfs {self._rootfs} has no identity file beside it")
+        if self._settings.egress_policy() and not (
+                self._rootfs / oci.EGRESS_DIR.lstrip("/")).is_dir():
+            problems.append(f"rootfs {self._rootfs} has no {oci.EGRESS_DIR}, which egress "
+                            "(SANDBOX_EGRESS_ALLOW) needs (run make rootfs)")
         if not os.access(self._bundles.root, os.W_OK):
             problems.append(f"state folder {self._bundles.root} is not writable")
         return problems
@@ -188,6 +204,8 @@ class RunscSandboxRuntime(SandboxRuntime):
     # One script in a sandbox made for it and gone afterwards ---------------------------
 
     async def run(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> Outcome:
+        if spec.network_allow:
+            return await self._run_with_agent(spec, program, sink)
         sandbox_id = spec.sandbox_id
         self._live.add(sandbox_id)
         process: asyncio.subprocess.Process | None = None
@@ -200,13 +218,37 @@ class RunscSandboxRuntime(SandboxRuntime):
             ))
             return await self._supervise(spec, process, stdout, stderr, sink, started)
         finally:
-            cleanup = asyncio.ensure_future(self._destroy(sandbox_id, process))
+            await self._destroy_shielded(sandbox_id, process)
+
+    async def _run_with_agent(
+        self, spec: SandboxSpec, program: Program, sink: OutputSink
+    ) -> Outcome:
+        """A one-shot script with an allow-list runs as a managed sandbox would (its relay
+        needs the agent), and is gone afterwards all the same."""
+        started = time.monotonic()
+        try:
+            await self.launch(spec, program, sink)
             try:
-                await asyncio.shield(cleanup)
-            except asyncio.CancelledError:
-                # Cancelled (a client went away): finish the cleanup, then let it propagate.
-                await cleanup
-                raise
+                async with asyncio.timeout(spec.limits.timeout_s):
+                    outcome = await self.wait(spec.sandbox_id)
+            except TimeoutError:
+                outcome = Outcome(exit_code=None, timed_out=True)
+        finally:
+            await self._destroy_shielded(spec.sandbox_id)
+        if outcome.failure is not None:
+            raise RuntimeFailure(f"the sandbox failed: {outcome.failure}")
+        return dataclasses.replace(outcome, duration_ms=int((time.monotonic() - started) * 1000))
+
+    async def _destroy_shielded(
+        self, sandbox_id: str, process: asyncio.subprocess.Process | None = None
+    ) -> None:
+        cleanup = asyncio.ensure_future(self._destroy(sandbox_id, process))
+        try:
+            await asyncio.shield(cleanup)
+        except asyncio.CancelledError:
+            # Cancelled (a client went away): finish the cleanup, then let it propagate.
+            await cleanup
+            raise
 
     async def _supervise(
         self,
@@ -281,6 +323,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             await wait_or_kill(process, KILL_GRACE_S)
         await self._end_supervision(sandbox_id)
         self._warm.pop(sandbox_id, None)
+        await self._egress.close(sandbox_id)
         await self._remove_bundle(sandbox_id)
         await self._remove_image(self._checkpoints / sandbox_id)
         self._memory_watch.forget(sandbox_id)
@@ -296,11 +339,14 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._live.add(sandbox_id)
         try:
             bundle = self.write_bundle(spec, program, managed=True)
+            await self._open_egress(spec)
             supervised = await self._start_agent(
                 spec, program, "run", "--bundle", str(bundle), sandbox_id
             )
             await self._started(supervised, supervised.channel.start(AGENT_START_TIMEOUT_S),
                                 "run")
+            if spec.network_allow:
+                await _start_relay(supervised)
             if program.language is not None or program.argv:
                 await supervised.channel.spawn(
                     oci.program_argv(program), supervised.env, oci.WORKDIR, sink,
@@ -326,6 +372,9 @@ class RunscSandboxRuntime(SandboxRuntime):
                 self.write_bundle(spec, Program(language=None), managed=True)
             else:
                 self._cgroups.create(sandbox_id, spec.limits.memory_mb * 1024 * 1024)
+            # The relay inside went on listening through the checkpoint; it finds a new
+            # socket at the same place.
+            await self._open_egress(spec)
             supervised = await self._start_agent(
                 spec, Program(language=None), "restore", "--image-path", image,
                 "--bundle", str(self._bundles.path(sandbox_id)), sandbox_id,
@@ -356,7 +405,8 @@ class RunscSandboxRuntime(SandboxRuntime):
             await self._runsc.kill_all(sandbox_id)
 
         supervised = await start_supervised(
-            sandbox_id, self._runsc.command(*args, log_file=log_file),
+            sandbox_id,
+            self._runsc.command(*args, log_file=log_file, host_uds=bool(spec.network_allow)),
             oci.environment(spec, program), broken,
         )
         self._supervised[sandbox_id] = supervised
@@ -543,6 +593,9 @@ class RunscSandboxRuntime(SandboxRuntime):
         if supervised is not None:
             await self._pause(supervised)
             supervised.ending = True
+        # gVisor cannot checkpoint an open host-socket connection: the relay inside has
+        # closed its own (at the pause); close the proxy's side too. A network interruption.
+        await self._egress.interrupt(sandbox_id)
         code, output = await self._runsc.quietly(
             "checkpoint", "--image-path", str(image), sandbox_id
         )
@@ -563,6 +616,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         await self._runsc.wait_until_stopped(sandbox_id, STOP_POLLS)
         await self._runsc.end(sandbox_id)
         await self._end_supervision(sandbox_id)
+        await self._egress.close(sandbox_id)
         self._cgroups.remove(sandbox_id)
         self._live.discard(sandbox_id)
         log.info("runsc.checkpointed", ms=int((time.monotonic() - started) * 1000),
@@ -631,6 +685,33 @@ class RunscSandboxRuntime(SandboxRuntime):
     def _watch_memory(self, sandbox_id: str, limit_bytes: int) -> None:
         if not self._cgroups.enabled and limit_bytes > 0:
             self._memory_watch.start(sandbox_id, limit_bytes)
+
+    async def _open_egress(self, spec: SandboxSpec) -> None:
+        if spec.network_allow:
+            await self._egress.open(spec.sandbox_id, EgressPolicy.parse(spec.network_allow),
+                                    self._bundles.egress_dir(spec.sandbox_id), oci.RELAY_UID)
+
+
+def _egress_proxy(settings: Settings, metrics: Metrics | None) -> EgressProxy:
+    limits = EgressLimits(
+        max_connections=settings.egress_max_connections,
+        connections_per_s=settings.egress_connections_per_s,
+        max_bytes=settings.egress_max_bytes,
+        idle_timeout_s=settings.egress_idle_timeout_s,
+        total_timeout_s=settings.egress_connection_timeout_s,
+    )
+    resolver = Resolver(settings.egress_host_map(), limits.resolve_timeout_s)
+    # The operator's list holds at every connection, also for a sandbox restored after the
+    # list was narrowed.
+    return EgressProxy(limits, resolver, metrics, operator=settings.egress_policy())
+
+
+async def _start_relay(supervised: Supervised) -> None:
+    try:
+        await supervised.channel.start_relay(oci.relay_argv(), AGENT_ANSWER_TIMEOUT_S)
+    except AgentError as refused:
+        raise RuntimeFailure(f"the sandbox's egress relay did not start: {refused.message}"
+                             ) from None
 
 
 async def _not_started(refused: AgentError, sink: OutputSink, started: float) -> Outcome:
