@@ -27,6 +27,7 @@ class SettingsError(ValueError):
 
 
 MIN_TOKEN_CHARS = 16
+CHECKPOINT_COMPRESSIONS = ("none", "flate-best-speed")
 INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
@@ -82,8 +83,13 @@ class Settings:
     # Where checkpoint images go; a bucket mounted as a folder on Cloud Run. Default:
     # STATE_DIR/checkpoints.
     checkpoint_dir: Path | None = None
+    # Where template images go. Default: STATE_DIR/templates.
+    template_dir: Path | None = None
     runsc_path: str = "runsc"
     runsc_platform: str = "systrap"
+    # How runsc writes checkpoint images: `none` (fastest here) or `flate-best-speed`
+    # (smaller images, for a slow disk or a bucket).
+    checkpoint_compression: str = "none"
     # Empty: one parent per state folder, gvisor-sandbox-<random>, named at its first start in
     # STATE_DIR/cgroup-parent (so a restart finds its own leftovers there).
     cgroup_parent: str = ""
@@ -105,6 +111,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     request_read_timeout_s: float = 30.0
     max_running_sandboxes: int = 32
+    # The most copies one `POST /sandboxes/{id}/fork` makes (each also counts as a running
+    # sandbox and holds its memory limit).
+    max_fork: int = 16
     # Synchronous and streamed /execute runs at once; over it a request waits up to
     # capacity_wait_s for a place, then gets a 429 (as does one that finds no memory).
     max_concurrent_executions: int = 8
@@ -173,6 +182,9 @@ class Settings:
         problems = self._auth_problems(api_tokens)
         if self.runtime not in ("runsc", "fake"):
             problems.append("SANDBOX_RUNTIME must be runsc or fake")
+        if self.checkpoint_compression not in CHECKPOINT_COMPRESSIONS:
+            problems.append("SANDBOX_CHECKPOINT_COMPRESSION must be one of "
+                            + ", ".join(CHECKPOINT_COMPRESSIONS))
         if self.log_format not in ("json", "console"):
             problems.append("SANDBOX_LOG_FORMAT must be json or console")
         if not 0 < self.port < 65536:
@@ -186,7 +198,7 @@ class Settings:
                      "default_idle_timeout_s", "max_idle_timeout_s", "retention_s",
                      "suspended_retention_s", "max_file_bytes", "reap_interval_s",
                      "shutdown_grace_s", "max_connections", "max_concurrent_executions",
-                     "max_concurrent_calls", "max_total_memory_mb"):
+                     "max_concurrent_calls", "max_total_memory_mb", "max_fork"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
         if self.cpus <= 0 or self.request_read_timeout_s <= 0:
@@ -309,6 +321,8 @@ class Settings:
         except ValueError as error:
             return [f"SANDBOX_POOL: {error}"]
         for profile in profiles:
+            if profile.template_id is not None:
+                continue  # a template's copies have the template's memory limit
             memory = profile.memory_mb or self.default_memory_mb
             if memory > min(self.max_memory_mb, self.max_total_memory_mb):
                 problems.append(f"SANDBOX_POOL: {profile.name} asks for more memory than "
@@ -377,6 +391,10 @@ class Settings:
     def checkpoints(self) -> Path:
         return self.checkpoint_dir or self.state_dir / "checkpoints"
 
+    @property
+    def templates(self) -> Path:
+        return self.template_dir or self.state_dir / "templates"
+
     def lifecycle_policy(self) -> LifecyclePolicy:
         return LifecyclePolicy(
             max_running=self.max_running_sandboxes,
@@ -385,6 +403,7 @@ class Settings:
             max_file_bytes=self.max_file_bytes,
             suspend_on_shutdown=self.suspend_on_shutdown,
             shutdown_grace_s=self.shutdown_grace_s,
+            max_fork=self.max_fork,
         )
 
     def default_limits(self) -> Limits:

@@ -95,6 +95,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         self.failing_warm_starts = 0
         self.warm_gate = asyncio.Event()
         self.warm_gate.set()
+        # Restores, in order (a template's copies, forks, restored sandboxes): id and image.
+        self.restores: list[tuple[str, str]] = []
 
     def program(self, source: bytes, behaviour: FakeBehaviour) -> None:
         self._programmed[source] = behaviour
@@ -213,10 +215,18 @@ class FakeSandboxRuntime(SandboxRuntime):
         await self._stop(sandbox_id)
         return image
 
+    async def snapshot(self, sandbox_id: str, image: str) -> int:
+        files = self._running(sandbox_id).files
+        self._images[image] = dict(files)
+        return sum(len(data) for data in files.values())
+
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
         if image not in self._images:
             raise RuntimeFailure(f"no checkpoint image {image}")
-        self._launch(spec, Program(language=None, argv=("idle",)), sink, self._images[image])
+        # Each copy has files of its own; the image stays as it was.
+        self._launch(spec, Program(language=None, argv=("idle",)), sink,
+                     dict(self._images[image]))
+        self.restores.append((spec.sandbox_id, image))
 
     async def discard_checkpoint(self, image: str) -> None:
         self._images.pop(image, None)
@@ -268,7 +278,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         return {key for key, box in self._sandboxes.items() if not box.init.done()}
 
     async def leftover_ids(self) -> set[str]:
-        images = {image.removeprefix("fake-image-") for image in self._images}
+        images = {image.removeprefix("fake-image-") for image in self._images
+                  if image.startswith("fake-image-")}
         return set(self._sandboxes) | images
 
     def _running(self, sandbox_id: str) -> _FakeSandbox:

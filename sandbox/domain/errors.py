@@ -25,6 +25,10 @@ class SandboxNotFound(SandboxError):
     code = "not_found"
 
 
+class TemplateNotFound(SandboxError):
+    code = "not_found"
+
+
 class InvalidState(SandboxError):
     code = "invalid_state"
 
