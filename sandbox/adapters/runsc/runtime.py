@@ -353,12 +353,14 @@ class RunscSandboxRuntime(SandboxRuntime):
     ) -> Outcome:
         supervised = self._agent(sandbox_id)
         argv, script = self._bundles.exec_argv(sandbox_id, program)
-        env = [*supervised.env, *(f"{key}={value}" for key, value in program.env)]
-        # The zygote has the session's environment: an exec with its own runs as started.
-        forked = argv[1] if program.language is Language.PYTHON and not program.env else None
+        env = _with_exec_env(supervised.env, program.env)
+        # The zygote has the session's environment and folder: an exec with its own runs as
+        # started (the agent then says why when the folder is missing; a forked child cannot).
+        own = bool(program.env) or program.cwd is not None
+        forked = argv[1] if program.language is Language.PYTHON and not own else None
         started = time.monotonic()
         try:
-            tag = await supervised.channel.spawn(argv, env, oci.WORKDIR, sink,
+            tag = await supervised.channel.spawn(argv, env, program.cwd or oci.WORKDIR, sink,
                                                  AGENT_ANSWER_TIMEOUT_S, stdin=True,
                                                  forked_script=forked)
         except AgentError as refused:
@@ -505,6 +507,14 @@ class RunscSandboxRuntime(SandboxRuntime):
     def _watch_memory(self, sandbox_id: str, limit_bytes: int) -> None:
         if not self._cgroups.enabled and limit_bytes > 0:
             self._memory_watch.start(sandbox_id, limit_bytes)
+
+
+def _with_exec_env(base: list[str], extra: tuple[tuple[str, str], ...]) -> list[str]:
+    """The sandbox's environment with an exec's own variables winning. Each name once: with
+    a name twice, C's getenv would see the first and Python's os.environ the last."""
+    merged = dict(item.split("=", 1) for item in base)
+    merged.update(extra)
+    return [f"{key}={value}" for key, value in merged.items()]
 
 
 async def _not_started(refused: AgentError, sink: OutputSink, started: float) -> Outcome:
