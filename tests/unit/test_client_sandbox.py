@@ -69,6 +69,15 @@ def test_a_context_manager_deletes_the_sandbox_unless_kept(api: FakeApi) -> None
     assert len(deletes) == 1
 
 
+def test_a_kept_sandbox_can_still_be_called_after_its_block(api: FakeApi) -> None:
+    with Sandbox.create(keep=True, config=api.config()) as sandbox:
+        pass
+
+    assert sandbox.info().state == "running"
+    assert sandbox.kill() is True
+    sandbox.close()
+
+
 def test_the_context_manager_deletes_the_sandbox_when_the_block_fails(api: FakeApi) -> None:
     with pytest.raises(ZeroDivisionError), Sandbox.create(config=api.config()):
         1 / 0  # noqa: B018

@@ -78,14 +78,27 @@ def json_of(response: httpx.Response) -> dict[str, Any]:
 
 
 class SyncHTTP:
+    """A pool of connections, opened on first use and again after close(): a sandbox kept
+    past its `with` block can still be called."""
+
     def __init__(self, config: ConnectionConfig) -> None:
         self.config = config
-        transport = config.transport if isinstance(config.transport, httpx.BaseTransport) else None
-        self._client = httpx.Client(base_url=config.url, headers=config.headers(),
-                                    timeout=config.timeout(), transport=transport)
+        self._opened: httpx.Client | None = None
+
+    @property
+    def _client(self) -> httpx.Client:
+        if self._opened is None:
+            config = self.config
+            transport = (config.transport if isinstance(config.transport, httpx.BaseTransport)
+                         else None)
+            self._opened = httpx.Client(base_url=config.url, headers=config.headers(),
+                                        timeout=config.timeout(), transport=transport)
+        return self._opened
 
     def close(self) -> None:
-        self._client.close()
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
 
     def send(self, call: Call, body: SyncBody | None = None) -> httpx.Response:
         """The answer, read whole."""
@@ -132,13 +145,22 @@ class SyncHTTP:
 class AsyncHTTP:
     def __init__(self, config: ConnectionConfig) -> None:
         self.config = config
-        transport = (config.transport if isinstance(config.transport, httpx.AsyncBaseTransport)
-                     else None)
-        self._client = httpx.AsyncClient(base_url=config.url, headers=config.headers(),
-                                         timeout=config.timeout(), transport=transport)
+        self._opened: httpx.AsyncClient | None = None
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        if self._opened is None:
+            config = self.config
+            transport = (config.transport
+                         if isinstance(config.transport, httpx.AsyncBaseTransport) else None)
+            self._opened = httpx.AsyncClient(base_url=config.url, headers=config.headers(),
+                                             timeout=config.timeout(), transport=transport)
+        return self._opened
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._opened is not None:
+            await self._opened.aclose()
+            self._opened = None
 
     async def send(self, call: Call, body: AsyncBody | None = None) -> httpx.Response:
         async with self.stream(call, body) as response:
