@@ -360,18 +360,32 @@ class RunscSandboxRuntime(SandboxRuntime):
         forked = argv[1] if program.language is Language.PYTHON and not own else None
         started = time.monotonic()
         try:
-            tag = await supervised.channel.spawn(argv, env, program.cwd or oci.WORKDIR, sink,
-                                                 AGENT_ANSWER_TIMEOUT_S, stdin=True,
-                                                 forked_script=forked)
-        except AgentError as refused:
+            tag = await self._started_exec(supervised, supervised.channel.spawn(
+                argv, env, program.cwd or oci.WORKDIR, sink, AGENT_ANSWER_TIMEOUT_S,
+                stdin=True, forked_script=forked))
+        except (AgentError, asyncio.CancelledError) as refused:
             if script is not None:
                 script.unlink(missing_ok=True)
-            return await _not_started(refused, sink, started)
+            if isinstance(refused, AgentError):
+                return await _not_started(refused, sink, started)
+            raise
         try:
             return await self._finish_exec(supervised, tag, stdin, timeout_s, started)
         finally:
             if script is not None:
                 script.unlink(missing_ok=True)
+
+    async def _started_exec(self, supervised: Supervised, spawning: Awaitable[int]) -> int:
+        """The exec's tag once the agent started it. A caller that leaves meanwhile (its
+        client went away) must not leave the agent's answer unclaimed, which would break the
+        channel and fail the sandbox: the start is waited for, then the exec is ended."""
+        spawn = asyncio.ensure_future(spawning)
+        try:
+            return await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(AgentError, RuntimeFailure):  # then nothing started
+                await self._kill_exec(supervised, await spawn)
+            raise
 
     async def _finish_exec(
         self, supervised: Supervised, tag: int, stdin: bytes, timeout_s: float, started: float
