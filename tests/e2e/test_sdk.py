@@ -3,6 +3,7 @@ of the client through HTTP, its errors and its retries."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,10 +119,13 @@ def test_errors_of_the_service_are_its_exceptions(server: Served) -> None:
 
 
 def test_a_background_command_runs_on_and_kill_ends_it(server: Served) -> None:
+    printed = threading.Event()
     with Sandbox.create(config=server.config()) as sandbox:
-        handle = sandbox.commands.run("echo started\nsleep 30\n", background=True)
+        handle = sandbox.commands.run("echo started\nsleep 30\n", background=True,
+                                      on_stdout=lambda _: printed.set())
         with pytest.raises(InvalidState):
             sandbox.suspend()  # an exec runs
+        assert printed.wait(10)
 
         handle.kill()
         done = handle.wait(timeout=10)
