@@ -154,6 +154,19 @@ def test_a_detached_script_is_followed_with_logs_and_its_code_returned(
     assert printed.stdout == "tick\ntock\n"
 
 
+def test_following_a_script_that_timed_out_says_why_and_exits_125(
+    server: Served, tmp_path: Path
+) -> None:
+    script = tmp_path / "slow.sh"
+    script.write_text("echo before\nsleep 30\n")
+
+    sandbox_id = sbx(server, "run", "--detach", "--timeout", "0.3", str(script)).stdout.strip()
+    followed = sbx(server, "logs", "-f", sandbox_id)
+
+    assert (followed.returncode, followed.stdout) == (125, "before\n")
+    assert "sbx: the sandbox is exited: timed out" in followed.stderr
+
+
 def test_an_unreachable_server_is_one_sentence_and_a_hint(tmp_path: Path) -> None:
     done = sbx(None, "ls", url="http://127.0.0.1:9")
 

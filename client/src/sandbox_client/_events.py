@@ -150,7 +150,8 @@ class OutputEvents:
         done = self._command.result(killed=True)
         state = "deleted" if final["type"] == "deleted" else str(final.get("state", ""))
         return Output(sandbox_id=sandbox_id, state=state, exit_code=final.get("exit_code"),
-                      stdout=done.stdout, stderr=done.stderr)
+                      stdout=done.stdout, stderr=done.stderr,
+                      reason=str(final.get("reason") or ""))
 
 
 class CellEvents:

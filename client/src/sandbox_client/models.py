@@ -125,6 +125,7 @@ class Output:
     stderr: str
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    reason: str = ""  # why it stopped, when followed to its end
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Output:

@@ -13,7 +13,7 @@ from sandbox_client import _calls
 from sandbox_client._events import CommandEvents, events
 from sandbox_client._http import Call, SyncHTTP, translated_errors
 from sandbox_client.cli.session import Session, parse_env, pass_session
-from sandbox_client.cli.terminal import exit_status, verdict
+from sandbox_client.cli.terminal import ENDED_WITHOUT_CODE, exit_status, verdict
 from sandbox_client.models import CommandResult, SandboxInfo
 from sandbox_client.oneshot import run as run_once
 from sandbox_client.sandbox import Sandbox
@@ -164,10 +164,13 @@ def logs(session: Session, sandbox_id: str, follow: bool, as_json: bool) -> None
     elif not follow:
         terminal.write(output.stdout)
         terminal.write(output.stderr, "stderr")
-    if follow and output.state != "exited":
-        terminal.say(f"sbx: the sandbox is {output.state}", "yellow")
-    if follow and output.exit_code is not None:
-        raise click.exceptions.Exit(output.exit_code)
+    if not follow:
+        return
+    if output.state != "exited" or output.exit_code is None:
+        why = f": {output.reason}" if output.reason else ""
+        terminal.say(f"sbx: the sandbox is {output.state}{why}", "yellow")
+    raise click.exceptions.Exit(ENDED_WITHOUT_CODE if output.exit_code is None
+                                else output.exit_code)
 
 
 COMMANDS = (run, exec_, logs)

@@ -33,7 +33,8 @@ class Terminal:
     # Piped, a table keeps its full width (rich would cut it to 80 columns).
     out: Console = field(default_factory=lambda: Console(
         highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False,
+                                                         soft_wrap=True))
     _spinner: Status | None = None
 
     @property
