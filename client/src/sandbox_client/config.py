@@ -34,7 +34,9 @@ class ConnectionConfig:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
     max_retries: int = DEFAULT_MAX_RETRIES
     max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT_S
-    # A transport of one's own (httpx.MockTransport in tests); None: httpx's default.
+    # A transport of one's own (httpx.MockTransport in tests); None: httpx's default. The
+    # sync client's background commands run on the async side: give one that serves both
+    # (as MockTransport does), or they use httpx's default.
     transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None
     on_retry: RetryHook | None = None
 
