@@ -466,25 +466,41 @@ class RunscSandboxRuntime(SandboxRuntime):
     ) -> Outcome:
         supervised = self._agent(sandbox_id)
         argv, script = self._bundles.exec_argv(sandbox_id, program)
-        env = [*supervised.env, *(f"{key}={value}" for key, value in program.env)]
-        # The zygote has the session's environment: an exec with its own runs as started.
-        forked = argv[1] if program.language is Language.PYTHON and not program.env else None
+        env = _with_exec_env(supervised.env, program.env)
+        # The zygote has the session's environment and folder: an exec with its own runs as
+        # started (the agent then says why when the folder is missing; a forked child cannot).
+        own = bool(program.env) or program.cwd is not None
+        forked = argv[1] if program.language is Language.PYTHON and not own else None
         oom_kills_before = self._cgroups.oom_kills(sandbox_id)
         started = time.monotonic()
         try:
-            tag = await supervised.channel.spawn(argv, env, oci.WORKDIR, sink,
-                                                 AGENT_ANSWER_TIMEOUT_S, stdin=True,
-                                                 forked_script=forked)
-        except AgentError as refused:
+            tag = await self._started_exec(supervised, supervised.channel.spawn(
+                argv, env, program.cwd or oci.WORKDIR, sink, AGENT_ANSWER_TIMEOUT_S,
+                stdin=True, forked_script=forked))
+        except (AgentError, asyncio.CancelledError) as refused:
             if script is not None:
                 script.unlink(missing_ok=True)
-            return await _not_started(refused, sink, started)
+            if isinstance(refused, AgentError):
+                return await _not_started(refused, sink, started)
+            raise
         try:
             return await self._finish_exec(supervised, tag, stdin, timeout_s, started,
                                            oom_kills_before)
         finally:
             if script is not None:
                 script.unlink(missing_ok=True)
+
+    async def _started_exec(self, supervised: Supervised, spawning: Awaitable[int]) -> int:
+        """The exec's tag once the agent started it. A caller that leaves meanwhile (its
+        client went away) must not leave the agent's answer unclaimed, which would break the
+        channel and fail the sandbox: the start is waited for, then the exec is ended."""
+        spawn = asyncio.ensure_future(spawning)
+        try:
+            return await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(AgentError, RuntimeFailure):  # then nothing started
+                await self._kill_exec(supervised, await spawn)
+            raise
 
     async def _finish_exec(
         self, supervised: Supervised, tag: int, stdin: bytes, timeout_s: float, started: float,
@@ -712,6 +728,14 @@ async def _start_relay(supervised: Supervised) -> None:
     except AgentError as refused:
         raise RuntimeFailure(f"the sandbox's egress relay did not start: {refused.message}"
                              ) from None
+
+
+def _with_exec_env(base: list[str], extra: tuple[tuple[str, str], ...]) -> list[str]:
+    """The sandbox's environment with an exec's own variables winning. Each name once: with
+    a name twice, C's getenv would see the first and Python's os.environ the last."""
+    merged = dict(item.split("=", 1) for item in base)
+    merged.update(extra)
+    return [f"{key}={value}" for key, value in merged.items()]
 
 
 async def _not_started(refused: AgentError, sink: OutputSink, started: float) -> Outcome:
