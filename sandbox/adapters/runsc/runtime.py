@@ -43,7 +43,7 @@ from sandbox.domain.model import (
     Stream,
 )
 from sandbox.domain.ports import OpenedFile, OutputSink, SandboxRuntime
-from sandbox.settings import Settings
+from sandbox.settings import PLATFORMS, Settings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -56,6 +56,8 @@ STOP_POLLS = 200
 # not to hold up one that runs on.
 FAILED_CHECKPOINT_POLLS = 40
 FILE_CALL_TIMEOUT_S = 60.0
+# Beside a checkpoint's image: the platform it was made on.
+PLATFORM_FILE = "platform"
 # Enough for the largest file at a slow client's pace; past it the transfer is ended.
 FILE_TRANSFER_TIMEOUT_S = 600.0
 # How long the agent may take to answer: its start (the sandbox booting), a request.
@@ -335,13 +337,23 @@ class RunscSandboxRuntime(SandboxRuntime):
     # Managed sandboxes: the agent is their init -----------------------------------------
 
     async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
+        if program.language is not None or program.argv:
+            await self._launch(spec, program, sink, self._settings.runsc_platform)
+        else:  # a session, which mostly waits: its platform, and a zygote for Python execs
+            await self._launch(spec, program, sink, self._settings.session_platform,
+                               zygote=True)
+
+    async def _launch(
+        self, spec: SandboxSpec, program: Program, sink: OutputSink, platform: str,
+        zygote: bool = False,
+    ) -> None:
         sandbox_id = spec.sandbox_id
         self._live.add(sandbox_id)
         try:
             bundle = self.write_bundle(spec, program, managed=True)
             await self._open_egress(spec)
             supervised = await self._start_agent(
-                spec, program, "run", "--bundle", str(bundle), sandbox_id
+                spec, program, platform, "run", "--bundle", str(bundle), sandbox_id
             )
             await self._started(supervised, supervised.channel.start(AGENT_START_TIMEOUT_S),
                                 "run")
@@ -353,7 +365,7 @@ class RunscSandboxRuntime(SandboxRuntime):
                     AGENT_ANSWER_TIMEOUT_S, main=True,
                 )
                 supervised.main = True
-            else:  # a session: its Python execs are forked from a started interpreter
+            elif zygote:  # Python execs are forked from a started interpreter
                 await supervised.channel.start_zygote(
                     ["python3", f"{oci.AGENT_DIR}/zygote.py"], supervised.env, oci.WORKDIR,
                     AGENT_ANSWER_TIMEOUT_S,
@@ -376,7 +388,8 @@ class RunscSandboxRuntime(SandboxRuntime):
             # socket at the same place.
             await self._open_egress(spec)
             supervised = await self._start_agent(
-                spec, Program(language=None), "restore", "--image-path", image,
+                spec, Program(language=None), _image_platform(image, self._settings),
+                "restore", "--image-path", image,
                 "--bundle", str(self._bundles.path(sandbox_id)), sandbox_id,
             )
             live = await self._started(supervised,
@@ -389,7 +402,9 @@ class RunscSandboxRuntime(SandboxRuntime):
             await self._destroy(sandbox_id)
             raise
 
-    async def _start_agent(self, spec: SandboxSpec, program: Program, *args: str) -> Supervised:
+    async def _start_agent(
+        self, spec: SandboxSpec, program: Program, platform: str, *args: str
+    ) -> Supervised:
         """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor, with
         the agent's channel on its stdio."""
         sandbox_id = spec.sandbox_id
@@ -406,9 +421,11 @@ class RunscSandboxRuntime(SandboxRuntime):
 
         supervised = await start_supervised(
             sandbox_id,
-            self._runsc.command(*args, log_file=log_file, host_uds=bool(spec.network_allow)),
+            self._runsc.command(*args, log_file=log_file, host_uds=bool(spec.network_allow),
+                                platform=platform),
             oci.environment(spec, program), broken,
         )
+        supervised.platform = platform
         self._supervised[sandbox_id] = supervised
         self._watch_memory(sandbox_id, self._bundles.memory_bytes(sandbox_id))
         return supervised
@@ -557,7 +574,8 @@ class RunscSandboxRuntime(SandboxRuntime):
     async def start_warm(
         self, spec: SandboxSpec, language: Language, preimport: tuple[str, ...]
     ) -> None:
-        await self.launch(spec, IDLE, warm.Nowhere())
+        # Warm sandboxes run scripts: the scripts' platform, and no zygote.
+        await self._launch(spec, IDLE, warm.Nowhere(), self._settings.runsc_platform)
         waiting = warm.WarmSandbox(language)
         try:
             if language is Language.PYTHON:
@@ -626,6 +644,8 @@ class RunscSandboxRuntime(SandboxRuntime):
                 with contextlib.suppress(RuntimeFailure, AgentError):
                     await supervised.channel.unpause(AGENT_ANSWER_TIMEOUT_S)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
+        platform = supervised.platform if supervised is not None else ""
+        (image / PLATFORM_FILE).write_text(platform or self._settings.runsc_platform)
         image_bytes = await asyncio.to_thread(_seal_image, image)
         # checkpoint can return while the container still shows as running; the same id is
         # reused by restore, so wait for it to stop, then delete it.
@@ -770,6 +790,17 @@ def _agent_identity() -> str:
     for source in sorted(AGENT_DIR.glob("*.py")):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
+def _image_platform(image: str, settings: Settings) -> str:
+    """The platform a checkpoint was made on, which its restore must use (one made on
+    systrap restores on ptrace with its agent dead). Older images were made on systrap, the
+    scripts' platform."""
+    try:
+        named = (Path(image) / PLATFORM_FILE).read_text().strip()
+    except OSError:
+        return settings.runsc_platform
+    return named if named in PLATFORMS else settings.runsc_platform
+
+
 def _seal_image(image: Path) -> int:
     """Make every file of a checkpoint image readable by root only (runsc writes them
     world-readable, and they hold the sandbox's memory); return the image's size."""
