@@ -227,7 +227,7 @@ class Template:
         # Env values (often secrets) and host paths stay out, as in a sandbox's record.
         return {
             "template_id": self.template_id,
-            "source_sandbox_id": self.source_sandbox_id,
+            "sandbox_id": self.source_sandbox_id,  # the sandbox it was taken from
             "kind": self.kind.value,
             "language": self.language.value if self.language else None,
             "created_at": iso_time(self.created_at),

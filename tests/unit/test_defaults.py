@@ -31,6 +31,7 @@ POLICY_SETTINGS = {
     "max_file_bytes": (1024, "max_file_bytes"),
     "suspend_on_shutdown": (False, "suspend_on_shutdown"),
     "shutdown_grace_s": (2.0, "shutdown_grace_s"),
+    "max_fork": (5, "max_fork"),
 }
 
 

@@ -18,7 +18,7 @@ from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.restoration import require_identity
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.templates import get_template
-from sandbox.domain.model import Sandbox, SandboxSpec, SandboxState, Template
+from sandbox.domain.model import Language, Sandbox, SandboxSpec, SandboxState, Template
 from sandbox.domain.ports import OutputSink
 from sandbox.domain.reasons import ReasonCode
 
@@ -29,13 +29,18 @@ async def create_from_template(
     sandboxes: Sandboxes,
     template_id: str,
     *,
+    language: Language | None = None,
     idle_timeout_s: float | None = None,
     timeout_s: float | None = None,
 ) -> Sandbox:
     """A new sandbox continuing from the template's state, with what the template was made
     with (language, limits, env, packages, network); `timeout_s` (per exec) and
-    `idle_timeout_s` may be changed. The template is left as it was."""
+    `idle_timeout_s` may be changed, and a `language` given must be the template's. The
+    template is left as it was."""
     template = await get_template(sandboxes, template_id)
+    if language is not None and language is not template.language:
+        raise InvalidRequest(f"the template runs {_named(template.language)}, not "
+                             f"{language.value}: leave language out to start from it")
     require_identity(sandboxes, template.identity, "the template")
     sandbox = copy_of(sandboxes, template, template_id, idle_timeout_s, timeout_s)
     async with sandboxes.admission.admitted(sandbox):
@@ -143,3 +148,7 @@ def _template_shape(sandboxes: Sandboxes, source: Sandbox, key: str) -> Template
         size_bytes=0, identity=(), env=source.env, package_dirs=source.package_dirs,
         network_allow=source.network_allow, idle_timeout_s=source.idle_timeout_s,
     )
+
+
+def _named(language: Language | None) -> str:
+    return language.value if language is not None else "no language"

@@ -32,8 +32,9 @@ from sandbox.settings import Settings
 
 CREATE_FIELDS = ("language", "timeout", "memory_mb", "env", "idle_timeout", "packages",
                  "network", "template")
-# A sandbox started from a template is made with what the template was made with.
-TEMPLATE_FIELDS = ("template", "timeout", "idle_timeout")
+# A sandbox started from a template is made with what the template was made with; a
+# language, if given, must be the template's (clients send their default).
+TEMPLATE_FIELDS = ("template", "language", "timeout", "idle_timeout")
 STATES = ", ".join(state.value for state in SandboxState)
 
 
@@ -75,10 +76,12 @@ async def _create_from_template(
     if other:
         raise InvalidRequest(f"a sandbox started from a template is made with the template's "
                              f"{', '.join(other)}: give only {', '.join(TEMPLATE_FIELDS)}")
+    given_language = fields.text("language")
     timeout = fields.number("timeout")
     idle_timeout = fields.number("idle_timeout")
     sandbox = await copies.create_from_template(
         sandboxes, template_id,
+        language=None if given_language is None else parse_language(given_language),
         timeout_s=None if timeout is None else policy.resolve(timeout_s=timeout).timeout_s,
         idle_timeout_s=None if idle_timeout is None else _idle_timeout(idle_timeout, settings),
     )
