@@ -81,9 +81,11 @@ async def lines(sandboxes: Sandboxes, sandbox_id: str) -> list[str]:
 async def counted_past(sandboxes: Sandboxes, sandbox_id: str, count: int) -> list[str]:
     """The counter's lines once it has written more than `count` (bounded: no timing claim)."""
     async with asyncio.timeout(30):
-        while len(found := await lines(sandboxes, sandbox_id)) <= count:
+        while True:
+            found = await lines(sandboxes, sandbox_id)
+            if len(found) > count:
+                return found
             await asyncio.sleep(0.1)
-    return found
 
 
 async def a_counting_session(sandboxes: Sandboxes) -> str:

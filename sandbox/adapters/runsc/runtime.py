@@ -188,8 +188,10 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     # What the benchmark times as bare runsc: the same bundle, the same flags.
 
-    def command(self, *args: str, log_file: Path | None = None) -> list[str]:
-        return self._runsc.command(*args, log_file=log_file)
+    def command(
+        self, *args: str, log_file: Path | None = None, platform: str | None = None
+    ) -> list[str]:
+        return self._runsc.command(*args, log_file=log_file, platform=platform)
 
     def write_bundle(self, spec: SandboxSpec, program: Program, managed: bool = False) -> Path:
         memory_bytes = spec.limits.memory_mb * 1024 * 1024
