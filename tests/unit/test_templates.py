@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio
 import pytest
 from lifecycle_support import (
+    LIMITS,
     ControlledRuntime,
     NewSandboxes,
     policy,
@@ -18,6 +20,7 @@ from lifecycle_support import (
     write_bytes,
 )
 
+from sandbox.adapters.fake_packages import FakePackageInstaller
 from sandbox.adapters.memory_templates import InMemoryTemplateImages, InMemoryTemplateStore
 from sandbox.domain.errors import (
     AtCapacity,
@@ -32,8 +35,12 @@ from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.execution import execute_from_template
 from sandbox.domain.lifecycle.reconciliation import reconcile
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.metrics import NoMetrics
 from sandbox.domain.model import Language, SandboxState
+from sandbox.domain.packages import PackagePolicy
+from sandbox.domain.pool_profiles import parse_pool
 from sandbox.domain.templates import Templates
+from sandbox.domain.warm_pool import PoolTuning, WarmPool
 
 pytestmark = pytest.mark.anyio
 
@@ -238,3 +245,30 @@ async def test_an_image_without_a_record_is_collected_at_the_next_start(
     await reconcile(sandboxes)
 
     assert images.images == {template.template_id: "published"}
+
+
+async def test_a_pool_keeps_warm_copies_of_a_template_for_its_scripts_and_pins_it(
+    new_sandboxes: NewSandboxes, kept: Templates, runtime: ControlledRuntime
+) -> None:
+    maker = new_sandboxes(templates=kept)
+    template = await templates.snapshot_sandbox(maker, await source_with_a_file(maker))
+    pool = WarmPool(runtime, parse_pool(f"template/{template.template_id}:1", PackagePolicy()),
+                    LIMITS, (), maker.capacity, NoMetrics(), FakePackageInstaller(),
+                    PoolTuning(refill_concurrency=1, backoff_s=0.05, poll_s=0.02),
+                    templates=kept)
+    sandboxes = new_sandboxes(templates=kept, pool=pool)
+    await pool.start()
+    try:
+        with anyio.fail_after(5):
+            while pool.sizes().get(f"template/{template.template_id}") != 1:
+                await asyncio.sleep(0.01)
+        [(warm_copy, _)] = runtime.restores
+
+        result = await execute_from_template(sandboxes, template.template_id, None,
+                                             b'print("warm")')
+        with pytest.raises(InvalidState, match="warm pool"):
+            await templates.delete_template(sandboxes, template.template_id)
+    finally:
+        await pool.close()
+
+    assert (result.sandbox_id, result.to_dict()["stdout"]) == (warm_copy, "warm\n")
