@@ -260,7 +260,9 @@ async def test_a_pool_keeps_warm_copies_of_a_template_for_its_scripts_and_pins_i
     await pool.start()
     try:
         with anyio.fail_after(5):
-            while pool.sizes().get(f"template/{template.template_id}") != 1:
+            while True:
+                if pool.sizes().get(f"template/{template.template_id}") == 1:
+                    break
                 await asyncio.sleep(0.01)
         [(warm_copy, _)] = runtime.restores
 
