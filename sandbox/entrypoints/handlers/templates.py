@@ -12,6 +12,7 @@ from sandbox.domain.lifecycle import copies, templates
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.entrypoints.json_body import read_json_fields
 from sandbox.entrypoints.paths import sandbox_id_of
+from sandbox.entrypoints.precheck import require_running
 from sandbox.entrypoints.query import checked_query
 from sandbox.settings import Settings
 
@@ -63,6 +64,8 @@ async def fork_sandbox(
 ) -> Response:
     sandbox_id = sandbox_id_of(request)
     checked_query(request.query_params, ())
+    # As for an exec: an unknown or stopped sandbox is said before the body is judged.
+    await require_running(sandboxes, sandbox_id, "fork")
     fields = await read_json_fields(request, settings.max_body_bytes, ("count",), empty_ok=True)
     count = fields.integer("count")
     if count is None:
