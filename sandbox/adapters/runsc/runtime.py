@@ -634,8 +634,7 @@ class RunscSandboxRuntime(SandboxRuntime):
     async def checkpoint(self, sandbox_id: str) -> str:
         image = self._checkpoints / checked(sandbox_id)
         await self._housekeeping.settled(sandbox_id)
-        if image.exists():
-            await self._remove_image(image)
+        await self._remove_image(image)
         # The image holds the sandbox's memory: only root may read it.
         image.mkdir(mode=0o700, parents=True)
         started = time.monotonic()
@@ -650,7 +649,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             await self._checkpoint_failed(sandbox_id, supervised, image)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
         saved = time.monotonic()
-        _write_platform(image, supervised, self._settings)
+        await asyncio.to_thread(_write_platform, image, supervised, self._settings)
         image_bytes = await asyncio.to_thread(_seal_image, image)
         await self._until_stopped(sandbox_id, supervised)
         await self._end_supervision(sandbox_id)
@@ -716,7 +715,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         if code != 0:
             raise RuntimeFailure(f"runsc checkpoint --leave-running failed: "
                                  f"{output.strip()[-500:]}")
-        _write_platform(Path(image), supervised, self._settings)
+        await asyncio.to_thread(_write_platform, Path(image), supervised, self._settings)
         image_bytes = await asyncio.to_thread(_seal_image, Path(image))
         log.info("runsc.snapshotted", sandbox_id=sandbox_id, image_bytes=image_bytes,
                  ms=int((time.monotonic() - started) * 1000))
