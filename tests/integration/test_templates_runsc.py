@@ -45,8 +45,9 @@ while True:
 DRAWS = b"""\
 import os, random
 print(random.random())
-print(os.environ.get("SANDBOX_GENERATION", ""))
-print(open("/run/sandbox/generation").read().strip())
+print(os.environ.get("SANDBOX_GENERATION", "none"))
+print(open("/run/sandbox/generation").read().strip()
+      if os.path.exists("/run/sandbox/generation") else "none")
 """
 
 
@@ -125,6 +126,7 @@ async def test_copies_of_a_template_go_on_with_its_files_and_processes_each_a_ne
     randoms = {draw[0] for draw in [source_draws, *draws]}
     generations = {draw[1] for draw in [source_draws, *draws]}
     assert len(randoms) == 3 and len(generations) == 3
+    assert source_draws[1:] == ["none", "none"]  # never restored: no generation
     assert all(draw[1] == draw[2] and len(draw[1]) == 32 for draw in draws)
 
 

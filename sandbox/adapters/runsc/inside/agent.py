@@ -13,10 +13,12 @@ service granted per tag; `pause` makes the agent fall silent before a checkpoint
 `resume` (after a restore) makes it say which processes still run, after a sync marker the
 service finds even if a checkpoint cut a frame in half.
 
-Every copy of a sandbox (its start, and each restore: a template started twice, a fork) is a
-new generation, named by a nonce: processes started from then on find it in
-SANDBOX_GENERATION, processes already running can read it in GENERATION_FILE, and the
-session's zygote re-seeds its generators, so that no two copies draw the same numbers.
+Each restore makes a new copy of a sandbox (a template started twice, a fork, a suspended
+sandbox brought back): a new generation, named by a nonce the service sends with `resume`.
+Processes started from then on find it in SANDBOX_GENERATION, processes already running can
+read it in GENERATION_FILE, and the session's zygote re-seeds its generators, so that no two
+copies draw the same numbers. A sandbox never restored has no generation (neither the variable
+nor the file): its processes see the environment a one-shot script sees.
 """
 
 from __future__ import annotations
@@ -318,9 +320,11 @@ class Agent:
         self.send(STARTED, tag, STARTED_PAYLOAD.pack(pid))
 
     def environment(self, given: list[bytes]) -> list[bytes]:
-        """The environment the service gave, with this copy's generation."""
+        """The environment the service gave, with this copy's generation once it has one
+        (a sandbox never restored has none: its processes see what a one-shot script sees)."""
         env = [bytes(item) for item in given if not bytes(item).startswith(GENERATION_ENV)]
-        env.append(GENERATION_ENV + self.generation)
+        if self.generation:
+            env.append(GENERATION_ENV + self.generation)
         return env
 
     def new_generation(self, generation: bytes) -> None:
@@ -953,9 +957,7 @@ def main() -> None:
     os.setgroups([])
     os.umask(0o022)
     os.chdir("/")
-    agent = Agent()
-    agent.new_generation(os.urandom(16).hex().encode())
-    agent.run()
+    Agent().run()
 
 
 if __name__ == "__main__":
