@@ -161,6 +161,7 @@ class FakeContexts:
         kernel = self.kernel(context_id)
         if kernel.cell is not None:
             raise InvalidState("a cell is running in this context; interrupt it or wait")
+        await sink.started()
         started = time.monotonic()
         if kernel.ended is not None:
             ended = kernel.ended

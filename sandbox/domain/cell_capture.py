@@ -26,7 +26,9 @@ class CellListener:
 
 
 class CellCapture(CellSink):
-    def __init__(self, limits: CellLimits, listener: CellListener | None = None) -> None:
+    def __init__(self, sandbox_id: str, context_id: str, limits: CellLimits,
+                 listener: CellListener | None = None) -> None:
+        self._ids = sandbox_id, context_id
         self.listener = listener or CellListener()
         self._output = OutputCapture(limits.output_bytes, self.listener.output)
         self._limits = limits
@@ -34,6 +36,9 @@ class CellCapture(CellSink):
         self._results: list[CellResult] = []
         self._results_truncated = False
         self._error: CellError | None = None
+
+    async def started(self) -> None:
+        await self.listener.started(*self._ids)
 
     async def output(self, stream: Stream, data: bytes) -> None:
         await self._output.write(stream, data)
@@ -51,13 +56,13 @@ class CellCapture(CellSink):
         if self._error is None:  # the exception the cell ended with comes first
             self._error = error
 
-    async def finish(self, context_id: str, outcome: CellOutcome) -> CellRun:
+    async def finish(self, outcome: CellOutcome) -> CellRun:
         await self._output.close()
         error = _error(self._error, outcome, self._limits.timeout_s)
         if error is not None:
             await self.listener.error(error)
         return CellRun(
-            context_id=context_id, outcome=outcome, results=tuple(self._results),
+            context_id=self._ids[1], outcome=outcome, results=tuple(self._results),
             stdout=self._output.captured(Stream.STDOUT),
             stderr=self._output.captured(Stream.STDERR), error=error,
             results_truncated=self._results_truncated or outcome.results_truncated,

@@ -34,7 +34,11 @@ class OutputSink(abc.ABC):
 
 class CellSink(abc.ABC):
     """Receives what a cell makes, in the order it was made: output as raw bytes per stream,
-    results (MIME bundles) and the exception the cell ended with."""
+    results (MIME bundles) and the exception the cell ended with. `started` comes first, once
+    the runtime has taken the cell (its context exists and runs no other cell)."""
+
+    @abc.abstractmethod
+    async def started(self) -> None: ...
 
     @abc.abstractmethod
     async def output(self, stream: Stream, data: bytes) -> None: ...

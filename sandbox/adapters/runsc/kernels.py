@@ -152,6 +152,7 @@ class Kernel:
     sink: KernelSink
     exited: asyncio.Task[int]
     running: bool = False
+    killed: bool = False
     # Set when the service ends it on purpose (restart, delete): what a running cell is told.
     ended_by: str | None = None
 
@@ -254,8 +255,14 @@ class Kernels:
     def _track(self, context: CodeContext, tag: int, sink: KernelSink) -> Kernel:
         exited = asyncio.create_task(self.channel.wait(tag))
         exited.add_done_callback(_quietly)
-        sink.on_broken = lambda: self.channel.kill(tag)
-        return Kernel(context, tag, sink, exited)
+        kernel = Kernel(context, tag, sink, exited)
+        sink.on_broken = lambda: self._kill(kernel)
+        return kernel
+
+    def _kill(self, kernel: Kernel) -> None:
+        if not kernel.killed:
+            kernel.killed = True
+            self.channel.kill(kernel.tag)
 
     async def _until_ready(self, kernel: Kernel) -> None:
         ready, failed = _event_task(kernel.sink.ready), _event_task(kernel.sink.failed)
@@ -279,7 +286,7 @@ class Kernels:
         cannot be ended is the sandbox's end)."""
         if kernel.exited.done():
             return
-        self.channel.kill(kernel.tag)
+        self._kill(kernel)
         try:
             async with asyncio.timeout(KILL_GRACE_S):
                 await asyncio.wait({kernel.exited})
@@ -315,6 +322,7 @@ class Kernels:
         started = time.monotonic()
         cell = _Cell(secrets.randbits(63) | 1, sink, limits.result_bytes)
         try:
+            await sink.started()
             outcome = await self._outcome(kernel, cell, code, limits)
         except asyncio.CancelledError:
             # The caller left: the cell is interrupted (or its interpreter restarted) behind

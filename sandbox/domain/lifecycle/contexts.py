@@ -63,11 +63,10 @@ async def run_cell(
         limits = CellLimits(timeout_s=timeout_s or sandbox.limits.timeout_s,
                             output_bytes=sandbox.limits.output_bytes,
                             result_bytes=sandboxes.policy.cell_result_bytes)
-        capture = CellCapture(limits, listener)
-        await capture.listener.started(sandbox.sandbox_id, context_id)
+        capture = CellCapture(sandbox.sandbox_id, context_id, limits, listener)
         outcome = await sandboxes.runtime.run_cell(sandbox.sandbox_id, context_id, code, limits,
                                                    capture)
-        run = await capture.finish(context_id, outcome)
+        run = await capture.finish(outcome)
     sandboxes.metrics.execution_finished("cell", _verdict(run), outcome.duration_ms / 1000)
     log.info("context.cell_finished", context_id=context_id,
              execution_count=outcome.execution_count, timed_out=outcome.timed_out,
