@@ -45,8 +45,9 @@ class CellCapture(CellSink):
 
     async def result(self, result: CellResult) -> None:
         fitted = result.within(self._room)
+        # Flagged when any result lost a representation, some text, or its place.
+        self._results_truncated |= fitted is None or fitted.truncated
         if fitted is None:
-            self._results_truncated = True
             return
         self._room -= fitted.size()
         self._results.append(fitted)

@@ -62,7 +62,8 @@ async def test_a_result_over_what_is_left_loses_its_largest_representations_firs
     run = await capture.finish(CellOutcome(1))
 
     assert run.results[1].data == {"text/plain": "<Figure>", "text/html": "h" * 20}
-    assert run.results[1].truncated is True
+    assert (run.results[0].truncated, run.results[1].truncated) == (False, True)
+    assert run.results_truncated is True
 
 
 async def test_text_is_cut_when_even_alone_it_does_not_fit_and_then_results_are_dropped() -> None:
