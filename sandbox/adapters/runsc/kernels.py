@@ -405,7 +405,7 @@ class Kernels:
 def _request(cell: _Cell, code: str, limits: CellLimits) -> bytes:
     body = json.dumps({"op": "run", "cell": cell.token, "code": code,
                        "output_bytes": limits.output_bytes,
-                       "result_bytes": limits.result_bytes}).encode()
+                       "result_bytes": limits.result_bytes}, ensure_ascii=False).encode()
     return layout.LENGTH.pack(len(body)) + body
 
 
