@@ -18,26 +18,25 @@ import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
 
-from sandbox.adapters.runsc import kernel_frames as frames
 from sandbox.adapters.runsc import oci
 from sandbox.adapters.runsc.agent_channel import AgentChannel, AgentError
 from sandbox.adapters.runsc.agent_frames import LiveProcess
 from sandbox.adapters.runsc.inside import kernel_layout as layout
-from sandbox.adapters.runsc.kernel_frames import CellEnd, KernelFrame, KernelViolation
+from sandbox.adapters.runsc.kernel_sink import Cell, KernelSink
 from sandbox.domain.cells import CellLimits, CellOutcome, CodeContext
 from sandbox.domain.errors import ContextNotFound, InvalidState, RuntimeFailure
-from sandbox.domain.model import Language, Stream
-from sandbox.domain.ports import CellSink, OutputSink
+from sandbox.domain.model import Language
+from sandbox.domain.ports import CellSink
 
 log = structlog.get_logger(__name__)
 
 KERNEL_ARGV = ["python3", f"{oci.AGENT_DIR}/kernel.py"]
-# Starting IPython inside gVisor takes about a second; a busy host, several.
+# Starting IPython inside gVisor takes 0.3 to 0.8 s; a busy host, several.
 START_TIMEOUT_S = 60.0
 ANSWER_TIMEOUT_S = 30.0
 # A timed-out cell is interrupted; one still running this long after is ended with its
@@ -45,9 +44,6 @@ ANSWER_TIMEOUT_S = 30.0
 INTERRUPT_GRACE_S = 3.0
 # A kernel's group killed by the agent: a fork bomb on a busy host takes seconds to empty.
 KILL_GRACE_S = 20.0
-# What an interpreter wrote to its own stderr outside cells (a failed start), kept for the
-# reason given.
-LAST_WORDS = 2000
 _LABEL = re.compile(rb"\Acontext (python) ([0-9a-f]{16}) ([0-9]{1,12})\Z")
 Waited = Literal["ended", "died", "timeout"]
 
@@ -63,84 +59,6 @@ def context_of(label: bytes) -> CodeContext | None:
         return None
     language, context_id, created = (part.decode() for part in found.groups())
     return CodeContext(context_id, Language(language), float(created))
-
-
-@dataclass
-class _Cell:
-    token: int
-    sink: CellSink
-    result_bytes: int
-    ended: asyncio.Future[CellEnd] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-class KernelSink(OutputSink):
-    """One interpreter's output as the agent delivers it: frames on stdout; on stderr, its
-    own last words (a crash, a fault), told as the running cell's stderr."""
-
-    def __init__(self, context_id: str, ready: bool = False) -> None:
-        self.context_id = context_id
-        self.reader = frames.FrameReader()
-        self.ready = asyncio.Event()
-        if ready:
-            self.ready.set()
-        self.cell: _Cell | None = None
-        self.broken: str | None = None
-        self.failed = asyncio.Event()
-        self.on_broken: Callable[[], None] = lambda: None
-        self.last_words = bytearray()
-
-    async def write(self, stream: Stream, data: bytes) -> None:
-        if self.broken is not None:
-            return  # being killed: what it still sends is dropped
-        try:
-            if stream is Stream.STDERR:
-                await self._last_words(data)
-                return
-            for frame in self.reader.feed(data, self._largest_frame()):
-                await self._dispatch(frame)
-        except KernelViolation as violation:
-            self._break(str(violation))
-
-    def _largest_frame(self) -> int:
-        cell = self.cell
-        if cell is None or cell.ended.done():
-            return frames.IDLE_FRAME
-        return cell.result_bytes + frames.FRAME_SLACK
-
-    async def _last_words(self, data: bytes) -> None:
-        cell = self.cell
-        if cell is not None and not cell.ended.done():
-            await cell.sink.output(Stream.STDERR, data)
-        self.last_words = (self.last_words + data)[-LAST_WORDS:]
-
-    async def _dispatch(self, frame: KernelFrame) -> None:
-        if frame.kind == layout.READY:
-            if self.ready.is_set() or frame.cell != 0:
-                raise KernelViolation("a READY frame out of turn")
-            if frames.ready(frame.payload) != layout.VERSION:
-                raise KernelViolation("a kernel of another protocol version")
-            self.ready.set()
-            return
-        cell = self.cell
-        if cell is None or cell.ended.done() or frame.cell != cell.token:
-            raise KernelViolation(f"a frame of kind {frame.kind} for no cell it was given")
-        if frame.kind == layout.STDOUT:
-            await cell.sink.output(Stream.STDOUT, frame.payload)
-        elif frame.kind == layout.STDERR:
-            await cell.sink.output(Stream.STDERR, frame.payload)
-        elif frame.kind == layout.RESULT:
-            await cell.sink.result(frames.result(frame.payload))
-        elif frame.kind == layout.ERROR:
-            await cell.sink.error(frames.error(frame.payload))
-        else:
-            cell.ended.set_result(frames.end(frame.payload))
-
-    def _break(self, reason: str) -> None:
-        self.broken = reason
-        self.failed.set()
-        log.warning("context.broken", context_id=self.context_id, reason=reason)
-        self.on_broken()
 
 
 @dataclass
@@ -320,7 +238,7 @@ class Kernels:
             raise InvalidState("a cell is running in this context; interrupt it or wait")
         kernel.running = True
         started = time.monotonic()
-        cell = _Cell(secrets.randbits(63) | 1, sink, limits.result_bytes)
+        cell = Cell(secrets.randbits(63) | 1, sink, limits.result_bytes)
         try:
             await sink.started()
             outcome = await self._outcome(kernel, cell, code, limits)
@@ -335,7 +253,7 @@ class Kernels:
         kernel.running = False
         return dataclasses.replace(outcome, duration_ms=_ms_since(started))
 
-    async def _outcome(self, kernel: Kernel, cell: _Cell, code: str,
+    async def _outcome(self, kernel: Kernel, cell: Cell, code: str,
                        limits: CellLimits) -> CellOutcome:
         if kernel.exited.done() or kernel.sink.broken is not None:
             why = kernel.why_ended()
@@ -353,7 +271,7 @@ class Kernels:
         end = cell.ended.result()
         return CellOutcome(end.execution_count, results_truncated=end.results_truncated)
 
-    async def _wait(self, kernel: Kernel, cell: _Cell, timeout_s: float) -> Waited:
+    async def _wait(self, kernel: Kernel, cell: Cell, timeout_s: float) -> Waited:
         failed = _event_task(kernel.sink.failed)
         waiters: set[asyncio.Future[Any]] = {cell.ended, kernel.exited, failed}
         try:
@@ -366,7 +284,7 @@ class Kernels:
             return "died"
         return "timeout"
 
-    async def _interrupted(self, kernel: Kernel, cell: _Cell) -> CellOutcome:
+    async def _interrupted(self, kernel: Kernel, cell: Cell) -> CellOutcome:
         self.channel.signal(kernel.tag, int(signal.SIGINT))
         if await self._wait(kernel, cell, INTERRUPT_GRACE_S) == "ended":
             kernel.sink.cell = None
@@ -382,7 +300,7 @@ class Kernels:
         restarted = await self._replace(kernel) or kernel.context.context_id in self.by_id
         return CellOutcome(None, restarted=restarted, ended=why)
 
-    async def _abandoned(self, kernel: Kernel, cell: _Cell) -> None:
+    async def _abandoned(self, kernel: Kernel, cell: Cell) -> None:
         try:
             waited = await self._wait(kernel, cell, 0)
             if waited == "timeout" and kernel.sink.cell is cell:
@@ -402,7 +320,7 @@ class Kernels:
         task.add_done_callback(self._background.discard)
 
 
-def _request(cell: _Cell, code: str, limits: CellLimits) -> bytes:
+def _request(cell: Cell, code: str, limits: CellLimits) -> bytes:
     body = json.dumps({"op": "run", "cell": cell.token, "code": code,
                        "output_bytes": limits.output_bytes,
                        "result_bytes": limits.result_bytes}, ensure_ascii=False).encode()
