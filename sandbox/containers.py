@@ -29,6 +29,7 @@ from sandbox.adapters.sqlite_handoffs import SqliteHandoffRequests
 from sandbox.adapters.sqlite_leases import SqliteLeaseStore
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.capacity import Capacity
+from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.lifecycle import reaping, reconciliation, shutdown
 from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
 from sandbox.domain.limits import LimitPolicy
@@ -44,11 +45,11 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
-def _runsc_runtime(settings: Settings) -> SandboxRuntime:
+def _runsc_runtime(settings: Settings, metrics: Metrics) -> SandboxRuntime:
     # Imported when chosen, so that the fake runtime works where the runsc adapter cannot load.
     from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 
-    return RunscSandboxRuntime(settings)
+    return RunscSandboxRuntime(settings, metrics)
 
 
 def _package_policy(settings: Settings) -> PackagePolicy:
@@ -60,6 +61,10 @@ def _package_policy(settings: Settings) -> PackagePolicy:
 LAYER_HOLDING_STATES = frozenset(
     {SandboxState.CREATING, SandboxState.RUNNING, SandboxState.SUSPENDED}
 )
+
+
+def _egress_policy(settings: Settings) -> EgressPolicy:
+    return settings.egress_policy()
 
 
 def _lifecycle_policy(settings: Settings) -> LifecyclePolicy:
@@ -217,7 +222,7 @@ class Container(containers.DeclarativeContainer):
     runtime_adapter = providers.Selector(
         settings.provided.runtime,
         fake=providers.Singleton(FakeSandboxRuntime),
-        runsc=providers.Singleton(_runsc_runtime, settings),
+        runsc=providers.Singleton(_runsc_runtime, settings, metrics),
     )
 
     runtime = providers.Resource(_opened, runtime_adapter)
@@ -286,6 +291,9 @@ class Container(containers.DeclarativeContainer):
     warm_pool = providers.Singleton(
         _warm_pool, settings, runtime, capacity, metrics, package_installer, pinned_layers,
     )
+
+    # The operator's egress allow-list: every sandbox's list must stay within it.
+    egress_policy = providers.Singleton(_egress_policy, settings)
 
     # Resources are started after the resources they depend on and shut down before them, so
     # the use cases have a started runtime and an open store for as long as they serve.

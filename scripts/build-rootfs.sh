@@ -51,6 +51,8 @@ install -d -o 1000 -g 1000 -m 0755 "$work/workspace"
 # Every mount point a sandbox uses exists beforehand: runsc would otherwise make it here.
 install -d -m 0755 "$work/sandbox" "$work/sandbox/input" "$work/sandbox/packages/0" \
     "$work/sandbox/agent"
+# Where the egress proxy's socket is mounted (sandboxes with an allow-list): closed to all.
+install -d -m 0700 "$work/sandbox/egress"
 
 # Wheels only, installed by the host's pip for the sandbox's Python: no package code runs.
 # PIP_PYTHON is the project's venv when make calls it; any pip that takes --target will do.

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from sandbox.domain.metrics import (
     CapacityLimit,
+    EgressVerdict,
     ExecutionKind,
     LayerResult,
     Metrics,
@@ -23,6 +24,7 @@ _EXECUTION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _CHECKPOINT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # A warm sandbox takes from half a second (Bash) to seconds (Python importing pandas).
 _REFILL_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 10, 30, 60)
+_EGRESS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 900)
 
 
 class PrometheusMetrics(Metrics):
@@ -69,6 +71,15 @@ class PrometheusMetrics(Metrics):
         self._pool_refill_failures = Counter(
             "sandbox_pool_refill_failures", "Warm sandboxes that failed to start", ["profile"],
             registry=registry)
+        self._egress_connections = Counter(
+            "sandbox_egress_connections", "Egress proxy connections, by how they ended",
+            ["verdict"], registry=registry)
+        self._egress_bytes = Counter(
+            "sandbox_egress_bytes", "Bytes relayed by the egress proxy (sent: out of sandboxes)",
+            ["direction"], registry=registry)
+        self._egress_seconds = Histogram(
+            "sandbox_egress_connection_seconds", "How long egress connections lasted",
+            buckets=_EGRESS_BUCKETS, registry=registry)
         self._capacity_executions = Gauge(
             "sandbox_capacity_executions", "Ephemeral executions holding a place now",
             registry=registry)
@@ -111,6 +122,14 @@ class PrometheusMetrics(Metrics):
 
     def pool_refill_failed(self, profile: str) -> None:
         self._pool_refill_failures.labels(profile=profile).inc()
+
+    def egress_connection(
+        self, verdict: EgressVerdict, sent: int, received: int, seconds: float
+    ) -> None:
+        self._egress_connections.labels(verdict=verdict).inc()
+        self._egress_bytes.labels(direction="sent").inc(sent)
+        self._egress_bytes.labels(direction="received").inc(received)
+        self._egress_seconds.observe(seconds)
 
     # The HTTP entrypoint's ---------------------------------------------------------------
 

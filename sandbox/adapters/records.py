@@ -25,5 +25,7 @@ def load(text: str) -> Sandbox:
     for key in ("env", "checkpoint_identity"):
         data[key] = tuple(tuple(pair) for pair in data[key])
     data["package_dirs"] = tuple(data["package_dirs"])
+    # Records written before egress existed have no allow-list: no way out.
+    data["network_allow"] = tuple(data.get("network_allow", ()))
     known = {field.name for field in dataclasses.fields(Sandbox)}
     return Sandbox(**{key: value for key, value in data.items() if key in known})

@@ -15,6 +15,15 @@ LayerResult = Literal["hit", "built", "failed"]
 # Why a request found no warm sandbox: pools off, the pool not running (starting, stopping),
 # no profile fits the request, or its profile has none ready.
 PoolMiss = Literal["disabled", "stopped", "no_profile", "empty"]
+# How an egress connection ended: relayed to its end; refused by the allow-list, by the
+# address it resolves to, or by a cap; failed upstream (no such name, no answer); a request
+# that is not HTTP; or cut part-way (idle, total time, bytes, suspend or delete, an answer
+# that is not HTTP); or the proxy itself failed (a bug, logged with its traceback).
+EgressVerdict = Literal[
+    "relayed", "refused_policy", "refused_address", "refused_limit", "failed_upstream",
+    "bad_request", "cut_idle", "cut_timeout", "cut_bytes", "cut_interrupted", "cut_upstream",
+    "failed_proxy",
+]
 
 
 class Metrics(abc.ABC):
@@ -53,6 +62,11 @@ class Metrics(abc.ABC):
     @abc.abstractmethod
     def pool_refill_failed(self, profile: str) -> None: ...
 
+    @abc.abstractmethod
+    def egress_connection(
+        self, verdict: EgressVerdict, sent: int, received: int, seconds: float
+    ) -> None: ...
+
 
 class NoMetrics(Metrics):
     def execution_finished(self, kind: ExecutionKind, verdict: Verdict, seconds: float) -> None:
@@ -83,6 +97,11 @@ class NoMetrics(Metrics):
         return None
 
     def pool_refill_failed(self, profile: str) -> None:
+        return None
+
+    def egress_connection(
+        self, verdict: EgressVerdict, sent: int, received: int, seconds: float
+    ) -> None:
         return None
 
 

@@ -48,6 +48,8 @@ class Program:
     source: bytes = b""
     argv: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    # The working directory of an exec (absolute); None: the sandbox's own, /workspace.
+    cwd: str | None = None
 
     @classmethod
     def script(cls, language: Language, source: bytes) -> Program:
@@ -66,6 +68,9 @@ class SandboxSpec:
     limits: Limits
     package_dirs: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    # Egress allow-list entries (see domain/egress.py), already checked against the
+    # operator's; empty: no way out at all.
+    network_allow: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,10 +172,12 @@ class Sandbox:
     running_since: float | None = None
     checkpoint: str | None = None
     checkpoint_identity: tuple[tuple[str, str], ...] = ()
+    network_allow: tuple[str, ...] = ()
 
     def spec(self) -> SandboxSpec:
         return SandboxSpec(sandbox_id=self.sandbox_id, limits=self.limits,
-                           package_dirs=self.package_dirs, env=self.env)
+                           package_dirs=self.package_dirs, env=self.env,
+                           network_allow=self.network_allow)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -192,6 +199,7 @@ class Sandbox:
                 "open_files": self.limits.open_files,
                 "output_bytes": self.limits.output_bytes,
             },
+            "network": {"allow": list(self.network_allow)},
         }
 
 

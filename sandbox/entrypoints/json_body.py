@@ -102,6 +102,19 @@ class JsonFields:
         return [checked_text(f"{name}[{index}]", item, nul_ok=False)
                 for index, item in enumerate(value)]
 
+    def fields(self, name: str, allowed: Collection[str]) -> JsonFields | None:
+        """A nested object, held to the same rules."""
+        value = self._data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise InvalidRequest(f"{name} must be an object with {', '.join(allowed)}")
+        unknown = sorted(key[:40] for key in value if key not in allowed)
+        if unknown:
+            raise InvalidRequest(f"{name} has unknown field(s): {', '.join(unknown)}; "
+                                 f"it accepts {', '.join(allowed)}")
+        return JsonFields(value, allowed)
+
     def text_mapping(self, name: str) -> dict[str, str] | None:
         value = self._data.get(name)
         if value is None:

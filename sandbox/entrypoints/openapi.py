@@ -98,7 +98,10 @@ _EXECUTE = _op(
      _query("memory_mb", {"type": "integer", "minimum": 16}, "memory limit in MiB"),
      STREAM, _query("detach", _FLAG, "answer 202 at once; the script runs on"),
      _query("packages", {"type": "string"},
-            "comma-separated requirements (Python only), installed as wheels: a,b==1.2")),
+            "comma-separated requirements (Python only), installed as wheels: a,b==1.2"),
+     _query("allow_hosts", {"type": "string"},
+            "comma-separated egress allow-list (host, *.domain, host:port), within the "
+            "server's SANDBOX_EGRESS_ALLOW; the script reaches them through the proxy only")),
     _SCRIPT_BODY,
 )
 _LIST = _op("List the sandboxes this service knows",
@@ -229,6 +232,9 @@ _CELL_SUMMARY = {
                   "description": "the interpreter was started afresh: variables are gone"},
     "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
     "results_truncated": {"type": "boolean"}, "duration_ms": {"type": "integer"}}
+_ENV = {"type": "object", "maxProperties": 64,
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "additionalProperties": {"type": "string"}}
 SCHEMAS: Schema = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
@@ -243,7 +249,13 @@ SCHEMAS: Schema = {
         "exit_code": _NULLABLE_INT, "reason": {"type": "string"},
         "reason_code": {"enum": [*(code.value for code in ReasonCode), None]},
         "idle_timeout_s": {"type": ["number", "null"]},
-        "limits": {"type": "object", "additionalProperties": {"type": "number"}}}},
+        "limits": {"type": "object", "additionalProperties": {"type": "number"}},
+        "network": _ref("Network")}},
+    "Network": {"type": "object", "additionalProperties": False, "properties": {
+        "allow": {"type": "array", "items": {"type": "string"}, "maxItems": 100,
+                  "description": "hosts the sandbox may reach through the egress proxy: "
+                                 "name, *.domain or name:port (443 and 80 by default), "
+                                 "within the server's SANDBOX_EGRESS_ALLOW"}}},
     "SandboxList": {"type": "object", "properties": {
         "sandboxes": {"type": "array", "items": _ref("Sandbox")}}},
     "Deleted": {"type": "object", "properties": {
@@ -267,18 +279,20 @@ SCHEMAS: Schema = {
         "language": {**LANGUAGE, "default": "python"},
         "timeout": {"type": "number", "description": "seconds per exec"},
         "memory_mb": {"type": "integer"},
-        "env": {"type": "object", "maxProperties": 64,
-                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-                "additionalProperties": {"type": "string"}},
+        "env": _ENV,
         "idle_timeout": {"type": "number",
                          "description": "seconds without calls before it is suspended"},
         "packages": {"type": "array", "items": {"type": "string"}, "maxItems": 100,
-                     "description": "requirements (Python only) installed for every exec"}}},
+                     "description": "requirements (Python only) installed for every exec"},
+        "network": _ref("Network")}},
     "ExecRequest": {"type": "object", "additionalProperties": False, "properties": {
         "language": LANGUAGE, "code": {"type": "string"},
         "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1,
                  "maxItems": 256},
-        "stdin": {"type": "string"}, "timeout": {"type": "number"}},
+        "stdin": {"type": "string"}, "timeout": {"type": "number"},
+        "env": {**_ENV, "description": "added to the sandbox's own variables, winning over them"},
+        "cwd": {"type": "string", "minLength": 1,
+                "description": "working directory; relative to /workspace (the default)"}},
         "oneOf": [{"required": ["language", "code"]}, {"required": ["argv"]}]},
     "FileList": {"type": "object", "properties": {
         "path": {"type": "string"}, "entries": {"type": "array", "items": {

@@ -326,3 +326,23 @@ async def test_a_flood_of_tiny_frames_is_slowed_not_refused(
 
 def test_the_agent_reads_files_in_the_chunks_the_runtime_port_promises() -> None:
     assert layout.CHUNK == FILE_CHUNK_BYTES
+async def test_starting_the_relay_asks_the_agent_with_its_argv_and_waits_for_it() -> None:
+    async with connected() as (channel, agent):
+        starting = asyncio.create_task(channel.start_relay(["python3", "relay.py"], 5))
+        tag, args = await agent.expect("relay")
+        assert not starting.done()
+        await agent.done(tag, 0)
+
+        await starting
+
+    assert args == {"argv": ["python3", "relay.py"]}
+
+
+async def test_a_relay_that_does_not_start_is_an_agent_error() -> None:
+    async with connected() as (channel, agent):
+        starting = asyncio.create_task(channel.start_relay(["python3", "relay.py"], 5))
+        tag, _ = await agent.expect("relay")
+        await agent.error(tag, 11, b"the egress relay did not start")
+
+        with pytest.raises(AgentError, match="did not start"):
+            await starting

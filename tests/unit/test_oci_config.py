@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.adapters.runsc.oci import build_config
+from sandbox.adapters.runsc.cli import Runsc
+from sandbox.adapters.runsc.oci import build_config, environment
 from sandbox.domain.model import Language, Limits, Program, SandboxSpec
 
 LIMITS = Limits(timeout_s=5, memory_mb=256, cpus=1.5, pids=77, open_files=99, file_size_mb=3,
@@ -192,3 +193,40 @@ def test_the_kernels_oom_killer_takes_the_sandbox_before_anything_else() -> None
     """runsc gives this score to the sandbox's own host processes: an OOM kill then ends the
     sandbox as a whole, never one program in it that gVisor would report as exit status 1."""
     assert config_of()["process"]["oomScoreAdj"] == 1000
+def test_a_sandbox_with_an_allow_list_gets_its_proxy_folder_read_only_and_proxy_variables(
+) -> None:
+    spec = SandboxSpec(sandbox_id="0123456789abcdef01234567", limits=LIMITS,
+                       network_allow=("pypi.org",))
+    config = build_config(spec, Program(language=None), ROOTFS, INPUT, CGROUPS_PATH,
+                          agent_dir=Path("/srv/agent"), egress_dir=Path("/srv/egress"))
+
+    mount = mount_at(config, "/sandbox/egress")
+    assert mount["source"] == "/srv/egress"
+    assert {"ro", "nosuid", "nodev", "noexec"} <= set(mount["options"])
+    env = environment(spec, Program(language=None))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        assert f"{name}=http://127.0.0.1:3128" in env
+    assert "NO_PROXY=localhost,127.0.0.1,::1" in env
+    assert "network" in {entry["type"] for entry in config["linux"]["namespaces"]}
+
+
+def test_a_sandbox_without_an_allow_list_has_no_proxy_folder_and_no_proxy_variables() -> None:
+    spec = SandboxSpec(sandbox_id="0123456789abcdef01234567", limits=LIMITS)
+    config = build_config(spec, Program(language=None), ROOTFS, INPUT, CGROUPS_PATH,
+                          agent_dir=Path("/srv/agent"))
+
+    assert "/sandbox/egress" not in {mount["destination"] for mount in config["mounts"]}
+    assert not [entry for entry in environment(spec, Program(language=None))
+                if "proxy" in entry.lower()]
+
+
+def test_only_sandboxes_with_an_allow_list_may_open_host_sockets_and_none_gets_a_network(
+) -> None:
+    runsc = Runsc("runsc", Path("/state/runsc"), "systrap")
+
+    plain = runsc.command("run", "x")
+    egress = runsc.command("run", "x", host_uds=True)
+
+    assert "--network=none" in plain and "--network=none" in egress
+    assert not [flag for flag in plain if flag.startswith("--host-uds")]
+    assert "--host-uds=open" in egress

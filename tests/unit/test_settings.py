@@ -190,6 +190,8 @@ def test_origins_are_kept_as_browsers_send_them() -> None:
     settings = Settings(cors_origins="HTTPS://App.Example/, http://localhost:3000")
 
     assert settings.origins() == {"https://app.example", "http://localhost:3000"}
+
+
 def test_the_store_is_sqlite_unless_a_database_url_is_set() -> None:
     shared = Settings.from_env({"SANDBOX_DATABASE_URL": "postgresql://app:secret@db/sandbox"})
 
@@ -217,3 +219,41 @@ def test_each_start_gets_its_own_instance_id_named_after_the_host() -> None:
 def test_an_instance_id_outside_the_pattern_is_refused(instance_id: str) -> None:
     with pytest.raises(SettingsError, match="SANDBOX_INSTANCE_ID"):
         Settings(instance_id=instance_id)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SANDBOX_EGRESS_ALLOW": "pypi.org,http://x"}, "SANDBOX_EGRESS_ALLOW: port '//x'"),
+        ({"SANDBOX_EGRESS_HOSTS": "wheels.test"}, "SANDBOX_EGRESS_HOSTS: 'wheels.test'"),
+        ({"SANDBOX_EGRESS_ALLOW": "10.0.0.5"}, "names addresses \\(10.0.0.5\\)"),
+        ({"SANDBOX_EGRESS_MAX_CONNECTIONS": "0"}, "SANDBOX_EGRESS_MAX_CONNECTIONS"),
+        ({"SANDBOX_EGRESS_CONNECTIONS_PER_S": "0"}, "SANDBOX_EGRESS_CONNECTIONS_PER_S"),
+        ({"SANDBOX_EGRESS_IDLE_TIMEOUT_S": "-1"}, "SANDBOX_EGRESS_IDLE_TIMEOUT_S"),
+    ],
+)
+def test_egress_settings_are_checked(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(environ)
+
+
+def test_an_address_in_the_egress_allow_list_is_accepted_where_the_host_map_names_it() -> None:
+    settings = Settings.from_env({"SANDBOX_EGRESS_ALLOW": "10.0.0.5:8080,wheels.test",
+                                  "SANDBOX_EGRESS_HOSTS": "10.0.0.5=10.0.0.5"})
+
+    assert settings.egress_policy().entries == ("10.0.0.5:8080", "wheels.test")
+    assert str(settings.egress_host_map()["10.0.0.5"]) == "10.0.0.5"
+
+
+def test_without_an_egress_allow_list_no_sandbox_gets_a_way_out() -> None:
+    assert not Settings().egress_policy()
+
+
+@pytest.mark.parametrize("variable", ["SANDBOX_RUNSC_PLATFORM", "SANDBOX_SESSION_PLATFORM"])
+def test_a_platform_gvisor_does_not_have_is_refused(variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: "bare-metal"})
+
+
+def test_sessions_wait_on_ptrace_and_scripts_run_on_systrap_by_default() -> None:
+    assert (Settings().session_platform, Settings().runsc_platform) == ("ptrace", "systrap")

@@ -138,6 +138,10 @@ class AgentChannel:
         """Undo `pause` when the checkpoint failed and the sandbox runs on."""
         await self._ask("unpause", layout.DONE, timeout_s)
 
+    async def start_relay(self, argv: list[str], timeout_s: float) -> None:
+        """Start the egress relay inside (as its own user); returns once it listens."""
+        await self._ask("relay", layout.DONE, timeout_s, argv=argv)
+
     async def close(self) -> None:
         """Stop reading (the sandbox is ending or being checkpointed); waiters get a failure."""
         if self._reading is not None:

@@ -4,6 +4,7 @@ inside), its memory limit and runsc's log of it."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 from pathlib import Path
@@ -42,6 +43,22 @@ class Bundles:
         create_private_file(log_file)
         return log_file
 
+    def record_platform(self, sandbox_id: str, platform: str) -> None:
+        """The platform the sandbox runs on, kept so that a server started after a crash
+        checkpoints it for a restore on the same platform."""
+        (self.path(sandbox_id) / "platform").write_text(platform)
+
+    def platform(self, sandbox_id: str) -> str:
+        """The recorded platform, or "" when none was (a bundle older than the record)."""
+        try:
+            return (self.path(sandbox_id) / "platform").read_text().strip()
+        except OSError:
+            return ""
+
+    def egress_dir(self, sandbox_id: str) -> Path:
+        """Where the sandbox's egress proxy puts its socket (mounted at oci.EGRESS_DIR)."""
+        return self.path(sandbox_id) / "egress"
+
     def write(
         self, spec: SandboxSpec, program: Program, cgroups_path: str, agent_dir: Path | None = None
     ) -> Path:
@@ -56,8 +73,13 @@ class Bundles:
         input_dir.chmod(0o755)
         if program.language is not None:
             self.write_script(spec.sandbox_id, program)
+        egress_dir = None
+        if spec.network_allow and agent_dir is not None:
+            egress_dir = self.egress_dir(spec.sandbox_id)
+            egress_dir.mkdir(mode=0o700)
+            os.chown(egress_dir, oci.RELAY_UID, oci.RELAY_UID)
         config = oci.build_config(spec, program, self.rootfs, input_dir, cgroups_path,
-                                  agent_dir)
+                                  agent_dir, egress_dir)
         _write_private(bundle / "config.json", json.dumps(config))
         memory_bytes = spec.limits.memory_mb * 1024 * 1024
         _write_private(bundle / "limits.json", json.dumps({"memory_bytes": memory_bytes}))

@@ -11,12 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sandbox.adapters.runsc.inside.agent import RELAY_UID as RELAY_UID
 from sandbox.domain.model import Language, Limits, Program, SandboxSpec
 
 SANDBOX_UID = 1000
 INPUT_DIR = "/sandbox/input"
 PACKAGES_DIR = "/sandbox/packages"
 AGENT_DIR = "/sandbox/agent"
+# Sandboxes with an allow-list: the proxy's socket is mounted here (readable by the relay's
+# user alone), and the relay listens on this port of the sandbox's own loopback.
+EGRESS_DIR = "/sandbox/egress"
+EGRESS_SOCKET = f"{EGRESS_DIR}/proxy.sock"
+RELAY_PORT = 3128
+PROXY_URL = f"http://127.0.0.1:{RELAY_PORT}"
 AGENT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
 WORKDIR = "/workspace"
 OOM_SCORE_ADJ = 1000
@@ -65,8 +72,22 @@ def agent_process(limits: Limits) -> dict[str, Any]:
     }
 
 
+def relay_argv() -> list[str]:
+    return ["python3", "-I", "-S", f"{AGENT_DIR}/relay.py", str(RELAY_PORT), EGRESS_SOCKET]
+
+
+def proxy_environment() -> dict[str, str]:
+    """What points HTTP clients (pip, requests, urllib, curl) at the relay. The sandbox's own
+    loopback stays direct: it leads nowhere but the sandbox itself."""
+    loopback = "localhost,127.0.0.1,::1"
+    return {"HTTP_PROXY": PROXY_URL, "HTTPS_PROXY": PROXY_URL, "http_proxy": PROXY_URL,
+            "https_proxy": PROXY_URL, "NO_PROXY": loopback, "no_proxy": loopback}
+
+
 def environment(spec: SandboxSpec, program: Program) -> list[str]:
     env = dict(_BASE_ENV)
+    if spec.network_allow:
+        env.update(proxy_environment())
     if spec.package_dirs:
         env["PYTHONPATH"] = ":".join(
             f"{PACKAGES_DIR}/{index}" for index in range(len(spec.package_dirs))
@@ -88,7 +109,9 @@ def _rlimits(limits: Limits) -> list[dict[str, Any]]:
     ]
 
 
-def _mounts(spec: SandboxSpec, input_dir: Path, agent_dir: Path | None) -> list[dict[str, Any]]:
+def _mounts(
+    spec: SandboxSpec, input_dir: Path, agent_dir: Path | None, egress_dir: Path | None
+) -> list[dict[str, Any]]:
     tmp_size = f"size={spec.limits.tmp_mb}m"
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -108,6 +131,10 @@ def _mounts(spec: SandboxSpec, input_dir: Path, agent_dir: Path | None) -> list[
     if agent_dir is not None:
         mounts.append({"destination": AGENT_DIR, "type": "bind", "source": str(agent_dir),
                        "options": ["rbind", "ro", "nosuid", "nodev"]})
+    if egress_dir is not None:
+        # The host folder is 0700 and owned by the relay's user: nobody else inside gets in.
+        mounts.append({"destination": EGRESS_DIR, "type": "bind", "source": str(egress_dir),
+                       "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
     for index, layer in enumerate(spec.package_dirs):
         mounts.append({"destination": f"{PACKAGES_DIR}/{index}", "type": "bind",
                        "source": layer, "options": ["rbind", "ro", "nosuid", "nodev"]})
@@ -121,9 +148,11 @@ def build_config(
     input_dir: Path,
     cgroups_path: str,
     agent_dir: Path | None = None,
+    egress_dir: Path | None = None,
 ) -> dict[str, Any]:
     """With `agent_dir`, a managed sandbox whose init is the agent (mounted from there);
-    without, a one-shot sandbox whose init is the program itself."""
+    without, a one-shot sandbox whose init is the program itself. With `egress_dir`, the
+    folder of its egress proxy's socket."""
     limits = spec.limits
     period = 100_000
     no_capabilities: dict[str, list[str]] = {
@@ -150,7 +179,7 @@ def build_config(
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": "sandbox",
-        "mounts": _mounts(spec, input_dir, agent_dir),
+        "mounts": _mounts(spec, input_dir, agent_dir, egress_dir),
         "linux": {
             "cgroupsPath": cgroups_path,
             "resources": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -17,6 +18,9 @@ from typing import TypeVar
 import structlog
 
 from sandbox.adapters import limit_layers
+from sandbox.adapters.egress.allowance import EgressLimits
+from sandbox.adapters.egress.proxy import EgressProxy
+from sandbox.adapters.egress.resolver import Resolver
 from sandbox.adapters.private import private_folder, private_tree_files
 from sandbox.adapters.runsc import cgroups, memory, oci, warm
 from sandbox.adapters.runsc.agent_channel import MAIN_TAG, AgentError
@@ -27,8 +31,10 @@ from sandbox.adapters.runsc.kernels import Kernels
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
 from sandbox.domain.cells import CellLimits, CellOutcome, CodeContext
+from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest, RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
+from sandbox.domain.metrics import Metrics
 from sandbox.domain.model import (
     IDLE,
     FileEntry,
@@ -39,7 +45,7 @@ from sandbox.domain.model import (
     Stream,
 )
 from sandbox.domain.ports import CellSink, OpenedFile, OutputSink, SandboxRuntime
-from sandbox.settings import Settings
+from sandbox.settings import PLATFORMS, Settings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -52,6 +58,8 @@ STOP_POLLS = 200
 # not to hold up one that runs on.
 FAILED_CHECKPOINT_POLLS = 40
 FILE_CALL_TIMEOUT_S = 60.0
+# Beside a checkpoint's image: the platform it was made on.
+PLATFORM_FILE = "platform"
 # Enough for the largest file at a slow client's pace; past it the transfer is ended.
 FILE_TRANSFER_TIMEOUT_S = 600.0
 # How long the agent may take to answer: its start (the sandbox booting), a request.
@@ -72,7 +80,7 @@ class CgroupsRequired(RuntimeFailure):
 
 
 class RunscSandboxRuntime(SandboxRuntime):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._runsc = Runsc(settings.runsc_path, settings.state_dir / "runsc",
                             settings.runsc_platform)
@@ -89,6 +97,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._agent_identity = _agent_identity()
         # Holds the memory limit where no cgroup does (started only without cgroups).
         self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
+        self._egress = _egress_proxy(settings, metrics)
 
     async def start(self) -> None:
         await asyncio.to_thread(self._make_state_private)
@@ -137,6 +146,11 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._memory_watch.close()
         for sandbox_id in list(self._supervised):
             await self._supervised.pop(sandbox_id).detach()
+        await self._egress.close_all()
+
+    @property
+    def egress(self) -> EgressProxy:
+        return self._egress
 
     @property
     def identity(self) -> dict[str, str]:
@@ -159,6 +173,10 @@ class RunscSandboxRuntime(SandboxRuntime):
             problems.append(f"rootfs {self._rootfs} has no {oci.AGENT_DIR} (run make rootfs)")
         if not self._rootfs_identity():
             problems.append(f"rootfs {self._rootfs} has no identity file beside it")
+        if self._settings.egress_policy() and not (
+                self._rootfs / oci.EGRESS_DIR.lstrip("/")).is_dir():
+            problems.append(f"rootfs {self._rootfs} has no {oci.EGRESS_DIR}, which egress "
+                            "(SANDBOX_EGRESS_ALLOW) needs (run make rootfs)")
         if not os.access(self._bundles.root, os.W_OK):
             problems.append(f"state folder {self._bundles.root} is not writable")
         return problems
@@ -190,6 +208,8 @@ class RunscSandboxRuntime(SandboxRuntime):
     # One script in a sandbox made for it and gone afterwards ---------------------------
 
     async def run(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> Outcome:
+        if spec.network_allow:
+            return await self._run_with_agent(spec, program, sink)
         sandbox_id = spec.sandbox_id
         self._live.add(sandbox_id)
         process: asyncio.subprocess.Process | None = None
@@ -202,13 +222,37 @@ class RunscSandboxRuntime(SandboxRuntime):
             ))
             return await self._supervise(spec, process, stdout, stderr, sink, started)
         finally:
-            cleanup = asyncio.ensure_future(self._destroy(sandbox_id, process))
+            await self._destroy_shielded(sandbox_id, process)
+
+    async def _run_with_agent(
+        self, spec: SandboxSpec, program: Program, sink: OutputSink
+    ) -> Outcome:
+        """A one-shot script with an allow-list runs as a managed sandbox would (its relay
+        needs the agent), and is gone afterwards all the same."""
+        started = time.monotonic()
+        try:
+            await self.launch(spec, program, sink)
             try:
-                await asyncio.shield(cleanup)
-            except asyncio.CancelledError:
-                # Cancelled (a client went away): finish the cleanup, then let it propagate.
-                await cleanup
-                raise
+                async with asyncio.timeout(spec.limits.timeout_s):
+                    outcome = await self.wait(spec.sandbox_id)
+            except TimeoutError:
+                outcome = Outcome(exit_code=None, timed_out=True)
+        finally:
+            await self._destroy_shielded(spec.sandbox_id)
+        if outcome.failure is not None:
+            raise RuntimeFailure(f"the sandbox failed: {outcome.failure}")
+        return dataclasses.replace(outcome, duration_ms=int((time.monotonic() - started) * 1000))
+
+    async def _destroy_shielded(
+        self, sandbox_id: str, process: asyncio.subprocess.Process | None = None
+    ) -> None:
+        cleanup = asyncio.ensure_future(self._destroy(sandbox_id, process))
+        try:
+            await asyncio.shield(cleanup)
+        except asyncio.CancelledError:
+            # Cancelled (a client went away): finish the cleanup, then let it propagate.
+            await cleanup
+            raise
 
     async def _supervise(
         self,
@@ -283,6 +327,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             await wait_or_kill(process, KILL_GRACE_S)
         await self._end_supervision(sandbox_id)
         self._warm.pop(sandbox_id, None)
+        await self._egress.close(sandbox_id)
         await self._remove_bundle(sandbox_id)
         await self._remove_image(self._checkpoints / sandbox_id)
         self._memory_watch.forget(sandbox_id)
@@ -294,22 +339,35 @@ class RunscSandboxRuntime(SandboxRuntime):
     # Managed sandboxes: the agent is their init -----------------------------------------
 
     async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
+        if program.language is not None or program.argv:
+            await self._launch(spec, program, sink, self._settings.runsc_platform)
+        else:  # a session, which mostly waits: its platform, and a zygote for Python execs
+            await self._launch(spec, program, sink, self._settings.session_platform,
+                               zygote=True)
+
+    async def _launch(
+        self, spec: SandboxSpec, program: Program, sink: OutputSink, platform: str,
+        zygote: bool = False,
+    ) -> None:
         sandbox_id = spec.sandbox_id
         self._live.add(sandbox_id)
         try:
             bundle = self.write_bundle(spec, program, managed=True)
+            await self._open_egress(spec)
             supervised = await self._start_agent(
-                spec, program, "run", "--bundle", str(bundle), sandbox_id
+                spec, program, platform, "run", "--bundle", str(bundle), sandbox_id
             )
             await self._started(supervised, supervised.channel.start(AGENT_START_TIMEOUT_S),
                                 "run")
+            if spec.network_allow:
+                await _start_relay(supervised)
             if program.language is not None or program.argv:
                 await supervised.channel.spawn(
                     oci.program_argv(program), supervised.env, oci.WORKDIR, sink,
                     AGENT_ANSWER_TIMEOUT_S, main=True,
                 )
                 supervised.main = True
-            else:  # a session: its Python execs are forked from a started interpreter
+            elif zygote:  # Python execs are forked from a started interpreter
                 await supervised.channel.start_zygote(
                     ["python3", f"{oci.AGENT_DIR}/zygote.py"], supervised.env, oci.WORKDIR,
                     AGENT_ANSWER_TIMEOUT_S,
@@ -328,8 +386,12 @@ class RunscSandboxRuntime(SandboxRuntime):
                 self.write_bundle(spec, Program(language=None), managed=True)
             else:
                 self._cgroups.create(sandbox_id, spec.limits.memory_mb * 1024 * 1024)
+            # The relay inside went on listening through the checkpoint; it finds a new
+            # socket at the same place.
+            await self._open_egress(spec)
             supervised = await self._start_agent(
-                spec, Program(language=None), "restore", "--image-path", image,
+                spec, Program(language=None), _image_platform(image, self._settings),
+                "restore", "--image-path", image,
                 "--bundle", str(self._bundles.path(sandbox_id)), sandbox_id,
             )
             live = await self._started(supervised,
@@ -345,7 +407,9 @@ class RunscSandboxRuntime(SandboxRuntime):
             await self._destroy(sandbox_id)
             raise
 
-    async def _start_agent(self, spec: SandboxSpec, program: Program, *args: str) -> Supervised:
+    async def _start_agent(
+        self, spec: SandboxSpec, program: Program, platform: str, *args: str
+    ) -> Supervised:
         """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor, with
         the agent's channel on its stdio."""
         sandbox_id = spec.sandbox_id
@@ -361,9 +425,13 @@ class RunscSandboxRuntime(SandboxRuntime):
             await self._runsc.kill_all(sandbox_id)
 
         supervised = await start_supervised(
-            sandbox_id, self._runsc.command(*args, log_file=log_file),
+            sandbox_id,
+            self._runsc.command(*args, log_file=log_file, host_uds=bool(spec.network_allow),
+                                platform=platform),
             oci.environment(spec, program), broken,
         )
+        supervised.platform = platform
+        self._bundles.record_platform(sandbox_id, platform)
         supervised.kernels = Kernels(sandbox_id, supervised.channel, supervised.env,
                                      lambda: self._runsc.kill_all(sandbox_id))
         self._supervised[sandbox_id] = supervised
@@ -423,25 +491,41 @@ class RunscSandboxRuntime(SandboxRuntime):
     ) -> Outcome:
         supervised = self._agent(sandbox_id)
         argv, script = self._bundles.exec_argv(sandbox_id, program)
-        env = [*supervised.env, *(f"{key}={value}" for key, value in program.env)]
-        # The zygote has the session's environment: an exec with its own runs as started.
-        forked = argv[1] if program.language is Language.PYTHON and not program.env else None
+        env = _with_exec_env(supervised.env, program.env)
+        # The zygote has the session's environment and folder: an exec with its own runs as
+        # started (the agent then says why when the folder is missing; a forked child cannot).
+        own = bool(program.env) or program.cwd is not None
+        forked = argv[1] if program.language is Language.PYTHON and not own else None
         oom_kills_before = self._cgroups.oom_kills(sandbox_id)
         started = time.monotonic()
         try:
-            tag = await supervised.channel.spawn(argv, env, oci.WORKDIR, sink,
-                                                 AGENT_ANSWER_TIMEOUT_S, stdin=True,
-                                                 forked_script=forked)
-        except AgentError as refused:
+            tag = await self._started_exec(supervised, supervised.channel.spawn(
+                argv, env, program.cwd or oci.WORKDIR, sink, AGENT_ANSWER_TIMEOUT_S,
+                stdin=True, forked_script=forked))
+        except (AgentError, asyncio.CancelledError) as refused:
             if script is not None:
                 script.unlink(missing_ok=True)
-            return await _not_started(refused, sink, started)
+            if isinstance(refused, AgentError):
+                return await _not_started(refused, sink, started)
+            raise
         try:
             return await self._finish_exec(supervised, tag, stdin, timeout_s, started,
                                            oom_kills_before)
         finally:
             if script is not None:
                 script.unlink(missing_ok=True)
+
+    async def _started_exec(self, supervised: Supervised, spawning: Awaitable[int]) -> int:
+        """The exec's tag once the agent started it. A caller that leaves meanwhile (its
+        client went away) must not leave the agent's answer unclaimed, which would break the
+        channel and fail the sandbox: the start is waited for, then the exec is ended."""
+        spawn = asyncio.ensure_future(spawning)
+        try:
+            return await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(AgentError, RuntimeFailure):  # then nothing started
+                await self._kill_exec(supervised, await spawn)
+            raise
 
     async def _finish_exec(
         self, supervised: Supervised, tag: int, stdin: bytes, timeout_s: float, started: float,
@@ -524,7 +608,8 @@ class RunscSandboxRuntime(SandboxRuntime):
     async def start_warm(
         self, spec: SandboxSpec, language: Language, preimport: tuple[str, ...]
     ) -> None:
-        await self.launch(spec, IDLE, warm.Nowhere())
+        # Warm sandboxes run scripts: the scripts' platform, and no zygote.
+        await self._launch(spec, IDLE, warm.Nowhere(), self._settings.runsc_platform)
         waiting = warm.WarmSandbox(language)
         try:
             if language is Language.PYTHON:
@@ -576,6 +661,9 @@ class RunscSandboxRuntime(SandboxRuntime):
         if supervised is not None:
             await self._pause(supervised)
             supervised.ending = True
+        # gVisor cannot checkpoint an open host-socket connection: the relay inside has
+        # closed its own (at the pause); close the proxy's side too. A network interruption.
+        await self._egress.interrupt(sandbox_id)
         code, output = await self._runsc.quietly(
             "checkpoint", "--image-path", str(image), sandbox_id
         )
@@ -590,12 +678,17 @@ class RunscSandboxRuntime(SandboxRuntime):
                 with contextlib.suppress(RuntimeFailure, AgentError):
                     await supervised.channel.unpause(AGENT_ANSWER_TIMEOUT_S)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
+        # A sandbox this server did not start (it came before a crash) says it in its bundle.
+        platform = (supervised.platform if supervised is not None
+                    else self._bundles.platform(sandbox_id))
+        (image / PLATFORM_FILE).write_text(platform or self._settings.runsc_platform)
         image_bytes = await asyncio.to_thread(_seal_image, image)
         # checkpoint can return while the container still shows as running; the same id is
         # reused by restore, so wait for it to stop, then delete it.
         await self._runsc.wait_until_stopped(sandbox_id, STOP_POLLS)
         await self._runsc.end(sandbox_id)
         await self._end_supervision(sandbox_id)
+        await self._egress.close(sandbox_id)
         self._cgroups.remove(sandbox_id)
         self._live.discard(sandbox_id)
         log.info("runsc.checkpointed", ms=int((time.monotonic() - started) * 1000),
@@ -665,6 +758,41 @@ class RunscSandboxRuntime(SandboxRuntime):
         if not self._cgroups.enabled and limit_bytes > 0:
             self._memory_watch.start(sandbox_id, limit_bytes)
 
+    async def _open_egress(self, spec: SandboxSpec) -> None:
+        if spec.network_allow:
+            await self._egress.open(spec.sandbox_id, EgressPolicy.parse(spec.network_allow),
+                                    self._bundles.egress_dir(spec.sandbox_id), oci.RELAY_UID)
+
+
+def _egress_proxy(settings: Settings, metrics: Metrics | None) -> EgressProxy:
+    limits = EgressLimits(
+        max_connections=settings.egress_max_connections,
+        connections_per_s=settings.egress_connections_per_s,
+        max_bytes=settings.egress_max_bytes,
+        idle_timeout_s=settings.egress_idle_timeout_s,
+        total_timeout_s=settings.egress_connection_timeout_s,
+    )
+    resolver = Resolver(settings.egress_host_map(), limits.resolve_timeout_s)
+    # The operator's list holds at every connection, also for a sandbox restored after the
+    # list was narrowed.
+    return EgressProxy(limits, resolver, metrics, operator=settings.egress_policy())
+
+
+async def _start_relay(supervised: Supervised) -> None:
+    try:
+        await supervised.channel.start_relay(oci.relay_argv(), AGENT_ANSWER_TIMEOUT_S)
+    except AgentError as refused:
+        raise RuntimeFailure(f"the sandbox's egress relay did not start: {refused.message}"
+                             ) from None
+
+
+def _with_exec_env(base: list[str], extra: tuple[tuple[str, str], ...]) -> list[str]:
+    """The sandbox's environment with an exec's own variables winning. Each name once: with
+    a name twice, C's getenv would see the first and Python's os.environ the last."""
+    merged = dict(item.split("=", 1) for item in base)
+    merged.update(extra)
+    return [f"{key}={value}" for key, value in merged.items()]
+
 
 async def _not_started(refused: AgentError, sink: OutputSink, started: float) -> Outcome:
     """A program that cannot be started ends as a shell would report it: its reason on
@@ -698,6 +826,17 @@ def _agent_identity() -> str:
     for source in sorted(AGENT_DIR.glob("*.py")):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
+def _image_platform(image: str, settings: Settings) -> str:
+    """The platform a checkpoint was made on, which its restore must use (one made on
+    systrap restores on ptrace with its agent dead). Older images were made on systrap, the
+    scripts' platform."""
+    try:
+        named = (Path(image) / PLATFORM_FILE).read_text().strip()
+    except OSError:
+        return settings.runsc_platform
+    return named if named in PLATFORMS else settings.runsc_platform
+
+
 def _seal_image(image: Path) -> int:
     """Make every file of a checkpoint image readable by root only (runsc writes them
     world-readable, and they hold the sandbox's memory); return the image's size."""

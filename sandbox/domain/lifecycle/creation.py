@@ -31,12 +31,14 @@ async def run_detached(
     source: bytes,
     limits: Limits,
     packages: Iterable[str] = (),
+    network_allow: tuple[str, ...] = (),
 ) -> Sandbox:
     """Start a script in a new sandbox and return at once; it runs on, its output kept.
     Its packages (`packages` and a PEP 723 block) are installed first: a 422 costs no
-    sandbox."""
+    sandbox. `network_allow` is its egress allow-list (checked by the caller)."""
     layers = await sandboxes.package_layers(language, source, packages)
-    sandbox = _new(sandboxes, SandboxKind.SCRIPT, language, limits, layers)
+    sandbox = _new(sandboxes, SandboxKind.SCRIPT, language, limits, layers,
+                   network_allow=network_allow)
     return await _create(sandboxes, sandbox, Program.script(language, source))
 
 
@@ -48,6 +50,7 @@ async def create_session(
     env: tuple[tuple[str, str], ...] = (),
     idle_timeout_s: float | None = None,
     packages: Iterable[str] = (),
+    network_allow: tuple[str, ...] = (),
 ) -> Sandbox:
     """A long-lived sandbox that idles until work arrives with exec. A running sandbox
     cannot gain mounts: its packages are installed now, for all its execs."""
@@ -55,7 +58,8 @@ async def create_session(
     if packages and language is not Language.PYTHON:
         raise InvalidRequest("packages can only be installed for Python")
     layers = await sandboxes.package_layers(None, b"", packages)
-    sandbox = _new(sandboxes, SandboxKind.SESSION, language, limits, layers, env, idle_timeout_s)
+    sandbox = _new(sandboxes, SandboxKind.SESSION, language, limits, layers, env, idle_timeout_s,
+                   network_allow)
     return await _create(sandboxes, sandbox, IDLE)
 
 
@@ -67,12 +71,13 @@ def _new(
     package_dirs: tuple[str, ...],
     env: tuple[tuple[str, str], ...] = (),
     idle_timeout_s: float | None = None,
+    network_allow: tuple[str, ...] = (),
 ) -> Sandbox:
     now = sandboxes.clock()
     return Sandbox(sandbox_id=new_sandbox_id(), kind=kind, state=SandboxState.CREATING,
                    language=language, limits=limits, created_at=now, updated_at=now,
                    env=env, idle_timeout_s=idle_timeout_s, last_activity_at=now,
-                   package_dirs=package_dirs)
+                   package_dirs=package_dirs, network_allow=network_allow)
 
 
 async def _create(sandboxes: Sandboxes, sandbox: Sandbox, program: Program) -> Sandbox:

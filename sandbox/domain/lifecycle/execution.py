@@ -34,14 +34,17 @@ async def execute_script(
     limits: Limits,
     events: ExecutionEvents | None = None,
     packages: Iterable[str] = (),
+    network_allow: tuple[str, ...] = (),
 ) -> ExecutionResult:
     """Install the script's packages (`packages` and a PEP 723 block), wait (boundedly) for a
     place, run it, and return its result. A refusal (bad packages, AtCapacity) is raised
     before `events.started`."""
     layers = await sandboxes.package_layers(language, source, packages)
+    # A pooled sandbox was started without a way out: egress takes the cold path.
+    pool = sandboxes.pool if not network_allow else None
     return await run_script(sandboxes.runtime, language, source, limits, events, layers,
                             capacity=sandboxes.capacity, metrics=sandboxes.metrics,
-                            pool=sandboxes.pool)
+                            pool=pool, network_allow=network_allow)
 
 
 async def run_script(
@@ -55,6 +58,7 @@ async def run_script(
     capacity: Capacity | None = None,
     metrics: Metrics | None = None,
     pool: WarmPool | None = None,
+    network_allow: tuple[str, ...] = (),
 ) -> ExecutionResult:
     """The run itself: in a warm sandbox from `pool` when one fits, else in one started for
     it. With `capacity`, waits (boundedly) for a place first: AtCapacity is raised before
@@ -80,6 +84,7 @@ async def run_script(
             started = True
             outcome = await _run(runtime, pool, lease, SandboxSpec(
                 sandbox_id=sandbox_id, limits=limits, package_dirs=package_dirs,
+                network_allow=network_allow,
             ), Program.script(language, source), capture)
     finally:
         if pool is not None and lease is not None and not started:

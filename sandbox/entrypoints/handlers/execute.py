@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.containers import Container
+from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.lifecycle import creation, execution
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
@@ -17,12 +18,14 @@ from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.packages import split_packages_param
 from sandbox.entrypoints.body import read_capped_body
 from sandbox.entrypoints.disconnect import unless_client_leaves
+from sandbox.entrypoints.egress_request import allow_list_from_query
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.query import checked_query, flag, optional_float, optional_int
 from sandbox.entrypoints.streaming import ExecutionStream
 from sandbox.settings import Settings
 
-PARAMETERS = ("language", "timeout", "memory_mb", "stream", "detach", "packages")
+PARAMETERS = ("language", "timeout", "memory_mb", "stream", "detach", "packages",
+              "allow_hosts")
 
 
 @inject
@@ -31,6 +34,7 @@ async def execute_script(
     sandboxes: Sandboxes = Provide[Container.sandboxes],
     policy: LimitPolicy = Provide[Container.limit_policy],
     settings: Settings = Provide[Container.settings],
+    egress_policy: EgressPolicy = Provide[Container.egress_policy],
 ) -> Response:
     query = checked_query(request.query_params, PARAMETERS)
     language = parse_language(query.get("language"))
@@ -47,17 +51,19 @@ async def execute_script(
             "GET /sandboxes/{id}/output?follow=true"
         )
     packages = split_packages_param(query.get("packages", ""))
+    network_allow = allow_list_from_query(query, egress_policy)
     source = await read_capped_body(request, settings.max_body_bytes)
     if not source:
         raise InvalidRequest("the body is empty: send the script as the request body")
 
     if detach:
         # A detached script is a managed sandbox (suspend, restore, output kept): cold.
-        sandbox = await creation.run_detached(sandboxes, language, source, limits, packages)
+        sandbox = await creation.run_detached(sandboxes, language, source, limits, packages,
+                                              network_allow)
         return JSONResponse(sandbox.to_dict(), 202,
                             {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
     run = partial(execution.execute_script, sandboxes, language, source, limits,
-                  packages=packages)
+                  packages=packages, network_allow=network_allow)
     if stream:
         return ExecutionStream(run)
     return JSONResponse((await unless_client_leaves(request.receive, run())).to_dict())

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 VERSION = 1
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
+# The egress relay's own user (and group): the only one who may open the proxy's socket.
+RELAY_UID = 999
 LENGTH = struct.Struct(">I")
 REPLY = struct.Struct(">BI")
 STARTED_PAYLOAD = struct.Struct(">q")
@@ -78,6 +80,10 @@ GROUP_KILL_ROUNDS = 100
 KILL_ROUND_S = 0.01
 # After the service's end of stdin closed (the server died), look for a new one (a restore).
 REATTACH_POLL_S = 1.0
+# How long the egress relay may take to start, and to close its connections for a pause
+# (within the service's wait for the agent's answer).
+RELAY_START_S = 10.0
+RELAY_PAUSE_S = 2.0
 
 
 class Proc:
@@ -177,6 +183,7 @@ class Agent:
         # Rounds left of killing every other process (the sandbox's last process ended);
         # one per turn of the loop, which reaps them in between.
         self.killing_all = 0
+        self.relay: Relay | None = None  # the egress relay, in sandboxes with an allow-list
         self.detached = False  # the service's pipes are gone (it died); wait for a restore
         self.zygote: Zygote | None = None
         # Process groups never signalled for a request: the agent's own, and those of the
@@ -428,7 +435,7 @@ class Agent:
 
     def op_signal(self, tag: int, args: dict[str, object]) -> None:
         proc = self.procs.get(tag)
-        if proc is not None and proc.status is None and proc.pid not in self.protected:
+        if proc is not None and proc.status is None and not self.guarded(proc.pid):
             try:  # noqa: SIM105 (contextlib is one import more)
                 os.killpg(proc.pid, int(args["signal"]))  # type: ignore[call-overload]
             except ProcessLookupError:
@@ -439,9 +446,13 @@ class Agent:
         own stays, as a daemon would). A fork bomb refills its group as it is killed, so
         the loop goes on killing it, a round at a time, until the group is empty."""
         proc = self.procs.get(tag)
-        if proc is not None and proc.pid not in self.protected:
+        if proc is not None and not self.guarded(proc.pid):
             self.killing.add(proc.pid)
             self.kill_groups()
+
+    def guarded(self, group: int) -> bool:
+        """Groups never signalled for a request: the agent's own and the egress relay's."""
+        return group in self.protected or (self.relay is not None and group == self.relay.pid)
 
     def kill_groups(self) -> None:
         for group in list(self.killing):
@@ -638,21 +649,35 @@ class Agent:
     # Checkpoints ------------------------------------------------------------------------
 
     def op_pause(self, tag: int, args: dict[str, object]) -> None:
+        if self.relay is not None:
+            self.relay.pause()  # no host-socket connection may be open at a checkpoint
         self.paused = True
         self.send(PAUSED, tag)
 
     def op_unpause(self, tag: int, args: dict[str, object]) -> None:
         """The checkpoint did not happen after all: go on on the same pipes."""
         self.paused = False
+        if self.relay is not None:
+            self.relay.go()
         self.send(DONE, tag, DONE_PAYLOAD.pack(0))
 
     def op_resume(self, tag: int, args: dict[str, object]) -> None:
         """After a restore: whatever a checkpoint cut off is dropped, and a sync marker with
         the service's nonce starts the new stream."""
         self.paused = False
+        if self.relay is not None:
+            self.relay.go()
         self.outbox.clear()
         self.outbox += SYNC + bytes(args["nonce"])  # type: ignore[call-overload]
         self.op_procs(tag, args)
+
+    def op_relay(self, tag: int, args: dict[str, object]) -> None:
+        """Start the egress relay (`relay.py`) with this argv, once it listens."""
+        if self.relay is None:
+            argv = args["argv"]
+            self.relay = Relay([os.fsencode(str(arg)) for arg in argv])  # type: ignore[attr-defined]
+        self.relay.start()
+        self.send(DONE, tag, DONE_PAYLOAD.pack(0))
 
     def op_procs(self, tag: int, args: dict[str, object]) -> None:
         """Every process whose exit the service has not been told yet, with its label."""
@@ -738,16 +763,79 @@ class Agent:
                     self.read_output(proc, fd)
 
 
+class Relay:
+    """The egress relay: a process of its own, as its own user, told to pause and go on
+    over a pipe. One that does not pause in time is killed (and started again on resume):
+    a checkpoint with a host-socket connection open fails."""
+
+    def __init__(self, argv: list[bytes]) -> None:
+        self.argv = argv
+        self.pid = -1
+        self.orders = -1  # our write end of its stdin
+        self.answers = -1  # our read end of its stdout
+
+    def start(self) -> None:
+        self.stop()
+        order_read, self.orders = os.pipe()
+        self.answers, answer_write = os.pipe()
+        try:
+            self.pid = spawn(self.argv, [b"PATH=/usr/bin:/bin"], "/", order_read, answer_write,
+                             2, (), RELAY_UID)
+        finally:
+            os.close(order_read)
+            os.close(answer_write)
+        if not self.answered(b"R", RELAY_START_S):
+            self.stop()
+            raise OSError(11, "the egress relay did not start")
+
+    def answered(self, expected: bytes, wait_s: float) -> bool:
+        poller = select.poll()
+        poller.register(self.answers, select.POLLIN)
+        if not poller.poll(int(wait_s * 1000)):
+            return False
+        return os.read(self.answers, 1) == expected
+
+    def pause(self) -> None:
+        try:
+            os.write(self.orders, b"p")
+            if self.answered(b"P", RELAY_PAUSE_S):
+                return
+        except OSError:
+            pass
+        self.stop()
+
+    def go(self) -> None:
+        try:
+            os.write(self.orders, b"g")
+        except OSError:
+            try:
+                self.start()
+            except OSError as error:
+                sys.stderr.write(f"agent: the egress relay did not come back: {error}\n")
+
+    def stop(self) -> None:
+        if self.pid > 0:
+            try:  # noqa: SIM105 (contextlib is one import more)
+                os.kill(self.pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for fd in (self.orders, self.answers):
+            if fd != -1:
+                os.close(fd)
+        self.pid, self.orders, self.answers = -1, -1, -1
+
+
 def spawn(argv: list[bytes], env: list[bytes], cwd: str, stdin: int, stdout: int, stderr: int,
-          keep: tuple[int, ...]) -> int:
-    """Start a program as the sandbox user in a process group of its own, as subprocess does
-    (its C helper, without importing subprocess); OSError when it cannot be executed."""
+          keep: tuple[int, ...], uid: int = SANDBOX_UID) -> int:
+    """Start a program as the sandbox user (or `uid`, group alike) in a process group of its
+    own, as subprocess does (its C helper, without importing subprocess); OSError when it
+    cannot be executed."""
     error_read, error_write = os.pipe()
     try:
         pid = _posixsubprocess.fork_exec(
             argv, executables(argv[0], env), True, tuple(sorted((*keep, error_write))), cwd, env,
             stdin, -1, -1, stdout, -1, stderr, error_read, error_write,
-            True, False, 0, SANDBOX_GID, [], SANDBOX_UID, -1,
+            True, False, 0, uid, [], uid, -1,
             None,  # type: ignore[arg-type]  # no preexec_fn
             False,
         )
@@ -762,10 +850,11 @@ def spawn(argv: list[bytes], env: list[bytes], cwd: str, stdin: int, stdout: int
     if not report:
         return pid
     # The child failed before exec and exited; the loop reaps it. Its report is
-    # b"OSError:<errno in hex>:<noexec or noexec:chdir or empty>".
+    # b"OSError:<errno in hex>:<noexec or noexec:chdir or empty>": "noexec" (Python 3.11,
+    # the sandbox's) or "noexec:chdir" (3.12 on) when the folder could not be entered.
     _name, code, where = bytes(report).split(b":", 2)
     number = int(code, 16)
-    subject = cwd if where == b"noexec:chdir" else os.fsdecode(argv[0])
+    subject = cwd if where.startswith(b"noexec") else os.fsdecode(argv[0])
     raise OSError(number, f"{subject}: {os.strerror(number)}")
 
 
