@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.sdk_support import Served, needs_contexts, needs_templates, served
+from e2e.sdk_support import Served, needs_templates, served
 from sandbox.adapters.fake import FakeBehaviour
 from sandbox_client import (
     AsyncSandbox,
@@ -214,7 +214,6 @@ async def test_the_async_client_does_the_same_through_http(server: Served) -> No
     assert killed and echoed.stdout == "hi\n"
 
 
-@needs_contexts
 def test_code_contexts_are_made_run_restarted_and_deleted_through_the_sdk(
     server: Served,
 ) -> None:
