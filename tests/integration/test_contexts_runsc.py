@@ -10,12 +10,13 @@ import base64
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
 from integration.pngs import png_pixels
-from integration.support import managed_sandboxes, started_runtime
-from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from integration.support import leftovers, managed_sandboxes, runtime_settings, started_runtime
+from sandbox.adapters.runsc.runtime import PLATFORM_FILE, RunscSandboxRuntime
 from sandbox.domain.cells import CellRun
 from sandbox.domain.errors import InvalidState
 from sandbox.domain.lifecycle import contexts
@@ -221,18 +222,29 @@ async def test_a_cell_that_ignores_the_interrupt_is_ended_by_a_restart(
     assert after.error is not None and after.error.name == "NameError"
 
 
-async def test_variables_imports_and_files_survive_a_suspend_and_restore(
-    sandboxes: Sandboxes, limits: Limits
+@pytest.mark.parametrize("platform", ["ptrace", "systrap"])
+async def test_variables_imports_and_files_survive_a_suspend_and_restore_on_either_platform(
+    tmp_path: Path, limits: Limits, platform: str
 ) -> None:
-    async with a_context(sandboxes, limits) as ids:
-        await cell(sandboxes, ids, "import numpy as np\nrng = np.random.default_rng(1)\n"
-                                   "drawn = rng.random(3)\nopen('/tmp/f.txt', 'w').write('f')")
-        before = value(await cell(sandboxes, ids, "drawn.tolist()"))
-        await suspend_sandbox(sandboxes, ids[0])
-        await restore_sandbox(sandboxes, ids[0])
-        after = await cell(sandboxes, ids, "drawn.tolist(), np.__name__, open('/tmp/f.txt').read()")
+    # Sessions wait on SANDBOX_SESSION_PLATFORM (ptrace by default); either may be set.
+    on_platform = runtime_settings(tmp_path / platform, session_platform=platform)
+    async with started_runtime(on_platform) as runtime:
+        async with managed_sandboxes(runtime, on_platform) as sandboxes, \
+                a_context(sandboxes, limits) as ids:
+            await cell(sandboxes, ids, "import numpy as np\nrng = np.random.default_rng(1)\n"
+                                       "drawn = rng.random(3)\nopen('/tmp/f.txt', 'w').write('f')")
+            before = value(await cell(sandboxes, ids, "drawn.tolist()"))
+            suspended = await suspend_sandbox(sandboxes, ids[0])
+            assert suspended.checkpoint is not None
+            made_on = (Path(suspended.checkpoint) / PLATFORM_FILE).read_text()
+            await restore_sandbox(sandboxes, ids[0])
+            after = await cell(sandboxes, ids,
+                               "drawn.tolist(), np.__name__, open('/tmp/f.txt').read()")
+        left = leftovers(on_platform)
 
+    assert made_on == platform
     assert value(after) == f"({before}, 'numpy', 'f')"
+    assert left == []
 
 
 async def test_contexts_survive_a_graceful_restart_and_a_crash_of_the_service(
