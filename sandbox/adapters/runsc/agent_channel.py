@@ -86,6 +86,8 @@ class AgentChannel:
         self._writer = writer
         self._reader = reader
         self._on_broken = on_broken
+        # Set while the service ends or checkpoints the sandbox: the pipe closing is expected.
+        self.ending = False
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self._processes: dict[int, _Process] = {}
         self._downloads: dict[int, _Download] = {}
@@ -477,7 +479,10 @@ class AgentChannel:
     async def _fail(self, reason: str) -> RuntimeFailure:
         if self.broken is None:
             self.broken = reason
-            log.warning("agent.broken", sandbox_id=self.sandbox_id, reason=reason)
+            if self.ending:
+                log.info("agent.closed", sandbox_id=self.sandbox_id, reason=reason)
+            else:
+                log.warning("agent.broken", sandbox_id=self.sandbox_id, reason=reason)
             self._end_waiters(reason)
             if self._on_broken is not None:
                 await self._on_broken(reason)

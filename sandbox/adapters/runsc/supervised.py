@@ -31,14 +31,22 @@ class Supervised:
     platform: str = ""
     # Whether the sandbox's own program (a detached script) runs as the agent's main process.
     main: bool = False
-    # Set when the service itself ends it (checkpoint, destroy): its end is then no failure.
-    ending: bool = False
     # Its code contexts' interpreters (set by the runtime, which knows how to end a sandbox).
     kernels: Kernels | None = field(default=None, repr=False)
     # The pipe the channel reads: closed here, since a loop may keep a pipe open after its
     # end (uvloop does, when the reader asks it to at EOF) and then refuse to close itself.
     frames: Pipe | None = field(default=None, repr=False)
     stderr: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def ending(self) -> bool:
+        """Set when the service itself ends it (checkpoint, destroy): its end is then no
+        failure. The channel knows it too, so its pipe closing is no warning."""
+        return self.channel.ending
+
+    @ending.setter
+    def ending(self, value: bool) -> None:
+        self.channel.ending = value
 
     async def detach(self) -> None:
         """Stop listening; the sandbox runs on without us (the server is stopping)."""
