@@ -165,6 +165,11 @@ class Settings:
     database_url: str = field(default="", repr=False)
     # This instance's name in leases; ignored when settings are compared.
     instance_id: str = field(default_factory=default_instance_id, compare=False)
+    # Code contexts (persistent interpreters) one sandbox may have at once.
+    max_contexts: int = 8
+    # The results (MIME bundles: figures, tables) one cell may answer with, in all; past it
+    # representations are left out and the answer says `truncated`.
+    cell_result_bytes: int = 2 * 1024 * 1024
     # Warm pools (see sandbox/domain/pool_profiles.py for the grammar); empty: none.
     pool: str = "python:2,bash:1"
     # Modules a warm Python sandbox has imported before its request arrives.
@@ -208,7 +213,8 @@ class Settings:
                      "default_idle_timeout_s", "max_idle_timeout_s", "retention_s",
                      "suspended_retention_s", "max_file_bytes", "reap_interval_s",
                      "shutdown_grace_s", "max_connections", "max_concurrent_executions",
-                     "max_concurrent_calls", "max_total_memory_mb", "max_fork"):
+                     "max_concurrent_calls", "max_total_memory_mb", "max_contexts",
+                     "cell_result_bytes", "max_fork"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
         if self.cpus <= 0 or self.request_read_timeout_s <= 0:
@@ -413,6 +419,8 @@ class Settings:
             max_file_bytes=self.max_file_bytes,
             suspend_on_shutdown=self.suspend_on_shutdown,
             shutdown_grace_s=self.shutdown_grace_s,
+            max_contexts=self.max_contexts,
+            cell_result_bytes=self.cell_result_bytes,
             max_fork=self.max_fork,
         )
 

@@ -16,10 +16,18 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from sandbox.adapters.fake_contexts import FakeContexts, FakeKernel
 from sandbox.adapters.limit_layers import limit_layers
+from sandbox.domain.cells import CellLimits, CellOutcome, CodeContext
 from sandbox.domain.errors import FileNotFoundInSandbox, PayloadTooLarge, RuntimeFailure
 from sandbox.domain.model import FileEntry, Language, Outcome, Program, SandboxSpec, Stream
-from sandbox.domain.ports import FILE_CHUNK_BYTES, OpenedFile, OutputSink, SandboxRuntime
+from sandbox.domain.ports import (
+    FILE_CHUNK_BYTES,
+    CellSink,
+    OpenedFile,
+    OutputSink,
+    SandboxRuntime,
+)
 
 
 @dataclass(frozen=True)
@@ -75,13 +83,20 @@ class _FakeSandbox:
     spec: SandboxSpec
     init: asyncio.Task[tuple[int | None, bool]]
     files: dict[str, bytes]
+    contexts: FakeContexts
+
+
+@dataclass
+class _FakeImage:
+    files: dict[str, bytes]
+    kernels: dict[str, FakeKernel]
 
 
 class FakeSandboxRuntime(SandboxRuntime):
     def __init__(self) -> None:
         self._programmed: dict[bytes, FakeBehaviour] = {}
         self._sandboxes: dict[str, _FakeSandbox] = {}
-        self._images: dict[str, dict[str, bytes]] = {}
+        self._images: dict[str, _FakeImage] = {}
         self.live: set[str] = set()
         self.runs: list[tuple[SandboxSpec, Program]] = []
         self.problems: list[str] = []
@@ -149,15 +164,17 @@ class FakeSandboxRuntime(SandboxRuntime):
     # task; files live in a dict; a checkpoint keeps the files and ends the task.
 
     async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
-        self._launch(spec, program, sink, files={})
+        self._launch(spec, program, sink, _FakeImage(files={}, kernels={}))
 
     def _launch(
-        self, spec: SandboxSpec, program: Program, sink: OutputSink, files: dict[str, bytes]
+        self, spec: SandboxSpec, program: Program, sink: OutputSink, image: _FakeImage
     ) -> None:
         if spec.sandbox_id in self._sandboxes:
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} already exists")
         body = self._play(program, sink) if program.language else _idle()
-        self._sandboxes[spec.sandbox_id] = _FakeSandbox(spec, asyncio.ensure_future(body), files)
+        self._sandboxes[spec.sandbox_id] = _FakeSandbox(
+            spec, asyncio.ensure_future(body), dict(image.files), FakeContexts(image.kernels)
+        )
         self.live.add(spec.sandbox_id)
 
     async def wait(self, sandbox_id: str) -> Outcome:
@@ -196,7 +213,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         if self.failing_warm_starts > 0:
             self.failing_warm_starts -= 1
             raise RuntimeFailure("the fake was told to fail this warm start")
-        self._launch(spec, Program(language=None, argv=("idle",)), _Nowhere(), files={})
+        self._launch(spec, Program(language=None, argv=("idle",)), _Nowhere(),
+                     _FakeImage(files={}, kernels={}))
         self.warm[spec.sandbox_id] = language
 
     async def run_warm(
@@ -211,21 +229,24 @@ class FakeSandboxRuntime(SandboxRuntime):
     async def checkpoint(self, sandbox_id: str) -> str:
         sandbox = self._running(sandbox_id)
         image = f"fake-image-{sandbox_id}"
-        self._images[image] = dict(sandbox.files)
+        self._images[image] = _FakeImage(dict(sandbox.files), sandbox.contexts.saved())
         await self._stop(sandbox_id)
         return image
 
     async def snapshot(self, sandbox_id: str, image: str) -> int:
-        files = self._running(sandbox_id).files
-        self._images[image] = dict(files)
-        return sum(len(data) for data in files.values())
+        sandbox = self._running(sandbox_id)
+        self._images[image] = _FakeImage(dict(sandbox.files), sandbox.contexts.saved())
+        return sum(len(data) for data in sandbox.files.values())
 
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
         if image not in self._images:
             raise RuntimeFailure(f"no checkpoint image {image}")
-        # Each copy has files of its own; the image stays as it was.
-        self._launch(spec, Program(language=None, argv=("idle",)), sink,
-                     dict(self._images[image]))
+        saved = self._images[image]
+        # Restored as many times as asked, each restore with its own copy of the state; the
+        # image stays as it was.
+        copy = _FakeImage(saved.files, {key: kernel.saved() for key, kernel in
+                                        saved.kernels.items()})
+        self._launch(spec, Program(language=None, argv=("idle",)), sink, copy)
         self.restores.append((spec.sandbox_id, image))
 
     async def discard_checkpoint(self, image: str) -> None:
@@ -239,6 +260,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         self.warm.pop(sandbox_id, None)
         sandbox = self._sandboxes.pop(sandbox_id, None)
         self.live.discard(sandbox_id)
+        if sandbox is not None:
+            sandbox.contexts.close()
         if sandbox is not None and not sandbox.init.done():
             sandbox.init.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -273,6 +296,28 @@ class FakeSandboxRuntime(SandboxRuntime):
             for name, data in sorted(files.items())
             if name.startswith(prefix) and "/" not in name[len(prefix):]
         ]
+
+    # Code contexts: see fake_contexts.py for the language their cells are written in.
+
+    async def start_context(self, sandbox_id: str, context: CodeContext) -> None:
+        self._running(sandbox_id).contexts.start(context)
+
+    async def list_contexts(self, sandbox_id: str) -> list[CodeContext]:
+        return self._running(sandbox_id).contexts.listed()
+
+    async def run_cell(
+        self, sandbox_id: str, context_id: str, code: str, limits: CellLimits, sink: CellSink
+    ) -> CellOutcome:
+        return await self._running(sandbox_id).contexts.run(context_id, code, limits, sink)
+
+    async def interrupt_context(self, sandbox_id: str, context_id: str) -> None:
+        self._running(sandbox_id).contexts.interrupt(context_id)
+
+    async def restart_context(self, sandbox_id: str, context_id: str) -> None:
+        self._running(sandbox_id).contexts.restart(context_id)
+
+    async def stop_context(self, sandbox_id: str, context_id: str) -> None:
+        self._running(sandbox_id).contexts.stop(context_id)
 
     async def running_ids(self) -> set[str]:
         return {key for key, box in self._sandboxes.items() if not box.init.done()}

@@ -25,6 +25,7 @@ STATUS_BY_CODE = {
     "invalid_request": 400,
     "not_found": 404,
     "file_not_found": 404,
+    "context_not_found": 404,
     "invalid_state": 409,
     "checkpoint_mismatch": 409,
     "payload_too_large": 413,

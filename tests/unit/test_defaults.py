@@ -31,6 +31,8 @@ POLICY_SETTINGS = {
     "max_file_bytes": (1024, "max_file_bytes"),
     "suspend_on_shutdown": (False, "suspend_on_shutdown"),
     "shutdown_grace_s": (2.0, "shutdown_grace_s"),
+    "max_contexts": (3, "max_contexts"),
+    "cell_result_bytes": (4096, "cell_result_bytes"),
     "max_fork": (5, "max_fork"),
 }
 

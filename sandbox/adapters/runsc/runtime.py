@@ -29,8 +29,10 @@ from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
 from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
 from sandbox.adapters.runsc.file_errors import file_error
 from sandbox.adapters.runsc.housekeeping import Housekeeping
+from sandbox.adapters.runsc.kernels import Kernels
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
+from sandbox.domain.cells import CellLimits, CellOutcome, CodeContext
 from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest, RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN
@@ -44,7 +46,7 @@ from sandbox.domain.model import (
     SandboxSpec,
     Stream,
 )
-from sandbox.domain.ports import OpenedFile, OutputSink, SandboxRuntime
+from sandbox.domain.ports import CellSink, OpenedFile, OutputSink, SandboxRuntime
 from sandbox.settings import PLATFORMS, Settings
 
 log = structlog.get_logger(__name__)
@@ -408,10 +410,12 @@ class RunscSandboxRuntime(SandboxRuntime):
             # times): its processes are told, and its zygote re-seeds (see inside/agent.py).
             resumed = supervised.channel.resume(AGENT_START_TIMEOUT_S, secrets.token_hex(16))
             live = await self._started(supervised, resumed, "restore")
-            for tag in live:
-                # An exec that ran at the checkpoint has no caller any more: its output goes.
-                supervised.channel.adopt(tag, sink if tag == MAIN_TAG else warm.Nowhere())
-            supervised.main = MAIN_TAG in live
+            if MAIN_TAG in live:
+                supervised.channel.adopt(MAIN_TAG, sink)
+                supervised.main = True
+            for tag, process in live.items():
+                if tag != MAIN_TAG:
+                    self._kernels(supervised).adopt(tag, process)
         except BaseException:
             await self._destroy(sandbox_id)
             raise
@@ -440,6 +444,9 @@ class RunscSandboxRuntime(SandboxRuntime):
             oci.environment(spec, program), broken,
         )
         supervised.platform = platform
+        self._bundles.record_platform(sandbox_id, platform)
+        supervised.kernels = Kernels(sandbox_id, supervised.channel, supervised.env,
+                                     lambda: self._runsc.kill_all(sandbox_id))
         self._supervised[sandbox_id] = supervised
         self._watch_memory(sandbox_id, self._bundles.memory_bytes(sandbox_id))
         return supervised
@@ -583,6 +590,32 @@ class RunscSandboxRuntime(SandboxRuntime):
             log.error("runsc.exec_kill_failed", sandbox_id=supervised.sandbox_id)
             await self._runsc.kill_all(supervised.sandbox_id)
 
+    # Code contexts: interpreters the agent keeps (see kernels.py) ------------------------
+
+    def _kernels(self, supervised: Supervised) -> Kernels:
+        assert supervised.kernels is not None  # set as soon as the sandbox starts
+        return supervised.kernels
+
+    async def start_context(self, sandbox_id: str, context: CodeContext) -> None:
+        await self._kernels(self._agent(sandbox_id)).start(context)
+
+    async def list_contexts(self, sandbox_id: str) -> list[CodeContext]:
+        return self._kernels(self._agent(sandbox_id)).listed()
+
+    async def run_cell(
+        self, sandbox_id: str, context_id: str, code: str, limits: CellLimits, sink: CellSink
+    ) -> CellOutcome:
+        return await self._kernels(self._agent(sandbox_id)).run(context_id, code, limits, sink)
+
+    async def interrupt_context(self, sandbox_id: str, context_id: str) -> None:
+        self._kernels(self._agent(sandbox_id)).interrupt(context_id)
+
+    async def restart_context(self, sandbox_id: str, context_id: str) -> None:
+        await self._kernels(self._agent(sandbox_id)).restart(context_id)
+
+    async def stop_context(self, sandbox_id: str, context_id: str) -> None:
+        await self._kernels(self._agent(sandbox_id)).stop(context_id)
+
     # Warm sandboxes: started ahead of a request, spent by one script ----------------------
 
     async def start_warm(
@@ -649,7 +682,8 @@ class RunscSandboxRuntime(SandboxRuntime):
             await self._checkpoint_failed(sandbox_id, supervised, image)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
         saved = time.monotonic()
-        await asyncio.to_thread(_write_platform, image, supervised, self._settings)
+        await asyncio.to_thread(_write_platform, image, self._platform_of(sandbox_id, supervised),
+                                self._settings)
         image_bytes = await asyncio.to_thread(_seal_image, image)
         await self._until_stopped(sandbox_id, supervised)
         await self._end_supervision(sandbox_id)
@@ -694,6 +728,12 @@ class RunscSandboxRuntime(SandboxRuntime):
                     return
         await self._runsc.wait_until_stopped(sandbox_id, STOP_POLLS)
 
+    def _platform_of(self, sandbox_id: str, supervised: Supervised | None) -> str:
+        """The platform the sandbox runs on; one this server did not start (it came before a
+        crash) says it in its bundle ("" when even that is unknown: the scripts')."""
+        return (supervised.platform if supervised is not None
+                else self._bundles.platform(sandbox_id))
+
     async def _delete_stopped(self, sandbox_id: str) -> None:
         await self._runsc.delete(sandbox_id)
         self._cgroups.remove(sandbox_id)
@@ -715,7 +755,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         if code != 0:
             raise RuntimeFailure(f"runsc checkpoint --leave-running failed: "
                                  f"{output.strip()[-500:]}")
-        await asyncio.to_thread(_write_platform, Path(image), supervised, self._settings)
+        await asyncio.to_thread(_write_platform, Path(image),
+                                self._platform_of(sandbox_id, supervised), self._settings)
         image_bytes = await asyncio.to_thread(_seal_image, Path(image))
         log.info("runsc.snapshotted", sandbox_id=sandbox_id, image_bytes=image_bytes,
                  ms=int((time.monotonic() - started) * 1000))
@@ -856,10 +897,8 @@ def _agent_identity() -> str:
     return digest.hexdigest()[:16]
 
 
-def _write_platform(image: Path, supervised: Supervised | None, settings: Settings) -> None:
-    """Beside the image: the platform it was made on, for its restores (see _image_platform).
-    A sandbox adopted after a restart has no record of its platform: the scripts'."""
-    platform = supervised.platform if supervised is not None else ""
+def _write_platform(image: Path, platform: str, settings: Settings) -> None:
+    """Beside the image: the platform it was made on, for its restores (see _image_platform)."""
     (image / PLATFORM_FILE).write_text(platform or settings.runsc_platform)
 
 

@@ -38,6 +38,9 @@ class LifecyclePolicy:
     max_file_bytes: int
     suspend_on_shutdown: bool
     shutdown_grace_s: float
+    # Code contexts: how many one sandbox may have, and the results one cell may answer with.
+    max_contexts: int
+    cell_result_bytes: int
     # The most copies one fork makes.
     max_fork: int
 
@@ -80,6 +83,8 @@ class Sandboxes:
         self.busy: Counter[str] = Counter()
         self.supervisors: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Held while a context starts, so that two starts cannot pass the cap together.
+        self._context_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def templates(self) -> Templates:
@@ -90,9 +95,13 @@ class Sandboxes:
     def lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
+    def context_lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._context_locks.setdefault(sandbox_id, asyncio.Lock())
+
     def forget(self, sandbox_id: str) -> None:
-        """Drop the lock of a sandbox that is gone."""
+        """Drop the locks of a sandbox that is gone."""
         self._locks.pop(sandbox_id, None)
+        self._context_locks.pop(sandbox_id, None)
 
     async def get(self, sandbox_id: str) -> Sandbox:
         sandbox = await self.store.get(checked_sandbox_id(sandbox_id))
