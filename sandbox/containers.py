@@ -15,6 +15,7 @@ from dependency_injector import containers, providers
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.adapters.fake_packages import FakePackageInstaller
 from sandbox.adapters.file_output_log import FileOutputLog
+from sandbox.adapters.folder_template_images import FolderTemplateImages
 from sandbox.adapters.memory_signals import InMemorySignals
 from sandbox.adapters.pip_installer import PipPackageInstaller
 from sandbox.adapters.postgres.database import PostgresDatabase
@@ -23,11 +24,13 @@ from sandbox.adapters.postgres.leases import PostgresLeaseStore
 from sandbox.adapters.postgres.output_log import PostgresOutputLog
 from sandbox.adapters.postgres.signals import PostgresSignals
 from sandbox.adapters.postgres.store import PostgresSandboxStore
+from sandbox.adapters.postgres.templates import PostgresTemplateStore
 from sandbox.adapters.prometheus_metrics import PrometheusMetrics
 from sandbox.adapters.sqlite_db import SqliteDatabase
 from sandbox.adapters.sqlite_handoffs import SqliteHandoffRequests
 from sandbox.adapters.sqlite_leases import SqliteLeaseStore
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
+from sandbox.adapters.sqlite_templates import SqliteTemplateStore
 from sandbox.domain.capacity import Capacity
 from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.lifecycle import reaping, reconciliation, shutdown
@@ -36,7 +39,15 @@ from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.metrics import Metrics
 from sandbox.domain.model import SandboxState
 from sandbox.domain.packages import PackagePolicy
-from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
+from sandbox.domain.ports import (
+    OutputLog,
+    PackageInstaller,
+    SandboxRuntime,
+    SandboxStore,
+    TemplateImages,
+    TemplateStore,
+)
+from sandbox.domain.templates import Templates
 from sandbox.domain.warm_pool import PoolTuning, WarmPool
 from sandbox.settings import Settings
 
@@ -71,19 +82,24 @@ def _lifecycle_policy(settings: Settings) -> LifecyclePolicy:
     return settings.lifecycle_policy()
 
 
-async def layers_held(store: SandboxStore, pinned: set[str] | None = None) -> list[str]:
-    """The package layers of the sandboxes that can still run, and those the warm pools
-    mount (`pinned`)."""
+async def layers_held(
+    store: SandboxStore, pinned: set[str] | None = None,
+    templates: TemplateStore | None = None,
+) -> list[str]:
+    """The package layers of the sandboxes that can still run, those the warm pools mount
+    (`pinned`), and those of templates (every copy mounts them)."""
     recorded = [layer for sandbox in await store.list() if sandbox.state in LAYER_HOLDING_STATES
                 for layer in sandbox.package_dirs]
-    return [*recorded, *(pinned or ())]
+    kept = ([layer for template in await templates.list() for layer in template.package_dirs]
+            if templates is not None else [])
+    return [*recorded, *(pinned or ()), *kept]
 
 
 def _pip_installer(
     settings: Settings, store: SandboxStore, metrics: Metrics, capacity: Capacity,
-    pinned: set[str],
+    pinned: set[str], templates: TemplateStore,
 ) -> PackageInstaller:
-    return PipPackageInstaller(settings, in_use=partial(layers_held, store, pinned),
+    return PipPackageInstaller(settings, in_use=partial(layers_held, store, pinned, templates),
                                metrics=metrics, capacity=capacity)
 
 
@@ -115,6 +131,14 @@ def _output_log(settings: Settings) -> OutputLog:
     return FileOutputLog(settings.state_dir / "outputs")
 
 
+def _template_images(settings: Settings) -> FolderTemplateImages:
+    return FolderTemplateImages(settings.templates)
+
+
+def _templates(store: TemplateStore, images: TemplateImages) -> Templates:
+    return Templates(store, images)
+
+
 def _warm_pool(
     settings: Settings,
     runtime: SandboxRuntime,
@@ -122,11 +146,13 @@ def _warm_pool(
     metrics: Metrics,
     installer: PackageInstaller,
     pinned: set[str],
+    templates: Templates,
 ) -> WarmPool:
     return WarmPool(
         runtime, settings.pool_profiles(), settings.default_limits(), settings.pool_modules(),
         capacity, metrics, installer,
         PoolTuning(refill_concurrency=settings.pool_refill_concurrency), pinned_layers=pinned,
+        templates=templates,
     )
 
 
@@ -142,6 +168,7 @@ async def _served(
     package_policy: PackagePolicy,
     database: object,
     pool: WarmPool,
+    templates: Templates,
 ) -> AsyncIterator[Sandboxes]:
     """What the use cases share, reconciled with the host before the first request and reaped
     in the background until shutdown; the warm pools fill once the reconcile has removed what
@@ -150,7 +177,8 @@ async def _served(
     shutdown order does not see, and the use cases must shut down (suspending what runs,
     writing records) before the database does."""
     sandboxes = Sandboxes(runtime, store, outputs, policy, capacity=capacity, metrics=metrics,
-                          installer=installer, package_policy=package_policy, pool=pool)
+                          installer=installer, package_policy=package_policy, pool=pool,
+                          templates=templates)
     reconciled = await _reconciled(sandboxes)
     if reconciled:
         await pool.start()
@@ -274,6 +302,18 @@ class Container(containers.DeclarativeContainer):
         postgres=providers.Singleton(PostgresSignals, database),
     )
 
+    # Templates: records beside the sandboxes' (SQLite or PostgreSQL), images in a folder.
+    template_store = providers.Selector(
+        settings.provided.store_backend,
+        sqlite=providers.Singleton(SqliteTemplateStore, database),
+        postgres=providers.Singleton(PostgresTemplateStore, database),
+    )
+
+    template_images = providers.Resource(
+        _opened, providers.Singleton(_template_images, settings))
+
+    templates = providers.Singleton(_templates, template_store, template_images)
+
     package_policy = providers.Singleton(_package_policy, settings)
 
     # Packages install with pip on the host for the real runtime; the fake installs nothing.
@@ -284,12 +324,13 @@ class Container(containers.DeclarativeContainer):
             fake=providers.Singleton(FakePackageInstaller, metrics=metrics,
                                      policy=package_policy),
             runsc=providers.Singleton(_pip_installer, settings, store, metrics, capacity,
-                                      pinned_layers),
+                                      pinned_layers, template_store),
         ),
     )
 
     warm_pool = providers.Singleton(
         _warm_pool, settings, runtime, capacity, metrics, package_installer, pinned_layers,
+        templates,
     )
 
     # The operator's egress allow-list: every sandbox's list must stay within it.
@@ -310,4 +351,5 @@ class Container(containers.DeclarativeContainer):
         package_policy=package_policy,
         database=database,
         pool=warm_pool,
+        templates=templates,
     )

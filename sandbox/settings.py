@@ -30,6 +30,7 @@ class SettingsError(ValueError):
 
 
 MIN_TOKEN_CHARS = 16
+CHECKPOINT_COMPRESSIONS = ("none", "flate-best-speed")
 INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
@@ -85,8 +86,13 @@ class Settings:
     # Where checkpoint images go; a bucket mounted as a folder on Cloud Run. Default:
     # STATE_DIR/checkpoints.
     checkpoint_dir: Path | None = None
+    # Where template images go. Default: STATE_DIR/templates.
+    template_dir: Path | None = None
     runsc_path: str = "runsc"
     runsc_platform: str = "systrap"
+    # How runsc writes checkpoint images: `none` (fastest here) or `flate-best-speed`
+    # (smaller images, for a slow disk or a bucket).
+    checkpoint_compression: str = "none"
     # The platform of long-lived sessions, which mostly wait: measured here, an idle sandbox
     # costs 2.1% of a core on systrap and 0.06% on ptrace, and a fork (a zygote's exec) is
     # faster on ptrace; scripts (one-shot, detached, warm pools) keep runsc_platform.
@@ -112,6 +118,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     request_read_timeout_s: float = 30.0
     max_running_sandboxes: int = 32
+    # The most copies one `POST /sandboxes/{id}/fork` makes (each also counts as a running
+    # sandbox and holds its memory limit).
+    max_fork: int = 16
     # Synchronous and streamed /execute runs at once; over it a request waits up to
     # capacity_wait_s for a place, then gets a 429 (as does one that finds no memory).
     max_concurrent_executions: int = 8
@@ -185,6 +194,9 @@ class Settings:
         problems = self._auth_problems(api_tokens)
         if self.runtime not in ("runsc", "fake"):
             problems.append("SANDBOX_RUNTIME must be runsc or fake")
+        if self.checkpoint_compression not in CHECKPOINT_COMPRESSIONS:
+            problems.append("SANDBOX_CHECKPOINT_COMPRESSION must be one of "
+                            + ", ".join(CHECKPOINT_COMPRESSIONS))
         for name in ("runsc_platform", "session_platform"):
             if getattr(self, name) not in PLATFORMS:
                 problems.append(f"SANDBOX_{name.upper()} must be one of {', '.join(PLATFORMS)}")
@@ -202,7 +214,7 @@ class Settings:
                      "suspended_retention_s", "max_file_bytes", "reap_interval_s",
                      "shutdown_grace_s", "max_connections", "max_concurrent_executions",
                      "max_concurrent_calls", "max_total_memory_mb", "max_contexts",
-                     "cell_result_bytes"):
+                     "cell_result_bytes", "max_fork"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
         if self.cpus <= 0 or self.request_read_timeout_s <= 0:
@@ -325,6 +337,8 @@ class Settings:
         except ValueError as error:
             return [f"SANDBOX_POOL: {error}"]
         for profile in profiles:
+            if profile.template_id is not None:
+                continue  # a template's copies have the template's memory limit
             memory = profile.memory_mb or self.default_memory_mb
             if memory > min(self.max_memory_mb, self.max_total_memory_mb):
                 problems.append(f"SANDBOX_POOL: {profile.name} asks for more memory than "
@@ -393,6 +407,10 @@ class Settings:
     def checkpoints(self) -> Path:
         return self.checkpoint_dir or self.state_dir / "checkpoints"
 
+    @property
+    def templates(self) -> Path:
+        return self.template_dir or self.state_dir / "templates"
+
     def lifecycle_policy(self) -> LifecyclePolicy:
         return LifecyclePolicy(
             max_running=self.max_running_sandboxes,
@@ -403,6 +421,7 @@ class Settings:
             shutdown_grace_s=self.shutdown_grace_s,
             max_contexts=self.max_contexts,
             cell_result_bytes=self.cell_result_bytes,
+            max_fork=self.max_fork,
         )
 
     def default_limits(self) -> Limits:

@@ -32,6 +32,7 @@ from pathlib import Path
 import bench_contexts
 import bench_pool
 import bench_sessions
+import bench_templates
 import httpx
 import structlog
 import uvicorn
@@ -54,7 +55,7 @@ STOP_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 60.0
 CGROUP_PARENT = "gvisor-sandbox-bench"
 KEPT_SETTINGS = ("SANDBOX_ROOTFS_DIR", "SANDBOX_RUNSC_PATH", "SANDBOX_RUNSC_PLATFORM",
-                 "SANDBOX_SESSION_PLATFORM")
+                 "SANDBOX_SESSION_PLATFORM", "SANDBOX_CHECKPOINT_COMPRESSION")
 SCRIPTS = {Language.PYTHON: b'print("hello")\n', Language.BASH: b"echo hello\n"}
 EXPECTED = "hello\n"
 
@@ -497,6 +498,25 @@ def measure_sessions(
         print(figure.line())
 
 
+def measure_templates(
+    tmp: Path, wheels: Path, runtime: RunscSandboxRuntime, settings: Settings,
+    args: argparse.Namespace,
+) -> None:
+    """P4, a start from a template and a fork of 8, on a server without pools."""
+    print("measuring checkpoints (P4), templates and fork...", flush=True)
+    with running_server(tmp / "templates", tmp / "templates.log", wheels, extra={
+                "SANDBOX_MAX_RUNNING_SANDBOXES": "16",
+                "SANDBOX_MAX_TOTAL_MEMORY_MB": str(16 * bench_templates.MEMORY_MB)}) as base_url, \
+            httpx.Client(base_url=base_url, timeout=CALL_TIMEOUT_S) as client:
+        figures = bench_templates.measure(client, runtime, settings, CGROUP_PARENT,
+                                          args.checkpoint_rounds)
+    print()
+    print(f"checkpoints of sessions (on {settings.session_platform}, "
+          f"--compression={settings.checkpoint_compression}):")
+    for figure in figures:
+        print(figure.line())
+
+
 def runsc_version(runtime: RunscSandboxRuntime) -> str:
     done = subprocess.run(runtime.command("--version"), capture_output=True, text=True,
                           timeout=CALL_TIMEOUT_S, check=False)
@@ -529,6 +549,10 @@ def parse_args() -> argparse.Namespace:
                         help="only the session figures (P3, P6)")
     parser.add_argument("--density", type=count(1, 400), default=200,
                         help="idle sessions held for P6 (default 200)")
+    parser.add_argument("--templates-only", action="store_true",
+                        help="only the checkpoint figures (P4, templates, fork)")
+    parser.add_argument("--checkpoint-rounds", type=count(1, 50), default=5,
+                        help="suspends and restores per P4 figure (default 5)")
     return parser.parse_args()
 
 
@@ -554,6 +578,9 @@ def main() -> int:
             if args.sessions_only:
                 measure_sessions(Path(tmp), wheels, settings, args)
                 return 0
+            if args.templates_only:
+                measure_templates(Path(tmp), wheels, runtime, settings, args)
+                return 0
             if args.pools_only:
                 raw_python = raw_work(runtime, settings, Language.PYTHON)
                 raw_python(WARMUP)
@@ -566,11 +593,12 @@ def main() -> int:
             if not args.pools_only:
                 measure_contexts(Path(tmp), wheels, args)
                 measure_sessions(Path(tmp), wheels, settings, args)
+                measure_templates(Path(tmp), wheels, runtime, settings, args)
                 measure_egress(settings, args.runs)
                 asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
                 measure_checkpoint_removal(runtime, settings)
         except (BenchError, bench_pool.PoolBenchError, bench_contexts.ContextBenchError,
-                bench_sessions.SessionBenchError) as error:
+                bench_sessions.SessionBenchError, bench_templates.TemplateBenchError) as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1
         finally:

@@ -110,6 +110,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         self.failing_warm_starts = 0
         self.warm_gate = asyncio.Event()
         self.warm_gate.set()
+        # Restores, in order (a template's copies, forks, restored sandboxes): id and image.
+        self.restores: list[tuple[str, str]] = []
 
     def program(self, source: bytes, behaviour: FakeBehaviour) -> None:
         self._programmed[source] = behaviour
@@ -231,14 +233,21 @@ class FakeSandboxRuntime(SandboxRuntime):
         await self._stop(sandbox_id)
         return image
 
+    async def snapshot(self, sandbox_id: str, image: str) -> int:
+        sandbox = self._running(sandbox_id)
+        self._images[image] = _FakeImage(dict(sandbox.files), sandbox.contexts.saved())
+        return sum(len(data) for data in sandbox.files.values())
+
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
         if image not in self._images:
             raise RuntimeFailure(f"no checkpoint image {image}")
         saved = self._images[image]
-        # Restored as many times as asked, each restore with its own copy of the state.
+        # Restored as many times as asked, each restore with its own copy of the state; the
+        # image stays as it was.
         copy = _FakeImage(saved.files, {key: kernel.saved() for key, kernel in
                                         saved.kernels.items()})
         self._launch(spec, Program(language=None, argv=("idle",)), sink, copy)
+        self.restores.append((spec.sandbox_id, image))
 
     async def discard_checkpoint(self, image: str) -> None:
         self._images.pop(image, None)
@@ -314,7 +323,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         return {key for key, box in self._sandboxes.items() if not box.init.done()}
 
     async def leftover_ids(self) -> set[str]:
-        images = {image.removeprefix("fake-image-") for image in self._images}
+        images = {image.removeprefix("fake-image-") for image in self._images
+                  if image.startswith("fake-image-")}
         return set(self._sandboxes) | images
 
     def _running(self, sandbox_id: str) -> _FakeSandbox:

@@ -1,4 +1,4 @@
-"""Sandbox records as JSON, for stores that keep them as text."""
+"""Sandbox and template records as JSON, for stores that keep them as text."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Any
 
-from sandbox.domain.model import Language, Limits, Sandbox, SandboxKind, SandboxState
+from sandbox.domain.model import Language, Limits, Sandbox, SandboxKind, SandboxState, Template
 from sandbox.domain.reasons import ReasonCode
 
 
@@ -29,3 +29,20 @@ def load(text: str) -> Sandbox:
     data["network_allow"] = tuple(data.get("network_allow", ()))
     known = {field.name for field in dataclasses.fields(Sandbox)}
     return Sandbox(**{key: value for key, value in data.items() if key in known})
+
+
+def dump_template(template: Template) -> str:
+    return json.dumps(dataclasses.asdict(template), sort_keys=True)
+
+
+def load_template(text: str) -> Template:
+    data: dict[str, Any] = json.loads(text)
+    data["kind"] = SandboxKind(data["kind"])
+    data["language"] = Language(data["language"]) if data["language"] else None
+    data["limits"] = Limits(**data["limits"])
+    for key in ("env", "identity"):
+        data[key] = tuple(tuple(pair) for pair in data[key])
+    data["package_dirs"] = tuple(data["package_dirs"])
+    data["network_allow"] = tuple(data["network_allow"])
+    known = {field.name for field in dataclasses.fields(Template)}
+    return Template(**{key: value for key, value in data.items() if key in known})

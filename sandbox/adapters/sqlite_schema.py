@@ -43,4 +43,12 @@ CREATE TABLE handoff_requests (
     state TEXT NOT NULL
 )
 """,)),
+    # Template records as JSON (see records.py), listed oldest first.
+    Migration(5, "templates", ("""
+CREATE TABLE templates (
+    template_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    record TEXT NOT NULL
+)
+""",)),
 ))

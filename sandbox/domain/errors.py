@@ -29,6 +29,10 @@ class ContextNotFound(SandboxError):
     code = "context_not_found"
 
 
+class TemplateNotFound(SandboxError):
+    code = "not_found"
+
+
 class InvalidState(SandboxError):
     code = "invalid_state"
 

@@ -173,6 +173,9 @@ class Sandbox:
     checkpoint: str | None = None
     checkpoint_identity: tuple[tuple[str, str], ...] = ()
     network_allow: tuple[str, ...] = ()
+    # The template it was started from, if any: the template cannot be deleted while this
+    # sandbox may still run.
+    template_id: str | None = None
 
     def spec(self) -> SandboxSpec:
         return SandboxSpec(sandbox_id=self.sandbox_id, limits=self.limits,
@@ -191,16 +194,62 @@ class Sandbox:
             "reason": self.reason,
             "reason_code": self.reason_code.value if self.reason_code else None,
             "idle_timeout_s": self.idle_timeout_s,
-            "limits": {
-                "timeout_s": self.limits.timeout_s,
-                "memory_mb": self.limits.memory_mb,
-                "cpus": self.limits.cpus,
-                "pids": self.limits.pids,
-                "open_files": self.limits.open_files,
-                "output_bytes": self.limits.output_bytes,
-            },
+            "limits": limits_dict(self.limits),
             "network": {"allow": list(self.network_allow)},
+            "template": self.template_id,
         }
+
+
+@dataclass(frozen=True)
+class Template:
+    """The state of a running sandbox (memory, files, processes), kept as an immutable image
+    that sandboxes start from: each start is a restore of the image under a new id. What the
+    sandbox was made with comes along, so every copy runs as its source did."""
+
+    template_id: str
+    source_sandbox_id: str
+    kind: SandboxKind
+    language: Language | None
+    limits: Limits
+    created_at: float
+    size_bytes: int
+    # What the image depends on (runtime version, rootfs, agent, platform): a server with
+    # another identity refuses to start from it.
+    identity: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, str], ...] = ()
+    package_dirs: tuple[str, ...] = ()
+    network_allow: tuple[str, ...] = ()
+    idle_timeout_s: float | None = None
+    # How long the source had run: a detached script's time limit spans its copies too.
+    run_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        # Env values (often secrets) and host paths stay out, as in a sandbox's record.
+        return {
+            "template_id": self.template_id,
+            "sandbox_id": self.source_sandbox_id,  # the sandbox it was taken from
+            "kind": self.kind.value,
+            "language": self.language.value if self.language else None,
+            "created_at": iso_time(self.created_at),
+            "size_bytes": self.size_bytes,
+            "idle_timeout_s": self.idle_timeout_s,
+            "limits": limits_dict(self.limits),
+            "network": {"allow": list(self.network_allow)},
+            "env": sorted(name for name, _ in self.env),
+            "packages": len(self.package_dirs),
+            "identity": dict(self.identity),
+        }
+
+
+def limits_dict(limits: Limits) -> dict[str, object]:
+    return {
+        "timeout_s": limits.timeout_s,
+        "memory_mb": limits.memory_mb,
+        "cpus": limits.cpus,
+        "pids": limits.pids,
+        "open_files": limits.open_files,
+        "output_bytes": limits.output_bytes,
+    }
 
 
 def iso_time(timestamp: float) -> str:

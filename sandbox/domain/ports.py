@@ -19,6 +19,7 @@ from sandbox.domain.model import (
     SandboxSpec,
     SandboxState,
     Stream,
+    Template,
 )
 
 if TYPE_CHECKING:
@@ -124,8 +125,21 @@ class SandboxRuntime(abc.ABC):
         `running_ids` tells which."""
 
     @abc.abstractmethod
+    async def snapshot(self, sandbox_id: str, image: str) -> int:
+        """Save the running sandbox's state (memory and all) into the empty folder `image`
+        while it runs on; return the image's size in bytes. Egress connections open at that
+        moment are closed (a network interruption), as at a checkpoint.
+
+        On a RuntimeFailure the image is unusable (the caller removes it), and the sandbox
+        either runs on or has ended: `running_ids` tells which."""
+
+    @abc.abstractmethod
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
-        """Bring a checkpointed sandbox back under the same id; its processes continue."""
+        """Bring a checkpointed sandbox back under `spec.sandbox_id` (its own id, or a new
+        one: a snapshot's image restores many times, each a copy); its processes continue.
+        The image is left as it was. Each restore is a new generation of the sandbox: its
+        processes are told, and generators the runtime started are re-seeded, so that no
+        two copies draw the same numbers."""
 
     @abc.abstractmethod
     async def discard_checkpoint(self, image: str) -> None: ...
@@ -249,6 +263,54 @@ class SandboxStore(abc.ABC):
 
     @abc.abstractmethod
     async def list(self, state: SandboxState | None = None) -> list[Sandbox]: ...
+
+
+class TemplateStore(abc.ABC):
+    """Durable records of templates. Every write is atomic."""
+
+    @abc.abstractmethod
+    async def add(self, template: Template) -> None: ...
+
+    @abc.abstractmethod
+    async def get(self, template_id: str) -> Template | None: ...
+
+    @abc.abstractmethod
+    async def remove(self, template_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def list(self) -> list[Template]:
+        """Oldest first."""
+
+
+class TemplateImages(abc.ABC):
+    """Where the images of templates (and of forks, while they start) live, by key.
+
+    The runtime writes an image into the folder `prepare` gives; `publish` keeps it (a shared
+    store would upload it here, with what makes it verifiable); `local` gives a folder on this
+    host to restore from. A record names a published image only once it is complete, so an
+    image without a record (a crash half-way) is collected (`keys`, `remove`)."""
+
+    @abc.abstractmethod
+    async def prepare(self, key: str) -> str:
+        """An empty folder on this host, readable by the server's user alone, for an image
+        of `key` (whatever it held before is gone)."""
+
+    @abc.abstractmethod
+    async def publish(self, key: str) -> None:
+        """The image written at `prepare(key)` is complete: keep it under `key`."""
+
+    @abc.abstractmethod
+    async def local(self, key: str) -> str:
+        """A folder on this host holding the image of `key` (published, or prepared here);
+        RuntimeFailure when there is none."""
+
+    @abc.abstractmethod
+    async def remove(self, key: str) -> None:
+        """Idempotent."""
+
+    @abc.abstractmethod
+    async def keys(self) -> set[str]:
+        """Every key with anything kept."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ Policy, in one place:
   layers exactly (its own timeout aside: the host's timer applies it); it runs its script
   there, and the sandbox is destroyed in the background once the answer is known. A
   request that fits no profile, or finds its profile empty, takes the cold path.
+- A template's profile keeps copies of the template (restored under new ids, waiting) for
+  `/execute?template=`; the script runs in a copy as an exec would. Its record (limits,
+  packages, network) is read when the profile first fills; a template that is missing, or
+  was made under another runtime identity, is retried with the backoff.
 - `close` ends the refiller, abandons starts and destroys every pooled sandbox, in use or
   not; a crash leaves them to the next start's reconcile (they have no record, so they are
   removed as leftovers), which runs before the pool starts.
@@ -33,10 +37,11 @@ from sandbox.domain.capacity import Capacity
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.metrics import Metrics, NoMetrics, PoolMiss
-from sandbox.domain.model import Language, Limits, Outcome, Program, SandboxSpec
+from sandbox.domain.model import Language, Limits, Outcome, Program, SandboxSpec, Stream, Template
 from sandbox.domain.packages import RequirementSet
 from sandbox.domain.pool_profiles import PoolProfile
 from sandbox.domain.ports import OutputSink, PackageInstaller, SandboxRuntime
+from sandbox.domain.templates import Templates
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +62,8 @@ class WarmLease:
     sandbox_id: str
     profile: str
     memory_mb: int
+    # A copy of this template: the script runs in it as an exec.
+    template_id: str | None = None
 
 
 @dataclass
@@ -69,14 +76,28 @@ class _Profile:
     starting: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     failures: int = 0
     retry_at: float = 0.0
+    # A template's profile: its record, once read (its copies are made with it).
+    template: Template | None = None
 
     @property
     def wanted(self) -> int:
+        if self.profile.template_id is not None and self.template is None:
+            return 0  # not known yet: read first
         return self.profile.size - len(self.ready) - len(self.starting)
 
     def fits(self, language: Language, limits: Limits, package_dirs: tuple[str, ...]) -> bool:
-        return (self.profile.language is language and package_dirs == self.package_dirs
+        return (self.profile.template_id is None and self.profile.language is language
+                and package_dirs == self.package_dirs
                 and dataclasses.replace(limits, timeout_s=self.limits.timeout_s) == self.limits)
+
+    def spec(self, sandbox_id: str) -> SandboxSpec:
+        assert self.package_dirs is not None
+        if self.template is None:
+            return SandboxSpec(sandbox_id=sandbox_id, limits=self.limits,
+                               package_dirs=self.package_dirs)
+        return SandboxSpec(sandbox_id=sandbox_id, limits=self.limits,
+                           package_dirs=self.package_dirs, env=self.template.env,
+                           network_allow=self.template.network_allow)
 
 
 class WarmPool:
@@ -91,6 +112,7 @@ class WarmPool:
         installer: PackageInstaller | None = None,
         tuning: PoolTuning | None = None,
         pinned_layers: set[str] | None = None,
+        templates: Templates | None = None,
     ) -> None:
         """`limits` are the server's defaults: a profile changes only the memory limit. The
         package layers the profiles mount are added to `pinned_layers` (kept from eviction)."""
@@ -99,6 +121,7 @@ class WarmPool:
         self._capacity = capacity
         self._metrics = metrics or NoMetrics()
         self._installer = installer
+        self._templates = templates
         self._pinned = pinned_layers if pinned_layers is not None else set()
         self._tuning = tuning or PoolTuning()
         self._profiles = [
@@ -114,6 +137,11 @@ class WarmPool:
         self._wake = asyncio.Event()
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
+
+    def template_ids(self) -> set[str]:
+        """The templates the profiles keep copies of."""
+        return {state.profile.template_id for state in self._profiles
+                if state.profile.template_id is not None}
 
     def sizes(self) -> dict[str, int]:
         """Ready sandboxes per profile."""
@@ -135,14 +163,22 @@ class WarmPool:
         self, language: Language, limits: Limits, package_dirs: tuple[str, ...]
     ) -> WarmLease | None:
         """A ready sandbox for this script, or None (the request runs cold)."""
-        state = next((state for state in self._profiles
-                      if state.fits(language, limits, package_dirs)), None)
+        return self._lease(next((state for state in self._profiles
+                                 if state.fits(language, limits, package_dirs)), None))
+
+    def take_template(self, template_id: str) -> WarmLease | None:
+        """A ready copy of the template, or None (the request restores one itself)."""
+        return self._lease(next((state for state in self._profiles
+                                 if state.profile.template_id == template_id), None))
+
+    def _lease(self, state: _Profile | None) -> WarmLease | None:
         miss = self._miss(state)
         if miss is not None:
             self._metrics.pool_missed(miss)
             return None
         assert state is not None
-        lease = WarmLease(state.ready.popleft(), state.profile.name, state.limits.memory_mb)
+        lease = WarmLease(state.ready.popleft(), state.profile.name, state.limits.memory_mb,
+                          state.profile.template_id)
         self._taken[lease.sandbox_id] = lease
         self._metrics.pool_hit(lease.profile)
         self._sized(state)
@@ -164,6 +200,8 @@ class WarmPool:
         """Run the request's script in its sandbox, which is destroyed afterwards (in the
         background: the answer does not wait for it)."""
         try:
+            if lease.template_id is not None:
+                return await self._runtime.exec(lease.sandbox_id, program, sink, b"", timeout_s)
             return await self._runtime.run_warm(lease.sandbox_id, program, sink, timeout_s)
         finally:
             if lease.sandbox_id in self._taken:  # else shut down meanwhile, and destroyed
@@ -214,6 +252,7 @@ class WarmPool:
     async def _refill_forever(self) -> None:
         while True:
             self._wake.clear()
+            await self._read_templates()
             self._start_what_fits()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._tuning.poll_s):
@@ -234,6 +273,33 @@ class WarmPool:
                 return  # no spare memory now: looked at again when woken or polled
             state.starting[sandbox_id] = asyncio.create_task(self._start_one(state, sandbox_id))
 
+    async def _read_templates(self) -> None:
+        """Read the record of each template profile not read yet (due for a try)."""
+        now = time.monotonic()
+        for state in self._profiles:
+            template_id = state.profile.template_id
+            if template_id is None or state.template is not None or state.retry_at > now:
+                continue
+            try:
+                state.template = await self._template(template_id)
+            except Exception as error:
+                self._failed(state, error)
+                continue
+            state.limits = state.template.limits
+            state.package_dirs = state.template.package_dirs
+            self._pinned.update(state.package_dirs)
+
+    async def _template(self, template_id: str) -> Template:
+        if self._templates is None:
+            raise RuntimeFailure("this server keeps no templates")
+        template = await self._templates.store.get(template_id)
+        if template is None:
+            raise RuntimeFailure(f"there is no template {template_id}")
+        if dict(template.identity) != self._runtime.identity:
+            raise RuntimeFailure(f"the template {template_id} was made under another runtime "
+                                 "identity; it cannot be restored here")
+        return template
+
     def _starting_count(self) -> int:
         return sum(len(state.starting) for state in self._profiles)
 
@@ -246,10 +312,7 @@ class WarmPool:
                     RequirementSet(state.profile.requirements))
                 state.package_dirs = (layer,)
                 self._pinned.add(layer)
-            spec = SandboxSpec(sandbox_id=sandbox_id, limits=state.limits,
-                               package_dirs=state.package_dirs)
-            preimport = self._preimport if state.profile.language is Language.PYTHON else ()
-            await self._runtime.start_warm(spec, state.profile.language, preimport)
+            await self._start_sandbox(state, state.spec(sandbox_id))
         except asyncio.CancelledError:
             self._release(sandbox_id)  # the runtime has removed what it started
             raise
@@ -264,6 +327,17 @@ class WarmPool:
         finally:
             state.starting.pop(sandbox_id, None)
             self._wake.set()
+
+    async def _start_sandbox(self, state: _Profile, spec: SandboxSpec) -> None:
+        if state.profile.template_id is not None:
+            assert self._templates is not None
+            image = await self._templates.images.local(state.profile.template_id)
+            await self._runtime.restore(spec, image, _Nowhere())
+            return
+        language = state.profile.language
+        assert language is not None
+        preimport = self._preimport if language is Language.PYTHON else ()
+        await self._runtime.start_warm(spec, language, preimport)
 
     def _failed(self, state: _Profile, error: Exception) -> None:
         state.failures += 1
@@ -321,3 +395,11 @@ class WarmPool:
         while self._destroys:
             await asyncio.gather(*self._destroys, return_exceptions=True)
         log.info("pool.stopped")
+
+
+class _Nowhere(OutputSink):
+    """Where a pooled copy's own output goes before its request (a template's processes may
+    print): nobody's."""
+
+    async def write(self, stream: Stream, data: bytes) -> None:
+        return None

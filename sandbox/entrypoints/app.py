@@ -24,6 +24,7 @@ from sandbox.entrypoints.handlers import (
     metrics,
     output,
     sandboxes,
+    templates,
 )
 from sandbox.entrypoints.http_metrics import HttpMetricsMiddleware
 from sandbox.entrypoints.middleware import (
@@ -56,6 +57,8 @@ routes = [
     route(f"{_ID}/exec", POST=execs.exec_in_sandbox),
     route(f"{_ID}/suspend", POST=sandboxes.suspend_sandbox),
     route(f"{_ID}/restore", POST=sandboxes.restore_sandbox),
+    route(f"{_ID}/snapshot", POST=templates.snapshot_sandbox),
+    route(f"{_ID}/fork", POST=templates.fork_sandbox),
     route(f"{_ID}/output", GET=output.read_output),
     route(f"{_ID}/files", GET=files.list_files),
     route(f"{_ID}/files/{{path:path}}", GET=files.download_file, PUT=files.upload_file),
@@ -64,13 +67,17 @@ routes = [
     route(f"{_CONTEXT}/run", POST=contexts.run_cell),
     route(f"{_CONTEXT}/interrupt", POST=contexts.interrupt_context),
     route(f"{_CONTEXT}/restart", POST=contexts.restart_context),
+    route("/templates", GET=templates.list_templates),
+    route("/templates/{template_id}", GET=templates.inspect_template,
+          DELETE=templates.delete_template),
     route("/healthz", GET=health.report_liveness),
     route("/readyz", GET=health.report_readiness),
     route("/metrics", GET=metrics.serve_metrics),
     route("/openapi.json", GET=serve_openapi),
 ]
 
-HANDLER_MODULES = (contexts, execs, execute, files, health, metrics, output, sandboxes)
+HANDLER_MODULES = (contexts, execs, execute, files, health, metrics, output, sandboxes,
+                   templates)
 
 # What the pages of SANDBOX_CORS_ORIGINS may send and read.
 CORS_METHODS = ["GET", "POST", "PUT", "DELETE"]

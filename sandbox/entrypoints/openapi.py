@@ -93,15 +93,22 @@ _EXECUTE = _op(
              "content": {"application/json": {"schema": _ref("ExecutionResult")},
                          "application/x-ndjson": {"schema": _ref("Event")}}},
      "202": _json("detach=true: the sandbox record; the script runs on", _ref("Sandbox")),
-     **BAD_REQUEST, **TOO_LARGE, **NO_PACKAGES, **AT_CAPACITY, **RUNTIME_FAILED},
-    (_query("language", LANGUAGE, "the script's language", required=True), TIMEOUT,
+     **BAD_REQUEST, **TOO_LARGE, **NO_PACKAGES, **AT_CAPACITY, **RUNTIME_FAILED,
+     "404": _error("template= names no template"),
+     "409": _error("template= names one made under another runsc, rootfs or agent")},
+    (_query("language", LANGUAGE, "the script's language; required unless template= is "
+            "given (then the template's by default)"), TIMEOUT,
      _query("memory_mb", {"type": "integer", "minimum": 16}, "memory limit in MiB"),
      STREAM, _query("detach", _FLAG, "answer 202 at once; the script runs on"),
      _query("packages", {"type": "string"},
             "comma-separated requirements (Python only), installed as wheels: a,b==1.2"),
      _query("allow_hosts", {"type": "string"},
             "comma-separated egress allow-list (host, *.domain, host:port), within the "
-            "server's SANDBOX_EGRESS_ALLOW; the script reaches them through the proxy only")),
+            "server's SANDBOX_EGRESS_ALLOW; the script reaches them through the proxy only"),
+     _query("template", {"type": "string"},
+            "run the script in a new copy of this template (its memory, files and "
+            "processes), with the template's memory, packages and network; not with "
+            "memory_mb, packages, allow_hosts or detach")),
     _SCRIPT_BODY,
 )
 _LIST = _op("List the sandboxes this service knows",
@@ -120,7 +127,9 @@ _DELETE = _op("Delete a sandbox and everything it left on disk",
 _CREATE = _op(
     "Create a long-lived sandbox",
     {"201": _json("the sandbox record", _ref("Sandbox")), **BAD_REQUEST, **TOO_LARGE,
-     **NO_PACKAGES, **AT_CAPACITY, **RUNTIME_FAILED},
+     **NO_PACKAGES, **AT_CAPACITY, **RUNTIME_FAILED,
+     "404": _error("template names no template"),
+     "409": _error("template names one made under another runsc, rootfs or agent")},
     body={"required": False,
           "content": {"application/json": {"schema": _ref("CreateSandbox")}}},
 )
@@ -207,6 +216,39 @@ _RESTART = _op("Start the context's interpreter afresh: its variables are gone",
                    "type": "object", "properties": {"context_id": {"type": "string"},
                                                     "restarted": {"const": True}}}),
                 **_CONTEXT_ERRORS}, (SANDBOX_ID, CONTEXT_ID))
+TEMPLATE_ID = {"name": "template_id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}
+NO_TEMPLATE = {"404": _error("no sandbox (or template) with this id")}
+_SNAPSHOT = _op(
+    "Keep a running sandbox's state (memory, files, processes) as a template; it runs on",
+    {"201": _json("the template", _ref("Template")), **BAD_REQUEST, **NOT_FOUND,
+     **WRONG_STATE, **RUNTIME_FAILED},
+    (SANDBOX_ID,),
+)
+_FORK = _op(
+    "Make new sandboxes that go on from a running sandbox's present state",
+    {"201": _json("the new sandboxes", _ref("SandboxList")), **BAD_REQUEST, **NOT_FOUND,
+     **WRONG_STATE, **AT_CAPACITY, **RUNTIME_FAILED},
+    (SANDBOX_ID,),
+    {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": False, "required": ["count"],
+        "properties": {"count": {"type": "integer", "minimum": 1,
+                                 "description": "how many, at most SANDBOX_MAX_FORK"}}}}}},
+)
+_TEMPLATES = {
+    "/templates": {"get": _op("List the templates", {
+        "200": _json("the templates, oldest first", _ref("TemplateList")), **BAD_REQUEST})},
+    "/templates/{template_id}": {
+        "get": _op("Inspect a template", {
+            "200": _json("the template", _ref("Template")), **BAD_REQUEST, **NO_TEMPLATE},
+            (TEMPLATE_ID,)),
+        "delete": _op("Delete a template (refused while sandboxes or a pool depend on it)", {
+            "200": _json("deleted", {"type": "object", "properties": {
+                "template_id": {"type": "string"}, "deleted": {"const": True}}}),
+            **BAD_REQUEST, **NO_TEMPLATE,
+            "409": _error("sandboxes started from it may still run, or a pool keeps copies")},
+            (TEMPLATE_ID,))},
+}
 
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _BUNDLE = {
@@ -250,7 +292,24 @@ SCHEMAS: Schema = {
         "reason_code": {"enum": [*(code.value for code in ReasonCode), None]},
         "idle_timeout_s": {"type": ["number", "null"]},
         "limits": {"type": "object", "additionalProperties": {"type": "number"}},
-        "network": _ref("Network")}},
+        "network": _ref("Network"),
+        "template": {"type": ["string", "null"],
+                     "description": "the template it was started from"}}},
+    "Template": {"type": "object", "properties": {
+        "template_id": {"type": "string"},
+        "sandbox_id": {"type": "string", "description": "the sandbox it was taken from"},
+        "kind": {"enum": ["script", "session"]}, "language": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "size_bytes": {"type": "integer"}, "idle_timeout_s": {"type": ["number", "null"]},
+        "limits": {"type": "object", "additionalProperties": {"type": "number"}},
+        "network": _ref("Network"),
+        "env": {"type": "array", "items": {"type": "string"},
+                "description": "the names of its variables (values stay out)"},
+        "packages": {"type": "integer", "description": "how many package layers"},
+        "identity": {"type": "object", "additionalProperties": {"type": "string"},
+                     "description": "what its image depends on (runsc, rootfs, agent)"}}},
+    "TemplateList": {"type": "object", "properties": {
+        "templates": {"type": "array", "items": _ref("Template")}}},
     "Network": {"type": "object", "additionalProperties": False, "properties": {
         "allow": {"type": "array", "items": {"type": "string"}, "maxItems": 100,
                   "description": "hosts the sandbox may reach through the egress proxy: "
@@ -284,7 +343,11 @@ SCHEMAS: Schema = {
                          "description": "seconds without calls before it is suspended"},
         "packages": {"type": "array", "items": {"type": "string"}, "maxItems": 100,
                      "description": "requirements (Python only) installed for every exec"},
-        "network": _ref("Network")}},
+        "network": _ref("Network"),
+        "template": {"type": "string",
+                     "description": "start from this template (a restore under a new id: its "
+                                    "memory, files and processes); then only language (the "
+                                    "template's), timeout and idle_timeout may be given"}}},
     "ExecRequest": {"type": "object", "additionalProperties": False, "properties": {
         "language": LANGUAGE, "code": {"type": "string"},
         "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1,
@@ -359,6 +422,8 @@ DOCUMENT: Schema = {
         "/sandboxes/{sandbox_id}/exec": {"post": _EXEC},
         "/sandboxes/{sandbox_id}/suspend": {"post": _SUSPEND},
         "/sandboxes/{sandbox_id}/restore": {"post": _RESTORE},
+        "/sandboxes/{sandbox_id}/snapshot": {"post": _SNAPSHOT},
+        "/sandboxes/{sandbox_id}/fork": {"post": _FORK},
         "/sandboxes/{sandbox_id}/output": {"get": _OUTPUT},
         "/sandboxes/{sandbox_id}/files": {"get": _LIST_FILES},
         "/sandboxes/{sandbox_id}/files/{path}": {"get": _DOWNLOAD, "put": _UPLOAD},
@@ -367,6 +432,7 @@ DOCUMENT: Schema = {
         "/sandboxes/{sandbox_id}/contexts/{context_id}/run": {"post": _RUN_CELL},
         "/sandboxes/{sandbox_id}/contexts/{context_id}/interrupt": {"post": _INTERRUPT},
         "/sandboxes/{sandbox_id}/contexts/{context_id}/restart": {"post": _RESTART},
+        **_TEMPLATES,
         "/healthz": {"get": _op("Liveness", {"200": _json("alive", _ref("Status"))})},
         "/readyz": {"get": _op("Readiness: the runtime can run sandboxes now", {
             "200": _json("ready", _ref("Status")),

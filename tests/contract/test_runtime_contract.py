@@ -6,6 +6,7 @@ import dataclasses
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -363,3 +364,31 @@ async def test_a_destroyed_warm_sandbox_leaves_nothing_and_runs_nothing(
     with pytest.raises(RuntimeFailure):
         await runtime.run_warm(spec.sandbox_id, Program.script(Language.PYTHON, b""),
                                OutputCapture(100), 5)
+
+
+async def test_a_snapshot_restores_under_new_ids_while_its_source_runs_on(
+    runtime: SandboxRuntime, tmp_path: Path
+) -> None:
+    image = tmp_path / "image"
+    image.mkdir(mode=0o700)
+    copies = [SandboxSpec(sandbox_id=new_sandbox_id(), limits=LIMITS) for _ in range(2)]
+
+    async with session(runtime) as source_id:
+        await runtime.write_file(source_id, "/workspace/kept.txt", pieces(b"kept", 4))
+        size = await runtime.snapshot(source_id, str(image))
+        await runtime.write_file(source_id, "/workspace/kept.txt", pieces(b"later", 5))
+        try:
+            for copy in copies:
+                await runtime.restore(copy, str(image), _Discard())
+            texts = [await read_whole(runtime, copy.sandbox_id, "/workspace/kept.txt")
+                     for copy in copies]
+            running = await runtime.running_ids()
+        finally:
+            for copy in copies:
+                await runtime.destroy(copy.sandbox_id)
+        source_text = await read_whole(runtime, source_id, "/workspace/kept.txt")
+
+    assert size > 0
+    assert texts == [b"kept", b"kept"]
+    assert source_text == b"later"
+    assert {source_id, *(copy.sandbox_id for copy in copies)} <= running

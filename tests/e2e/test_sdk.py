@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.sdk_support import Served, needs_templates, served
+from e2e.sdk_support import Served, served
 from sandbox.adapters.fake import FakeBehaviour
 from sandbox_client import (
     AsyncSandbox,
@@ -296,7 +296,6 @@ async def test_the_async_client_runs_cells_in_its_contexts(server: Served) -> No
     assert after == []
 
 
-@needs_templates
 def test_a_snapshot_starts_sandboxes_and_a_fork_goes_on_from_one(server: Served) -> None:
     with Sandbox.create(config=server.config()) as sandbox:
         sandbox.files.write("kept.txt", "from the template")
@@ -304,9 +303,10 @@ def test_a_snapshot_starts_sandboxes_and_a_fork_goes_on_from_one(server: Served)
         forks = sandbox.fork(2)
     with Sandbox.create(template=template.template_id, config=server.config()) as started:
         started_text = started.files.read("kept.txt")
-    forked_texts = [fork.files.read("kept.txt") for fork in forks]
+    forked_texts = []
     for fork in forks:
-        fork.kill()
+        with fork:
+            forked_texts.append(fork.files.read("kept.txt"))
     listed = [item.template_id for item in Sandbox.list_templates(config=server.config())]
     Sandbox.delete_template(template.template_id, config=server.config())
 

@@ -16,10 +16,12 @@ import pytest
 
 from integration.pngs import png_pixels
 from integration.support import leftovers, managed_sandboxes, runtime_settings, started_runtime
+from sandbox.adapters.folder_template_images import FolderTemplateImages
+from sandbox.adapters.memory_templates import InMemoryTemplateStore
 from sandbox.adapters.runsc.runtime import PLATFORM_FILE, RunscSandboxRuntime
 from sandbox.domain.cells import CellRun
 from sandbox.domain.errors import InvalidState
-from sandbox.domain.lifecycle import contexts
+from sandbox.domain.lifecycle import contexts, copies, templates
 from sandbox.domain.lifecycle.creation import create_session
 from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.reconciliation import reconcile
@@ -28,6 +30,7 @@ from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
 from sandbox.domain.lifecycle.work import exec_in_sandbox
 from sandbox.domain.model import Language, Limits, Program
+from sandbox.domain.templates import Templates
 from sandbox.settings import Settings
 
 pytestmark = [pytest.mark.runsc, pytest.mark.anyio]
@@ -367,3 +370,25 @@ async def test_a_cell_that_speaks_for_the_kernel_ends_only_its_own_context(
     assert huge.error is not None and "a frame of" in huge.error.value
     assert value(last) == "4"
     assert alive.stdout.text == "alive\n"
+
+
+async def test_a_context_goes_on_in_the_copies_of_a_template_of_its_sandbox(
+    sandboxes: Sandboxes, limits: Limits, settings: Settings
+) -> None:
+    images = FolderTemplateImages(settings.state_dir / "templates")
+    await images.start()
+    sandboxes.kept_templates = Templates(InMemoryTemplateStore(), images)
+    async with a_context(sandboxes, limits) as ids:
+        await cell(sandboxes, ids, "import random\nkept = 41")
+        template = await templates.snapshot_sandbox(sandboxes, ids[0])
+        copy = await copies.create_from_template(sandboxes, template.template_id)
+        try:
+            in_copy = await cell(sandboxes, (copy.sandbox_id, ids[1]), "kept + 1")
+            draws = [value(await cell(sandboxes, pair, "random.random()"))
+                     for pair in (ids, (copy.sandbox_id, ids[1]))]
+        finally:
+            await delete_sandbox(sandboxes, copy.sandbox_id)
+        await templates.delete_template(sandboxes, template.template_id)
+
+    assert value(in_copy) == "42"
+    assert draws[0] != draws[1]

@@ -132,6 +132,7 @@ async def test_a_checkpoint_is_sealed_measured_and_removed_off_the_event_loop(
     try:
         image = await runtime.checkpoint(sandbox_id)
         await runtime.discard_checkpoint(image)
+        await runtime.destroy(sandbox_id)  # waits for the removal, done in the background
     finally:
         monkeypatch.undo()
         await runtime.destroy(sandbox_id)

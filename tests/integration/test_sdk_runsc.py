@@ -20,7 +20,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from e2e.sdk_support import needs_templates
 
 from integration.server import Server, destroy_leftovers, records, serving
 from integration.support import leftovers, require_runsc, runtime_settings
@@ -317,7 +316,6 @@ def test_sbx_repl_keeps_variables_and_saves_figures(
     assert min(png_size(figure.read_bytes())) > 100
 
 
-@needs_templates
 def test_a_template_and_forks_go_on_from_a_sandboxs_state(config: ConnectionConfig) -> None:
     with Sandbox.create(config=config) as sandbox:
         sandbox.files.write("kept.txt", "state")

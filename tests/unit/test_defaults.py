@@ -33,6 +33,7 @@ POLICY_SETTINGS = {
     "shutdown_grace_s": (2.0, "shutdown_grace_s"),
     "max_contexts": (3, "max_contexts"),
     "cell_result_bytes": (4096, "cell_result_bytes"),
+    "max_fork": (5, "max_fork"),
 }
 
 

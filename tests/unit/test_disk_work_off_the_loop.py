@@ -95,6 +95,7 @@ async def test_discarding_a_checkpoint_removes_it_off_the_loop(
     image = a_checkpoint(tmp_path / "state")
 
     await runtime.discard_checkpoint(str(image))
+    await runtime.close()  # the removal runs in the background: closing waits for it
     removals, on_the_loop = seen.names.count("rmtree"), seen.on_the_loop
 
     assert (removals, on_the_loop) == (1, [])

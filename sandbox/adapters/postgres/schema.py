@@ -65,4 +65,12 @@ CREATE TABLE output_chunks (
 )
 """,
     )),
+    # Template records as JSON (see sandbox/adapters/records.py), listed oldest first.
+    Migration(5, "templates", ("""
+CREATE TABLE templates (
+    template_id text PRIMARY KEY,
+    created_at double precision NOT NULL,
+    record text NOT NULL
+)
+""",)),
 ))

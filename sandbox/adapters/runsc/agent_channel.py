@@ -111,11 +111,13 @@ class AgentChannel:
             raise await self._fail("the agent answered its start with something else")
         self._reading = asyncio.create_task(self._read_forever())
 
-    async def resume(self, timeout_s: float) -> dict[int, LiveProcess]:
-        """After a restore: find the stream's new start and the processes still running."""
+    async def resume(self, timeout_s: float, generation: str = "") -> dict[int, LiveProcess]:
+        """After a restore: find the stream's new start and the processes still running.
+        A `generation` (letters and digits) tells the agent it runs a new copy of the
+        sandbox (see inside/agent.py)."""
         nonce = secrets.token_hex(16).encode()
         tag = next(self._tags)
-        self._send(frames.request("resume", tag, nonce=nonce))
+        self._send(frames.request("resume", tag, nonce=nonce, generation=generation.encode()))
         try:
             async with asyncio.timeout(timeout_s):
                 await self._reader.readuntil(layout.SYNC + nonce)

@@ -16,10 +16,16 @@ POLL_S = 0.05
 
 
 class Runsc:
-    def __init__(self, path: str, root: Path, platform: str) -> None:
+    def __init__(
+        self, path: str, root: Path, platform: str, compression: str = "none"
+    ) -> None:
         self.path = path
         self.root = root
         self.platform = platform
+        # Measured here (runsc 20240729, 256 MiB): uncompressed images are written in a third
+        # of the time of flate's and restored faster; compression pays only where the disk
+        # (a bucket) is slower than the CPU.
+        self.checkpoint_flags = (f"--compression={compression}",)
         # Where the host offers no writable cgroup tree, runsc must not try to use one.
         self.ignore_cgroups = False
 
@@ -90,6 +96,11 @@ class Runsc:
     async def kill_all(self, sandbox_id: str) -> None:
         """SIGKILL every process of the sandbox: it cannot be ignored, and the sandbox ends."""
         await self.quietly("kill", "--all", sandbox_id, "KILL")
+
+    async def delete(self, sandbox_id: str) -> None:
+        """Remove runsc's state of a stopped container, if there is any."""
+        if self.has_state(sandbox_id):
+            await self.quietly("delete", "--force", sandbox_id)
 
     async def end(self, sandbox_id: str) -> None:
         """End the container and remove runsc's state of it, if there is any."""

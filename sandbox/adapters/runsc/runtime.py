@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -27,6 +28,7 @@ from sandbox.adapters.runsc.agent_channel import MAIN_TAG, AgentError
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
 from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
 from sandbox.adapters.runsc.file_errors import file_error
+from sandbox.adapters.runsc.housekeeping import Housekeeping
 from sandbox.adapters.runsc.kernels import Kernels
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
@@ -54,6 +56,8 @@ KILL_GRACE_S = 5.0
 # An exec's group killed by the agent: a fork bomb on a busy host takes seconds to empty.
 EXEC_KILL_GRACE_S = 20.0
 STOP_POLLS = 200
+# How long the `runsc run` (or `restore`) of a checkpointed sandbox may take to exit.
+STOP_TIMEOUT_S = 10.0
 # After a failed checkpoint: long enough for an ended sandbox to show as stopped, short enough
 # not to hold up one that runs on.
 FAILED_CHECKPOINT_POLLS = 40
@@ -83,7 +87,7 @@ class RunscSandboxRuntime(SandboxRuntime):
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._runsc = Runsc(settings.runsc_path, settings.state_dir / "runsc",
-                            settings.runsc_platform)
+                            settings.runsc_platform, settings.checkpoint_compression)
         self._bundles = Bundles(settings.state_dir / "bundles", settings.rootfs_dir)
         self._rootfs = settings.rootfs_dir
         self._checkpoints = settings.checkpoints
@@ -98,6 +102,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         # Holds the memory limit where no cgroup does (started only without cgroups).
         self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
         self._egress = _egress_proxy(settings, metrics)
+        # Container deletions and image removals left off the answers' path.
+        self._housekeeping = Housekeeping()
 
     async def start(self) -> None:
         await asyncio.to_thread(self._make_state_private)
@@ -147,6 +153,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         for sandbox_id in list(self._supervised):
             await self._supervised.pop(sandbox_id).detach()
         await self._egress.close_all()
+        await self._housekeeping.close()
 
     @property
     def egress(self) -> EgressProxy:
@@ -183,8 +190,10 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     # What the benchmark times as bare runsc: the same bundle, the same flags.
 
-    def command(self, *args: str, log_file: Path | None = None) -> list[str]:
-        return self._runsc.command(*args, log_file=log_file)
+    def command(
+        self, *args: str, log_file: Path | None = None, platform: str | None = None
+    ) -> list[str]:
+        return self._runsc.command(*args, log_file=log_file, platform=platform)
 
     def write_bundle(self, spec: SandboxSpec, program: Program, managed: bool = False) -> Path:
         memory_bytes = spec.limits.memory_mb * 1024 * 1024
@@ -317,6 +326,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         self, sandbox_id: str, process: asyncio.subprocess.Process | None = None
     ) -> None:
         """Leave nothing behind: container, processes, pipes, cgroups, bundle, checkpoint."""
+        await self._housekeeping.settled(sandbox_id)
         supervised = self._supervised.get(sandbox_id)
         if supervised is not None:
             supervised.ending = True  # ended by us: its supervisor must not call it a failure
@@ -378,6 +388,8 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
         sandbox_id = checked(spec.sandbox_id)
+        # The container this id had before its checkpoint may still be being deleted.
+        await self._housekeeping.settled(sandbox_id)
         self._live.add(sandbox_id)
         try:
             if not self._bundles.exists(sandbox_id):
@@ -394,9 +406,10 @@ class RunscSandboxRuntime(SandboxRuntime):
                 "restore", "--image-path", image,
                 "--bundle", str(self._bundles.path(sandbox_id)), sandbox_id,
             )
-            live = await self._started(supervised,
-                                       supervised.channel.resume(AGENT_START_TIMEOUT_S),
-                                       "restore")
+            # Each restore is a new copy of the sandbox (a template's image restores many
+            # times): its processes are told, and its zygote re-seeds (see inside/agent.py).
+            resumed = supervised.channel.resume(AGENT_START_TIMEOUT_S, secrets.token_hex(16))
+            live = await self._started(supervised, resumed, "restore")
             if MAIN_TAG in live:
                 supervised.channel.adopt(MAIN_TAG, sink)
                 supervised.main = True
@@ -653,47 +666,101 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     async def checkpoint(self, sandbox_id: str) -> str:
         image = self._checkpoints / checked(sandbox_id)
+        await self._housekeeping.settled(sandbox_id)
         await self._remove_image(image)
         # The image holds the sandbox's memory: only root may read it.
         image.mkdir(mode=0o700, parents=True)
         started = time.monotonic()
         supervised = self._supervised.get(sandbox_id)
+        await self._quiet(sandbox_id, supervised)
         if supervised is not None:
-            await self._pause(supervised)
             supervised.ending = True
-        # gVisor cannot checkpoint an open host-socket connection: the relay inside has
-        # closed its own (at the pause); close the proxy's side too. A network interruption.
-        await self._egress.interrupt(sandbox_id)
         code, output = await self._runsc.quietly(
-            "checkpoint", "--image-path", str(image), sandbox_id
+            "checkpoint", *self._runsc.checkpoint_flags, "--image-path", str(image), sandbox_id
         )
         if code != 0:
-            if supervised is not None:
-                supervised.ending = False
-            await self._remove_image(image)
-            # runsc ends a sandbox whose image it could not write (a full disk), and may show
-            # it as running for a moment: let it settle, so that `running_ids` tells the truth.
-            await self._runsc.wait_until_stopped(sandbox_id, FAILED_CHECKPOINT_POLLS)
-            if supervised is not None and await self._runsc.is_running(sandbox_id):
-                with contextlib.suppress(RuntimeFailure, AgentError):
-                    await supervised.channel.unpause(AGENT_ANSWER_TIMEOUT_S)
+            await self._checkpoint_failed(sandbox_id, supervised, image)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
-        # A sandbox this server did not start (it came before a crash) says it in its bundle.
-        platform = (supervised.platform if supervised is not None
-                    else self._bundles.platform(sandbox_id))
-        (image / PLATFORM_FILE).write_text(platform or self._settings.runsc_platform)
+        saved = time.monotonic()
+        await asyncio.to_thread(_write_platform, image, self._platform_of(sandbox_id, supervised),
+                                self._settings)
         image_bytes = await asyncio.to_thread(_seal_image, image)
-        # checkpoint can return while the container still shows as running; the same id is
-        # reused by restore, so wait for it to stop, then delete it.
-        await self._runsc.wait_until_stopped(sandbox_id, STOP_POLLS)
-        await self._runsc.end(sandbox_id)
+        await self._until_stopped(sandbox_id, supervised)
         await self._end_supervision(sandbox_id)
         await self._egress.close(sandbox_id)
-        self._cgroups.remove(sandbox_id)
         self._live.discard(sandbox_id)
+        # The stopped container must go before a restore under the same id, which waits for
+        # it; the answer need not (deleting a restored container takes a second and more).
+        self._housekeeping.later(sandbox_id, self._delete_stopped(sandbox_id))
         log.info("runsc.checkpointed", ms=int((time.monotonic() - started) * 1000),
-                 image_bytes=image_bytes)
+                 checkpoint_ms=int((saved - started) * 1000), image_bytes=image_bytes)
         return str(image)
+
+    async def _quiet(self, sandbox_id: str, supervised: Supervised | None) -> None:
+        """Before a checkpoint: the agent falls silent, and no host-socket connection is open
+        (gVisor cannot checkpoint one: the relay inside has closed its own at the pause; the
+        proxy's side is closed here). A network interruption."""
+        if supervised is not None:
+            await self._pause(supervised)
+        await self._egress.interrupt(sandbox_id)
+
+    async def _checkpoint_failed(
+        self, sandbox_id: str, supervised: Supervised | None, image: Path
+    ) -> None:
+        if supervised is not None:
+            supervised.ending = False
+        await self._remove_image(image)
+        # runsc ends a sandbox whose image it could not write (a full disk), and may show
+        # it as running for a moment: let it settle, so that `running_ids` tells the truth.
+        await self._runsc.wait_until_stopped(sandbox_id, FAILED_CHECKPOINT_POLLS)
+        if supervised is not None and await self._runsc.is_running(sandbox_id):
+            with contextlib.suppress(RuntimeFailure, AgentError):
+                await supervised.channel.unpause(AGENT_ANSWER_TIMEOUT_S)
+
+    async def _until_stopped(self, sandbox_id: str, supervised: Supervised | None) -> None:
+        """`runsc checkpoint` can return while the container still runs for a moment. The
+        `runsc run` (or `restore`) we started exits when it stops: waiting for it costs no
+        runsc call; without it (adopted after a restart), runsc is asked until it says so."""
+        if supervised is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await supervised.process.wait()
+                    return
+        await self._runsc.wait_until_stopped(sandbox_id, STOP_POLLS)
+
+    def _platform_of(self, sandbox_id: str, supervised: Supervised | None) -> str:
+        """The platform the sandbox runs on; one this server did not start (it came before a
+        crash) says it in its bundle ("" when even that is unknown: the scripts')."""
+        return (supervised.platform if supervised is not None
+                else self._bundles.platform(sandbox_id))
+
+    async def _delete_stopped(self, sandbox_id: str) -> None:
+        await self._runsc.delete(sandbox_id)
+        self._cgroups.remove(sandbox_id)
+
+    async def snapshot(self, sandbox_id: str, image: str) -> int:
+        """`runsc checkpoint --leave-running` between a pause and an unpause of the agent:
+        the image holds no half frame, and the sandbox runs on, on the same pipes."""
+        supervised = self._agent(sandbox_id)
+        started = time.monotonic()
+        await self._quiet(sandbox_id, supervised)
+        try:
+            code, output = await self._runsc.quietly(
+                "checkpoint", "--leave-running", *self._runsc.checkpoint_flags,
+                "--image-path", image, sandbox_id,
+            )
+        finally:
+            with contextlib.suppress(RuntimeFailure, AgentError):
+                await supervised.channel.unpause(AGENT_ANSWER_TIMEOUT_S)
+        if code != 0:
+            raise RuntimeFailure(f"runsc checkpoint --leave-running failed: "
+                                 f"{output.strip()[-500:]}")
+        await asyncio.to_thread(_write_platform, Path(image),
+                                self._platform_of(sandbox_id, supervised), self._settings)
+        image_bytes = await asyncio.to_thread(_seal_image, Path(image))
+        log.info("runsc.snapshotted", sandbox_id=sandbox_id, image_bytes=image_bytes,
+                 ms=int((time.monotonic() - started) * 1000))
+        return image_bytes
 
     async def _pause(self, supervised: Supervised) -> None:
         """Quiet the agent so that no frame is cut by the checkpoint. One that does not
@@ -705,9 +772,11 @@ class RunscSandboxRuntime(SandboxRuntime):
                         error=str(error))
 
     async def discard_checkpoint(self, image: str) -> None:
+        """Removed in the background (a restore's answer need not wait for it); the
+        sandbox's next checkpoint or destruction waits for it."""
         path = Path(image)
         if path.parent == self._checkpoints and ID_PATTERN.match(path.name):
-            await self._remove_image(path)
+            self._housekeeping.later(path.name, self._remove_image(path))
 
     # Files, moved by the agent with the sandbox user's rights ----------------------------
 
@@ -826,6 +895,13 @@ def _agent_identity() -> str:
     for source in sorted(AGENT_DIR.glob("*.py")):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _write_platform(image: Path, platform: str, settings: Settings) -> None:
+    """Beside the image: the platform it was made on, for its restores (see _image_platform)."""
+    (image / PLATFORM_FILE).write_text(platform or settings.runsc_platform)
+
+
 def _image_platform(image: str, settings: Settings) -> str:
     """The platform a checkpoint was made on, which its restore must use (one made on
     systrap restores on ptrace with its agent dead). Older images were made on systrap, the

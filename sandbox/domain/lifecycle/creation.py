@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -18,8 +18,10 @@ from sandbox.domain.model import (
     Program,
     Sandbox,
     SandboxKind,
+    SandboxSpec,
     SandboxState,
 )
+from sandbox.domain.ports import OutputSink
 from sandbox.domain.reasons import Reason, ReasonCode
 
 log = structlog.get_logger(__name__)
@@ -81,18 +83,38 @@ def _new(
 
 
 async def _create(sandboxes: Sandboxes, sandbox: Sandbox, program: Program) -> Sandbox:
+    async def launch(spec: SandboxSpec, sink: OutputSink) -> None:
+        await sandboxes.runtime.launch(spec, program, sink)
+
+    async with sandboxes.admission.admitted(sandbox):
+        return await start_new(sandboxes, sandbox, launch)
+
+
+# How a new sandbox is brought up: launched, or restored from an image.
+Start = Callable[[SandboxSpec, OutputSink], Awaitable[None]]
+
+
+async def start_new(
+    sandboxes: Sandboxes,
+    sandbox: Sandbox,
+    start: Start,
+    failure: ReasonCode = ReasonCode.CREATE_FAILED,
+    recorded: bool = False,
+) -> Sandbox:
+    """Record a new sandbox (unless `recorded`), start it and supervise it; the caller has
+    admitted it. On a failure the record says `failed`, with `failure` as its reason."""
     structlog.contextvars.bind_contextvars(sandbox_id=sandbox.sandbox_id)
-    async with sandboxes.admission.admitted(sandbox), sandboxes.lock(sandbox.sandbox_id):
-        await sandboxes.store.add(sandbox)
+    async with sandboxes.lock(sandbox.sandbox_id):
+        if not recorded:
+            await sandboxes.store.add(sandbox)
         try:
             sink = output_sink(sandboxes, sandbox)
-            await sandboxes.runtime.launch(sandbox.spec(), program, sink)
+            await start(sandbox.spec(), sink)
         except Exception as error:
             # The runtime has removed what it started; the record must not stay `creating`.
             log.error("sandbox.create_failed", sandbox_id=sandbox.sandbox_id,
                       detail=_detail(error))
-            await sandboxes.save(sandbox, SandboxState.FAILED,
-                                 Reason.of(ReasonCode.CREATE_FAILED))
+            await sandboxes.save(sandbox, SandboxState.FAILED, Reason.of(failure))
             raise
         except BaseException:
             # Cancelled: the client left.
@@ -102,7 +124,8 @@ async def _create(sandboxes: Sandboxes, sandbox: Sandbox, program: Program) -> S
         sandbox = await sandboxes.save(sandbox, SandboxState.RUNNING,
                                        running_since=sandbox.created_at)
         supervise(sandboxes, sandbox, sink)
-    log.info("sandbox.created", kind=sandbox.kind.value, language=sandbox.language)
+    log.info("sandbox.created", kind=sandbox.kind.value, language=sandbox.language,
+             template_id=sandbox.template_id)
     return sandbox
 
 

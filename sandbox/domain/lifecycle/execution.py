@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 import structlog
 
 from sandbox.domain.capacity import Capacity
+from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.ids import new_sandbox_id
+from sandbox.domain.lifecycle.restoration import require_identity
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
+from sandbox.domain.lifecycle.templates import get_template
 from sandbox.domain.metrics import Metrics, NoMetrics, verdict_of
 from sandbox.domain.model import (
     ExecutionResult,
@@ -19,9 +25,10 @@ from sandbox.domain.model import (
     Program,
     SandboxSpec,
     Stream,
+    Template,
 )
 from sandbox.domain.output import ExecutionEvents, OutputCapture
-from sandbox.domain.ports import SandboxRuntime
+from sandbox.domain.ports import OutputSink, SandboxRuntime
 from sandbox.domain.warm_pool import WarmLease, WarmPool
 
 log = structlog.get_logger(__name__)
@@ -47,6 +54,44 @@ async def execute_script(
                             pool=pool, network_allow=network_allow)
 
 
+@dataclass(frozen=True)
+class FromTemplate:
+    """A script run in a copy of a template (restored under a new id, gone afterwards)."""
+
+    template: Template
+    image: Callable[[], Awaitable[str]]
+
+
+async def execute_from_template(
+    sandboxes: Sandboxes,
+    template_id: str,
+    language: Language | None,
+    source: bytes,
+    timeout_s: float | None = None,
+    events: ExecutionEvents | None = None,
+) -> ExecutionResult:
+    """Run the script in a copy of the template, as an exec in it would run (the copy's own
+    processes run on beside it), with the template's limits (`timeout_s` aside), packages
+    and network; `language` defaults to the template's. A warm copy is taken when a pool
+    keeps one."""
+    template = await get_template(sandboxes, template_id)
+    require_identity(sandboxes, template.identity, "the template")
+    language = language or template.language
+    if language is None:
+        raise InvalidRequest("the template has no language: give language=python or bash")
+    limits = (template.limits if timeout_s is None
+              else dataclasses.replace(template.limits, timeout_s=timeout_s))
+
+    async def image() -> str:
+        return await sandboxes.templates.images.local(template_id)
+
+    return await run_script(sandboxes.runtime, language, source, limits, events,
+                            template.package_dirs, capacity=sandboxes.capacity,
+                            metrics=sandboxes.metrics, pool=sandboxes.pool,
+                            network_allow=template.network_allow,
+                            template=FromTemplate(template, image))
+
+
 async def run_script(
     runtime: SandboxRuntime,
     language: Language,
@@ -59,14 +104,16 @@ async def run_script(
     metrics: Metrics | None = None,
     pool: WarmPool | None = None,
     network_allow: tuple[str, ...] = (),
+    template: FromTemplate | None = None,
 ) -> ExecutionResult:
     """The run itself: in a warm sandbox from `pool` when one fits, else in one started for
-    it. With `capacity`, waits (boundedly) for a place first: AtCapacity is raised before
-    `events.started`, and the place is freed as soon as the sandbox has ended, even while a
-    slow listener still holds its last output. A warm sandbox brings its own memory."""
+    it (with `template`, a copy of it). With `capacity`, waits (boundedly) for a place
+    first: AtCapacity is raised before `events.started`, and the place is freed as soon as
+    the sandbox has ended, even while a slow listener still holds its last output. A warm
+    sandbox brings its own memory."""
     events = events or ExecutionEvents()
     metrics = metrics or NoMetrics()
-    lease = pool.take(language, limits, package_dirs) if pool is not None else None
+    lease = _lease(pool, template, language, limits, package_dirs)
     sandbox_id = lease.sandbox_id if lease is not None else new_sandbox_id()
     capture = OutputCapture(limits.output_bytes, events.output)
     memory_mb = 0 if lease is not None else limits.memory_mb
@@ -84,8 +131,8 @@ async def run_script(
             started = True
             outcome = await _run(runtime, pool, lease, SandboxSpec(
                 sandbox_id=sandbox_id, limits=limits, package_dirs=package_dirs,
-                network_allow=network_allow,
-            ), Program.script(language, source), capture)
+                network_allow=network_allow, env=template.template.env if template else (),
+            ), Program.script(language, source), capture, template)
     finally:
         if pool is not None and lease is not None and not started:
             pool.give_back(lease)
@@ -104,6 +151,17 @@ async def run_script(
     return result
 
 
+def _lease(
+    pool: WarmPool | None, template: FromTemplate | None, language: Language, limits: Limits,
+    package_dirs: tuple[str, ...],
+) -> WarmLease | None:
+    if pool is None:
+        return None
+    if template is not None:
+        return pool.take_template(template.template.template_id)
+    return pool.take(language, limits, package_dirs)
+
+
 async def _run(
     runtime: SandboxRuntime,
     pool: WarmPool | None,
@@ -111,7 +169,35 @@ async def _run(
     spec: SandboxSpec,
     program: Program,
     capture: OutputCapture,
+    template: FromTemplate | None,
 ) -> Outcome:
     if pool is not None and lease is not None:
         return await pool.run(lease, program, capture, spec.limits.timeout_s)
+    if template is not None:
+        return await _run_in_copy(runtime, spec, await template.image(), program, capture)
     return await runtime.run(spec, program, capture)
+
+
+async def _run_in_copy(
+    runtime: SandboxRuntime, spec: SandboxSpec, image: str, program: Program,
+    sink: OutputSink,
+) -> Outcome:
+    """Restore a copy of the image, exec the program in it, and destroy the copy, whatever
+    happens (cancellation included)."""
+    try:
+        await runtime.restore(spec, image, _Discard())
+        return await runtime.exec(spec.sandbox_id, program, sink, b"", spec.limits.timeout_s)
+    finally:
+        cleanup = asyncio.ensure_future(runtime.destroy(spec.sandbox_id))
+        try:
+            await asyncio.shield(cleanup)
+        except asyncio.CancelledError:
+            await cleanup
+            raise
+
+
+class _Discard(OutputSink):
+    """The copy's own processes' output (a detached script's, say): nobody asked for it."""
+
+    async def write(self, stream: Stream, data: bytes) -> None:
+        return None

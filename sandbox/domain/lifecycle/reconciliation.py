@@ -1,5 +1,5 @@
 """After a start, the store and the host are made to agree: nothing unknown is left on the
-host, and no record claims a state the host does not have."""
+host (template images included), and no record claims a state the host does not have."""
 
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ async def reconcile(sandboxes: Sandboxes) -> None:
         await sandboxes.runtime.destroy(sandbox_id)
     for sandbox_id in await sandboxes.outputs.ids() - set(records):
         await sandboxes.outputs.remove(sandbox_id)
+    await _collect_images(sandboxes)
+
+
+async def _collect_images(sandboxes: Sandboxes) -> None:
+    """An image with no template record is one a crash cut short: a snapshot's before its
+    record was written, or a fork's scratch image."""
+    templates = sandboxes.kept_templates
+    if templates is None:
+        return
+    recorded = {template.template_id for template in await templates.store.list()}
+    for key in await templates.images.keys() - recorded:
+        log.warning("template.orphan_image_removed", key=key)
+        await templates.images.remove(key)
 
 
 async def _reconcile_one(sandboxes: Sandboxes, sandbox: Sandbox, running: bool) -> None:

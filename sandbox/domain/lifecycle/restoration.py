@@ -24,12 +24,7 @@ async def restore_sandbox(sandboxes: Sandboxes, sandbox_id: str) -> Sandbox:
 
 
 async def _restore_locked(sandboxes: Sandboxes, sandbox: Sandbox) -> Sandbox:
-    expected = dict(sandbox.checkpoint_identity)
-    if expected != sandboxes.runtime.identity:
-        raise CheckpointMismatch(
-            f"the checkpoint was made with {_describe(expected)}, but this server "
-            f"runs {_describe(sandboxes.runtime.identity)}; it cannot be restored here"
-        )
+    require_identity(sandboxes, sandbox.checkpoint_identity, "the checkpoint")
     assert sandbox.checkpoint is not None
     started = time.monotonic()
     sink = output_sink(sandboxes, sandbox)
@@ -54,6 +49,19 @@ async def _restore_locked(sandboxes: Sandboxes, sandbox: Sandbox) -> Sandbox:
     sandboxes.metrics.sandbox_restored(seconds)
     log.info("sandbox.restored", sandbox_id=sandbox.sandbox_id, ms=int(seconds * 1000))
     return sandbox
+
+
+def require_identity(
+    sandboxes: Sandboxes, identity: tuple[tuple[str, str], ...], what: str
+) -> None:
+    """An image made under another runtime identity (version, rootfs, agent, platform) is
+    refused: CheckpointMismatch, a 409 saying which."""
+    expected = dict(identity)
+    if expected != sandboxes.runtime.identity:
+        raise CheckpointMismatch(
+            f"{what} was made with {_describe(expected)}, but this server "
+            f"runs {_describe(sandboxes.runtime.identity)}; it cannot be restored here"
+        )
 
 
 def _describe(identity: dict[str, str]) -> str:

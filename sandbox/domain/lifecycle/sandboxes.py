@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sandbox.domain.capacity import Capacity
-from sandbox.domain.errors import InvalidState, SandboxNotFound
+from sandbox.domain.errors import InvalidRequest, InvalidState, SandboxNotFound
 from sandbox.domain.ids import checked_sandbox_id
 from sandbox.domain.lifecycle.admission import Admission
 from sandbox.domain.metrics import Metrics, NoMetrics
@@ -24,6 +24,7 @@ from sandbox.domain.model import Language, Sandbox, SandboxState, can_move
 from sandbox.domain.packages import PackagePolicy, package_layers
 from sandbox.domain.ports import OutputLog, PackageInstaller, SandboxRuntime, SandboxStore
 from sandbox.domain.reasons import Reason
+from sandbox.domain.templates import Templates
 from sandbox.domain.warm_pool import WarmPool
 
 
@@ -40,6 +41,8 @@ class LifecyclePolicy:
     # Code contexts: how many one sandbox may have, and the results one cell may answer with.
     max_contexts: int
     cell_result_bytes: int
+    # The most copies one fork makes.
+    max_fork: int
 
 
 class Sandboxes:
@@ -56,6 +59,7 @@ class Sandboxes:
         installer: PackageInstaller | None = None,
         package_policy: PackagePolicy | None = None,
         pool: WarmPool | None = None,
+        templates: Templates | None = None,
     ) -> None:
         self.runtime = runtime
         self.store = store
@@ -71,6 +75,8 @@ class Sandboxes:
         self.package_policy = package_policy or PackagePolicy()
         # Warm sandboxes for /execute, when the server keeps any.
         self.pool = pool
+        # Where templates are kept, when the server keeps any.
+        self.kept_templates = templates
         self.admission = Admission(store, self.capacity, policy.max_running)
         # Calls (execs, file calls) at work in each sandbox: suspend and the reaper wait for
         # none to be at work.
@@ -79,6 +85,12 @@ class Sandboxes:
         self._locks: dict[str, asyncio.Lock] = {}
         # Held while a context starts, so that two starts cannot pass the cap together.
         self._context_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def templates(self) -> Templates:
+        if self.kept_templates is None:
+            raise InvalidRequest("this server keeps no templates")
+        return self.kept_templates
 
     def lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())

@@ -25,7 +25,9 @@ from sandbox.entrypoints.streaming import ExecutionStream
 from sandbox.settings import Settings
 
 PARAMETERS = ("language", "timeout", "memory_mb", "stream", "detach", "packages",
-              "allow_hosts")
+              "allow_hosts", "template")
+# A script run from a template gets the template's memory, packages and network.
+NOT_WITH_TEMPLATE = ("memory_mb", "packages", "allow_hosts", "detach")
 
 
 @inject
@@ -37,6 +39,8 @@ async def execute_script(
     egress_policy: EgressPolicy = Provide[Container.egress_policy],
 ) -> Response:
     query = checked_query(request.query_params, PARAMETERS)
+    if "template" in query:
+        return await _execute_from_template(request, query, sandboxes, policy, settings)
     language = parse_language(query.get("language"))
     stream, detach = flag(query, "stream"), flag(query, "detach")
     timeout_s = optional_float(query, "timeout", "seconds")
@@ -65,5 +69,30 @@ async def execute_script(
     run = partial(execution.execute_script, sandboxes, language, source, limits,
                   packages=packages, network_allow=network_allow)
     if stream:
+        return ExecutionStream(run)
+    return JSONResponse((await unless_client_leaves(request.receive, run())).to_dict())
+
+
+async def _execute_from_template(
+    request: Request, query: dict[str, str], sandboxes: Sandboxes, policy: LimitPolicy,
+    settings: Settings,
+) -> Response:
+    refused = [name for name in NOT_WITH_TEMPLATE if name in query]
+    if refused:
+        raise InvalidRequest(f"{', '.join(refused)} cannot be given with template: the script "
+                             "runs with the template's memory, packages and network, and "
+                             "waits for its result (start a sandbox from the template to "
+                             "keep one)")
+    language = parse_language(query["language"]) if "language" in query else None
+    timeout_s = optional_float(query, "timeout", "seconds")
+    if timeout_s is not None:
+        timeout_s = policy.resolve(timeout_s=timeout_s).timeout_s
+    source = await read_capped_body(request, settings.max_body_bytes)
+    if not source:
+        raise InvalidRequest("the body is empty: send the script as the request body")
+
+    run = partial(execution.execute_from_template, sandboxes, query["template"], language,
+                  source, timeout_s)
+    if flag(query, "stream"):
         return ExecutionStream(run)
     return JSONResponse((await unless_client_leaves(request.receive, run())).to_dict())

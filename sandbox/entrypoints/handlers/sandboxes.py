@@ -11,20 +11,30 @@ from starlette.responses import JSONResponse, Response
 from sandbox.containers import Container
 from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest
-from sandbox.domain.lifecycle import creation, deletion, reading, restoration, suspension
+from sandbox.domain.lifecycle import (
+    copies,
+    creation,
+    deletion,
+    reading,
+    restoration,
+    suspension,
+)
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.model import SandboxState
 from sandbox.entrypoints.egress_request import allow_list_from_json
 from sandbox.entrypoints.env_vars import checked_env
-from sandbox.entrypoints.json_body import read_json_fields
+from sandbox.entrypoints.json_body import JsonFields, read_json_fields
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.paths import sandbox_id_of
 from sandbox.entrypoints.query import checked_query
 from sandbox.settings import Settings
 
 CREATE_FIELDS = ("language", "timeout", "memory_mb", "env", "idle_timeout", "packages",
-                 "network")
+                 "network", "template")
+# A sandbox started from a template is made with what the template was made with; a
+# language, if given, must be the template's (clients send their default).
+TEMPLATE_FIELDS = ("template", "language", "timeout", "idle_timeout")
 STATES = ", ".join(state.value for state in SandboxState)
 
 
@@ -40,6 +50,9 @@ async def create_sandbox(
     # An empty body asks for every default, so `curl -X POST /sandboxes` is enough.
     fields = await read_json_fields(request, settings.max_body_bytes, CREATE_FIELDS,
                                     empty_ok=True)
+    template_id = fields.text("template")
+    if template_id is not None:
+        return await _create_from_template(sandboxes, policy, settings, fields, template_id)
     given_language = fields.text("language")
     language = parse_language("python" if given_language is None else given_language)
     limits = policy.resolve(timeout_s=fields.number("timeout"),
@@ -52,6 +65,26 @@ async def create_sandbox(
     sandbox = await creation.create_session(sandboxes, language, limits, env=env,
                                             idle_timeout_s=idle_timeout, packages=packages,
                                             network_allow=network_allow)
+    return JSONResponse(sandbox.to_dict(), 201, {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
+
+
+async def _create_from_template(
+    sandboxes: Sandboxes, policy: LimitPolicy, settings: Settings, fields: JsonFields,
+    template_id: str,
+) -> Response:
+    other = [name for name in CREATE_FIELDS if name in fields and name not in TEMPLATE_FIELDS]
+    if other:
+        raise InvalidRequest(f"a sandbox started from a template is made with the template's "
+                             f"{', '.join(other)}: give only {', '.join(TEMPLATE_FIELDS)}")
+    given_language = fields.text("language")
+    timeout = fields.number("timeout")
+    idle_timeout = fields.number("idle_timeout")
+    sandbox = await copies.create_from_template(
+        sandboxes, template_id,
+        language=None if given_language is None else parse_language(given_language),
+        timeout_s=None if timeout is None else policy.resolve(timeout_s=timeout).timeout_s,
+        idle_timeout_s=None if idle_timeout is None else _idle_timeout(idle_timeout, settings),
+    )
     return JSONResponse(sandbox.to_dict(), 201, {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
 
 

@@ -12,6 +12,13 @@ payload (see the `*_PAYLOAD` structs). Output and downloads flow only within the
 service granted per tag; `pause` makes the agent fall silent before a checkpoint, and
 `resume` (after a restore) makes it say which processes still run, after a sync marker the
 service finds even if a checkpoint cut a frame in half.
+
+Each restore makes a new copy of a sandbox (a template started twice, a fork, a suspended
+sandbox brought back): a new generation, named by a nonce the service sends with `resume`.
+Processes started from then on find it in SANDBOX_GENERATION, processes already running can
+read it in GENERATION_FILE, and the session's zygote re-seeds its generators, so that no two
+copies draw the same numbers. A sandbox never restored has no generation (neither the variable
+nor the file): its processes see the environment a one-shot script sees.
 """
 
 from __future__ import annotations
@@ -84,6 +91,11 @@ REATTACH_POLL_S = 1.0
 # (within the service's wait for the agent's answer).
 RELAY_START_S = 10.0
 RELAY_PAUSE_S = 2.0
+# Where the sandbox's processes can read its generation (readable by all, written by root).
+GENERATION_DIR = "/run/sandbox"
+GENERATION_FILE = GENERATION_DIR + "/generation"
+GENERATION_ENV = b"SANDBOX_GENERATION="
+MAX_GENERATION = 64
 
 
 class Proc:
@@ -191,6 +203,7 @@ class Agent:
         self.protected = {os.getpid()}
         self.killing: set[int] = set()  # groups being killed until they are empty
         self.reattach_at = 0.0
+        self.generation = b""
         self.wake_read, wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(wake_write, False)
@@ -288,7 +301,7 @@ class Agent:
 
     def start(self, tag: int, args: dict[str, object], pipes: Pipes) -> None:
         argv = [os.fsencode(str(arg)) for arg in args["argv"]]  # type: ignore[attr-defined]
-        env = [bytes(item) for item in args["env"]]  # type: ignore[attr-defined]
+        env = self.environment(args["env"])  # type: ignore[arg-type]
         if pipes.keep:
             env.append(b"SANDBOX_CONTROL_FD=%d" % pipes.keep[0])
         try:
@@ -311,6 +324,29 @@ class Agent:
         self.by_pid[pid] = proc
         self.send(STARTED, tag, STARTED_PAYLOAD.pack(pid))
 
+    def environment(self, given: list[bytes]) -> list[bytes]:
+        """The environment the service gave, with this copy's generation once it has one
+        (a sandbox never restored has none: its processes see what a one-shot script sees)."""
+        env = [bytes(item) for item in given if not bytes(item).startswith(GENERATION_ENV)]
+        if self.generation:
+            env.append(GENERATION_ENV + self.generation)
+        return env
+
+    def new_generation(self, generation: bytes) -> None:
+        """This sandbox is a new copy: say so to what runs in it (see the module's notes)."""
+        if not 0 < len(generation) <= MAX_GENERATION or not generation.isalnum():
+            raise ValueError("a generation is 1 to 64 letters and digits")
+        self.generation = generation
+        try:
+            write_generation(generation)
+        except OSError as error:
+            sys.stderr.write(f"agent: the generation file cannot be written: {error}\n")
+        if self.zygote is not None:
+            try:
+                self.zygote.channel.send(marshal.dumps({"generation": generation.decode()}))
+            except OSError:
+                self.drop_zygote("it does not take a new generation")
+
     # A session's zygote: Python execs forked from an interpreter already started ----------
 
     def op_zygote(self, tag: int, args: dict[str, object]) -> None:
@@ -318,7 +354,7 @@ class Agent:
             ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
             try:
                 os.set_inheritable(theirs.fileno(), True)
-                env = [bytes(item) for item in args["env"]]  # type: ignore[attr-defined]
+                env = self.environment(args["env"])  # type: ignore[arg-type]
                 env.append(b"SANDBOX_ZYGOTE_FD=%d" % theirs.fileno())
                 null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
                 try:
@@ -669,6 +705,8 @@ class Agent:
             self.relay.go()
         self.outbox.clear()
         self.outbox += SYNC + bytes(args["nonce"])  # type: ignore[call-overload]
+        if args.get("generation"):
+            self.new_generation(bytes(args["generation"]))  # type: ignore[call-overload]
         self.op_procs(tag, args)
 
     def op_relay(self, tag: int, args: dict[str, object]) -> None:
@@ -874,6 +912,21 @@ def as_user(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     finally:
         os.seteuid(0)
         os.setegid(0)
+
+
+def write_generation(generation: bytes) -> None:
+    """Replace the generation file whole (a reader never sees half of it)."""
+    try:  # noqa: SIM105 (contextlib is one import more)
+        os.mkdir(GENERATION_DIR, 0o755)
+    except FileExistsError:
+        pass
+    part = GENERATION_FILE + ".part"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, generation + b"\n")
+    finally:
+        os.close(fd)
+    os.rename(part, GENERATION_FILE)
 
 
 def kind_of(mode: int) -> int:

@@ -48,6 +48,8 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # The matplotlib backends a context turns into its inline one (the sandbox's default is Agg).
 REPLACED_BACKENDS = ("", "agg")
 CRASHED = 70
+# Written by the agent when a restore makes the sandbox a new copy (see agent.py).
+GENERATION_FILE = "/run/sandbox/generation"
 
 
 # IPython's display machinery, sending frames ------------------------------------------------
@@ -107,6 +109,34 @@ def _text(value: object) -> str:
 
 
 # The loop -----------------------------------------------------------------------------
+
+
+class Generation:
+    """The sandbox's generation. This interpreter may outlive a snapshot: when a restore made
+    the sandbox a new copy (a template's, a fork), the generators seeded in this process are
+    seeded afresh before its next cell, so that copies do not draw the same numbers."""
+
+    def __init__(self) -> None:
+        self.seen = self.read()
+
+    @staticmethod
+    def read() -> str:
+        try:
+            with open(GENERATION_FILE, encoding="ascii") as file:
+                return file.read().strip()
+        except (OSError, ValueError):
+            return ""
+
+    def check(self) -> None:
+        current = self.read()
+        if current == self.seen:
+            return
+        self.seen = current
+        os.environ["SANDBOX_GENERATION"] = current
+        for name, seed in (("random", "seed"), ("numpy.random", "seed")):
+            module = sys.modules.get(name)
+            if module is not None:
+                getattr(module, seed)()
 
 
 def run_cell(channel: Channel, capture: Capture, shell: KernelShell, interrupts: Interrupts,
@@ -185,8 +215,10 @@ def main() -> None:
     shell = make_shell(channel)
     capture.start()
     channel.send_json(READY, {"version": VERSION, "pid": os.getpid()})
+    generation = Generation()
     try:
         while (request := channel.next_request()) is not None:
+            generation.check()
             run_cell(channel, capture, shell, interrupts, request)
     except BaseException:
         os.write(channel.faults, traceback.format_exc().encode("utf-8", "replace"))

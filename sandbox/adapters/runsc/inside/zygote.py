@@ -5,7 +5,10 @@ process about 10.
 The agent sends a request (marshal of a dict) with the child's stdin, stdout and stderr as
 passed descriptors over a SOCK_SEQPACKET socket; this process answers with fixed-size
 records (`MESSAGE`: STARTED request pid, FAILED request errno, EXITED pid wait-status), which
-the agent, root, decodes without trusting them. The child runs the script as `python3 PATH`
+the agent, root, decodes without trusting them. A request without descriptors names a new
+generation of the sandbox (it was restored as a copy): the zygote takes it into its
+environment (SANDBOX_GENERATION, inherited by what it forks) and re-seeds its generators;
+it answers nothing. The child runs the script as `python3 PATH`
 would (see `scriptmain.run`).
 
 It runs with the sandbox user's rights and in the tenant's reach: the agent checks what it
@@ -50,6 +53,10 @@ def serve(channel: socket.socket, wake: tuple[int, int]) -> bool:
     if not message:
         return False  # the agent is gone
     request = marshal.loads(message)
+    if "generation" in request and not fds:
+        os.environ["SANDBOX_GENERATION"] = str(request["generation"])
+        scriptmain.reseed()
+        return True
     if len(fds) != 3:
         for fd in fds:
             os.close(fd)
