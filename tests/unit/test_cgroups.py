@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.adapters.runsc.cgroups import CgroupsV1, CgroupsV2, NoCgroups, detect, remove_parent
+from sandbox.adapters.runsc.cgroups import (
+    CgroupsV1,
+    CgroupsV2,
+    NoCgroups,
+    detect,
+    remove_parent,
+    remove_parent_if_unused,
+)
 
 SANDBOX = "0123456789abcdef01234567"
 OTHER = "fedcba9876543210fedcba98"
@@ -233,6 +240,22 @@ def test_remove_parent_takes_the_parent_from_every_hierarchy_and_nothing_else(
     assert not (tmp_path / "pids" / "owned").exists()
     assert not (tmp_path / "owned").exists()
     assert (tmp_path / "memory" / "someone-else" / OTHER).is_dir()
+
+
+def test_an_unused_parent_goes_at_a_clean_stop_and_one_holding_a_sandbox_stays(
+    tmp_path: Path,
+) -> None:
+    folders(
+        tmp_path / "memory" / "owned" / SANDBOX,
+        tmp_path / "pids" / "owned",
+        tmp_path / "memory" / "someone-else",
+    )
+
+    remove_parent_if_unused("owned", root=tmp_path)
+
+    assert (tmp_path / "memory" / "owned" / SANDBOX).is_dir()
+    assert not (tmp_path / "pids" / "owned").exists()
+    assert (tmp_path / "memory" / "someone-else").is_dir()
 
 
 def test_a_host_without_cgroups_is_told_why(tmp_path: Path) -> None:

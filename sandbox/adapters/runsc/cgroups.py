@@ -83,6 +83,16 @@ def remove_parent(parent: str, root: Path = CGROUP_ROOT) -> None:
         _remove_tree(path)
 
 
+def remove_parent_if_unused(parent: str, root: Path = CGROUP_ROOT) -> None:
+    """At a clean stop: remove the parent where it holds nothing. Where a sandbox outlives
+    the server, its cgroup keeps the parent, quietly: the next start finds it."""
+    if not parent or parent in (".", "..") or "/" in parent:
+        raise ValueError(f"not a cgroup parent of the service: {parent!r}")
+    for path in (root / parent, *root.glob(f"*/{parent}")):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
 PARENT_FILE = "cgroup-parent"
 _PARENT_NAME = re.compile(r"gvisor-sandbox-[0-9a-f]{10}")
 

@@ -154,6 +154,8 @@ class RunscSandboxRuntime(SandboxRuntime):
             await self._supervised.pop(sandbox_id).detach()
         await self._egress.close_all()
         await self._housekeeping.close()
+        if self._cgroups.enabled:
+            cgroups.remove_parent_if_unused(self._cgroup_parent())
 
     @property
     def egress(self) -> EgressProxy:
