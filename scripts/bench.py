@@ -36,7 +36,7 @@ from bench_egress import measure_egress
 from handmade_wheel import write_wheel
 
 from sandbox.adapters.runsc import cgroups
-from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.adapters.runsc.runtime import RunscSandboxRuntime, local_images
 from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.model import Language, Program, SandboxSpec
 from sandbox.entrypoints.app import create_app
@@ -405,7 +405,7 @@ def measure_checkpoint_removal(runtime: RunscSandboxRuntime, settings: Settings)
     lags = {}
     for name, remove in (("on the event loop (before)", on_the_loop),
                          ("in a worker thread (the service now)", in_a_thread)):
-        image = settings.checkpoints / new_sandbox_id()
+        image = local_images(settings) / new_sandbox_id()
         write_checkpoint(image)
         lags[name] = asyncio.run(worst_loop_lag_ms(functools.partial(remove, image)))
         if image.exists():

@@ -29,8 +29,9 @@ from sandbox.adapters.sqlite_db import SqliteDatabase
 from sandbox.adapters.sqlite_leases import SqliteLeaseStore
 from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.ids import new_sandbox_id
-from sandbox.domain.model import Limits, Sandbox, SandboxKind, SandboxState
+from sandbox.domain.model import Sandbox, SandboxKind, SandboxState
 from sandbox.domain.ports import LeaseStore, SandboxStore
+from sandbox.settings import Settings
 
 LISTED = 100
 LEASE_S = 300.0
@@ -39,7 +40,8 @@ Operation = Callable[[int], Awaitable[object]]
 
 def a_record(n: int) -> Sandbox:
     return Sandbox(sandbox_id=new_sandbox_id(), kind=SandboxKind.SESSION,
-                   state=SandboxState.RUNNING, language=None, limits=Limits(),
+                   state=SandboxState.RUNNING, language=None,
+                   limits=Settings().default_limits(),
                    created_at=1_700_000_000.0 + n, updated_at=1_700_000_000.0 + n)
 
 

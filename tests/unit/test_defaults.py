@@ -31,6 +31,9 @@ POLICY_SETTINGS = {
     "max_file_bytes": (1024, "max_file_bytes"),
     "suspend_on_shutdown": (False, "suspend_on_shutdown"),
     "shutdown_grace_s": (2.0, "shutdown_grace_s"),
+    "shutdown_concurrency": (3, "shutdown_concurrency"),
+    "lease_ttl_s": (9.0, "lease_ttl_s"),
+    "handoff_timeout_s": (7.0, "handoff_timeout_s"),
 }
 
 

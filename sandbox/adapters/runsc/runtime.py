@@ -82,7 +82,9 @@ class RunscSandboxRuntime(SandboxRuntime):
                             settings.runsc_platform)
         self._bundles = Bundles(settings.state_dir / "bundles", settings.rootfs_dir)
         self._rootfs = settings.rootfs_dir
-        self._checkpoints = settings.checkpoints
+        # Where `runsc checkpoint` writes, on this instance's own disk: the lifecycle then
+        # publishes the image to the shared checkpoint folder (an ImageStore).
+        self._checkpoints = local_images(settings)
         self._cgroups: cgroups.SandboxCgroups = cgroups.NoCgroups()
         self._version = ""
         self._live: set[str] = set()
@@ -150,8 +152,9 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     @property
     def identity(self) -> dict[str, str]:
+        # The platform too: a checkpoint made on systrap restores on ptrace, with a dead agent.
         return {"runtime": "runsc", "version": self._version, "rootfs": self._rootfs_identity(),
-                "agent": self._agent_identity}
+                "agent": self._agent_identity, "platform": self._runsc.platform}
 
     def _rootfs_identity(self) -> str:
         try:
@@ -690,6 +693,11 @@ class RunscSandboxRuntime(SandboxRuntime):
         if spec.network_allow:
             await self._egress.open(spec.sandbox_id, EgressPolicy.parse(spec.network_allow),
                                     self._bundles.egress_dir(spec.sandbox_id), oci.RELAY_UID)
+
+
+def local_images(settings: Settings) -> Path:
+    """The folder of images `runsc checkpoint` writes, before they are published."""
+    return settings.state_dir / "images"
 
 
 def _egress_proxy(settings: Settings, metrics: Metrics | None) -> EgressProxy:
