@@ -60,7 +60,8 @@ async def ensure_here(sandboxes: Sandboxes, sandbox_id: str, deadline: float,
         if resumable(sandbox):
             if not restore:
                 return
-            await _restore_here(sandboxes, sandbox_id)
+            if not await _restore_here(sandboxes, sandbox_id):
+                await _wait(sandboxes, sandbox_id, deadline)  # another instance restores it
             continue
         if sandbox.state is SandboxState.RUNNING:
             if not await _ask_owner(sandboxes, sandbox_id):
@@ -70,13 +71,17 @@ async def ensure_here(sandboxes: Sandboxes, sandbox_id: str, deadline: float,
         await _wait(sandboxes, sandbox_id, deadline)
 
 
-async def _restore_here(sandboxes: Sandboxes, sandbox_id: str) -> None:
+async def _restore_here(sandboxes: Sandboxes, sandbox_id: str) -> bool:
+    """False when another instance won the lease (or restored it meanwhile)."""
     async with sandboxes.lock(sandbox_id):
         sandbox = await sandboxes.get(sandbox_id)
         if not resumable(sandbox):
-            return  # restored (here or elsewhere) meanwhile: look again
-        with contextlib.suppress(InvalidState):  # another instance won the lease
+            return sandboxes.ownership.holds(sandbox_id)
+        try:
             await restore_locked(sandboxes, sandbox)
+        except InvalidState:
+            return False
+        return True
 
 
 async def _ask_owner(sandboxes: Sandboxes, sandbox_id: str) -> bool:

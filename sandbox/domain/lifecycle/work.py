@@ -10,7 +10,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 import structlog
 
-from sandbox.domain.errors import InvalidState, RuntimeFailure, SandboxNotFound
+from sandbox.domain.errors import InvalidState, LeaseLost, RuntimeFailure, SandboxNotFound
 from sandbox.domain.ids import checked_sandbox_id
 from sandbox.domain.lifecycle.handoff import deadline_for, ensure_here, hand_off, resumable, spawn
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
@@ -126,7 +126,10 @@ async def _end(sandboxes: Sandboxes, sandbox_id: str) -> None:
     async with sandboxes.lock(sandbox_id):
         sandbox = await sandboxes.store.get(sandbox_id)
         if sandbox is not None and sandboxes.ownership.holds(sandbox_id):
-            await sandboxes.touch(sandbox)
+            # Refused when another instance took it over meanwhile: its container here is
+            # ended then, and the call that just finished keeps its answer.
+            with contextlib.suppress(LeaseLost):
+                await sandboxes.touch(sandbox)
     if sandbox is None:
         sandboxes.forget(sandbox_id)
     elif sandbox_id in sandboxes.wanted and not sandboxes.busy[sandbox_id]:
