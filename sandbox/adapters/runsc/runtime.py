@@ -94,7 +94,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._warm: dict[str, warm.WarmSandbox] = {}
         self._agent_identity = _agent_identity()
         # Holds the memory limit where no cgroup does (started only without cgroups).
-        self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
+        self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all,
+                                                sentry_pid=self._runsc.sentry_pid)
         self._egress = _egress_proxy(settings, metrics)
 
     async def start(self) -> None:
