@@ -27,11 +27,12 @@ from sandbox.adapters.runsc.agent_channel import MAIN_TAG, AgentError
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
 from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
 from sandbox.adapters.runsc.file_errors import file_error
+from sandbox.adapters.runsc.probe import ReadinessProbe
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
 from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest, RuntimeFailure
-from sandbox.domain.ids import ID_PATTERN
+from sandbox.domain.ids import ID_PATTERN, new_sandbox_id
 from sandbox.domain.metrics import Metrics
 from sandbox.domain.model import (
     IDLE,
@@ -42,6 +43,7 @@ from sandbox.domain.model import (
     SandboxSpec,
     Stream,
 )
+from sandbox.domain.output import OutputCapture
 from sandbox.domain.ports import OpenedFile, OutputSink, SandboxRuntime
 from sandbox.settings import Settings
 
@@ -69,6 +71,9 @@ AGENT_DIR = Path(__file__).parent / "inside"
 CANNOT_EXECUTE, NOT_FOUND = 126, 127
 # How runsc reports a sandbox whose processes were killed: the shell's 128 + SIGKILL.
 KILLED_EXIT = 128 + signal.SIGKILL
+# The readiness probe's sandbox: small, and quick to give up.
+PROBE_TIMEOUT_S = 30.0
+PROBE_MEMORY_MB = 128
 
 
 class CgroupsRequired(RuntimeFailure):
@@ -97,6 +102,7 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all,
                                                 sentry_pid=self._runsc.sentry_pid)
         self._egress = _egress_proxy(settings, metrics)
+        self._probe = ReadinessProbe(self._probe_sandbox)
 
     async def start(self) -> None:
         await asyncio.to_thread(self._make_state_private)
@@ -179,7 +185,27 @@ class RunscSandboxRuntime(SandboxRuntime):
                             "(SANDBOX_EGRESS_ALLOW) needs (run make rootfs)")
         if not os.access(self._bundles.root, os.W_OK):
             problems.append(f"state folder {self._bundles.root} is not writable")
+        if not problems and (problem := await self._probe.problem()):
+            problems.append(problem)
         return problems
+
+    async def _probe_sandbox(self) -> str | None:
+        """Run `echo ready` in a sandbox of its own; None when it did, else why not."""
+        limits = dataclasses.replace(self._settings.default_limits(), timeout_s=PROBE_TIMEOUT_S,
+                                     memory_mb=PROBE_MEMORY_MB, output_bytes=1024)
+        spec = SandboxSpec(sandbox_id=new_sandbox_id(), limits=limits)
+        capture = OutputCapture(1024)
+        try:
+            outcome = await self.run(spec, Program.script(Language.BASH, b"echo ready\n"),
+                                     capture)
+        except RuntimeFailure as failure:
+            return f"a probe sandbox could not run: {failure.message[-300:]}"
+        await capture.close()
+        said = capture.captured(Stream.STDOUT).text
+        if outcome.exit_code != 0 or said != "ready\n":
+            return (f"a probe sandbox did not run as it should (exit code {outcome.exit_code}, "
+                    f"timed out: {outcome.timed_out}, said {said[:40]!r})")
+        return None
 
     # What the benchmark times as bare runsc: the same bundle, the same flags.
 
@@ -221,6 +247,9 @@ class RunscSandboxRuntime(SandboxRuntime):
                 log_file=self._bundles.fresh_log_file(sandbox_id),
             ))
             return await self._supervise(spec, process, stdout, stderr, sink, started)
+        except RuntimeFailure:
+            self._probe.stale()
+            raise
         finally:
             await self._destroy_shielded(sandbox_id, process)
 
@@ -362,7 +391,8 @@ class RunscSandboxRuntime(SandboxRuntime):
                     ["python3", f"{oci.AGENT_DIR}/zygote.py"], supervised.env, oci.WORKDIR,
                     AGENT_ANSWER_TIMEOUT_S,
                 )
-        except BaseException:
+        except BaseException as error:
+            self._failed_start(error)
             await self._destroy(sandbox_id)
             raise
 
@@ -389,9 +419,16 @@ class RunscSandboxRuntime(SandboxRuntime):
             if MAIN_TAG in live:
                 supervised.channel.adopt(MAIN_TAG, sink)
                 supervised.main = True
-        except BaseException:
+        except BaseException as error:
+            self._failed_start(error)
             await self._destroy(sandbox_id)
             raise
+
+    def _failed_start(self, error: BaseException) -> None:
+        """runsc failing to start a sandbox may mean it cannot run here any more: the next
+        readiness check proves it again with a probe sandbox."""
+        if isinstance(error, RuntimeFailure):
+            self._probe.stale()
 
     async def _start_agent(self, spec: SandboxSpec, program: Program, *args: str) -> Supervised:
         """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor, with
