@@ -52,7 +52,7 @@ endef
 .PHONY: help venv host rootfs postgres run cluster test-unit test require-root lint bench bench-store image lock deploy clean
 
 help:
-	@echo "make venv       .venv with the app and dev tools (re-installs when pyproject.toml changes)"
+	@echo "make venv       .venv with the app, the SDK and sbx (client/), dev tools (re-installs when a pyproject.toml changes)"
 	@echo "make host       install the pinned runsc and debootstrap (root)"
 	@echo "make rootfs     build the sandbox rootfs, cached by its recipe (root)"
 	@echo "make postgres   install Debian's PostgreSQL server for the tests (root; no cluster made)"
@@ -70,7 +70,7 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then \
 	    if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 	        $(call apt_install,python3-venv); \
@@ -78,7 +78,7 @@ $(STAMP): pyproject.toml
 	    echo "creating $(VENV)"; \
 	    $(PYTHON) -m venv $(VENV); \
 	fi
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./client
 	@touch $@
 
 host:
@@ -125,7 +125,7 @@ test: require-root venv rootfs postgres
 	@$(call run_tiers,$(ALL_TIERS),,fake and runsc,strict)
 
 lint: venv
-	$(BIN)/ruff check sandbox tests scripts
+	$(BIN)/ruff check sandbox tests scripts client
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/bench.py scripts/bench_store.py scripts/pg_cluster.py scripts/cluster.py
 
@@ -149,5 +149,6 @@ bench-store: venv postgres
 	$(BIN)/python scripts/bench_store.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info \
+	    client/build client/src/*.egg-info
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

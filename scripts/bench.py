@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bench_pool
+import bench_sessions
 import httpx
 import structlog
 import uvicorn
@@ -50,7 +51,8 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 60.0
 CGROUP_PARENT = "gvisor-sandbox-bench"
-KEPT_SETTINGS = ("SANDBOX_ROOTFS_DIR", "SANDBOX_RUNSC_PATH", "SANDBOX_RUNSC_PLATFORM")
+KEPT_SETTINGS = ("SANDBOX_ROOTFS_DIR", "SANDBOX_RUNSC_PATH", "SANDBOX_RUNSC_PLATFORM",
+                 "SANDBOX_SESSION_PLATFORM")
 SCRIPTS = {Language.PYTHON: b'print("hello")\n', Language.BASH: b"echo hello\n"}
 EXPECTED = "hello\n"
 
@@ -108,7 +110,8 @@ def bench_environ(state_dir: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_server(
-    state_dir: Path, log_path: Path, wheels: Path, pool: str = "", preimport: str | None = None
+    state_dir: Path, log_path: Path, wheels: Path, pool: str = "", preimport: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """A server; without `pool`, one with no warm pool (every call takes the cold path)."""
     port = free_port()
@@ -122,6 +125,7 @@ def running_server(
         "SANDBOX_PIP_NO_INDEX": "true",
         "SANDBOX_POOL": pool,
         **({"SANDBOX_POOL_PREIMPORT": preimport} if preimport is not None else {}),
+        **(extra or {}),
     }
     with log_path.open("wb") as log:
         server = subprocess.Popen(
@@ -463,6 +467,27 @@ def measure_pools(
     bench_pool.report(figures)
 
 
+def measure_sessions(
+    tmp: Path, wheels: Path, settings: Settings, args: argparse.Namespace
+) -> None:
+    """P3 and P6 on a server without pools (a hello world takes the cold path, whose time
+    is what idle sessions could slow down)."""
+    print(f"measuring sessions ({args.density} idle for P6)...", flush=True)
+    state = tmp / "sessions"
+    with running_server(state, tmp / "sessions.log", wheels, extra={
+                "SANDBOX_MAX_RUNNING_SANDBOXES": str(args.density + 16),
+                "SANDBOX_MAX_CONCURRENT_CALLS": "64"}) as base_url, \
+            httpx.Client(base_url=base_url, timeout=CALL_TIMEOUT_S) as client:
+        runsc = [settings.runsc_path, f"--root={state / 'runsc'}"]
+        figures = [bench_sessions.exec_figure(client, runsc, args.runs)]
+        figures += bench_sessions.density_figures(client, CGROUP_PARENT, args.density,
+                                                  args.warm_runs)
+    print()
+    print("long-lived sessions (on SANDBOX_SESSION_PLATFORM, ptrace by default):")
+    for figure in figures:
+        print(figure.line())
+
+
 def runsc_version(runtime: RunscSandboxRuntime) -> str:
     done = subprocess.run(runtime.command("--version"), capture_output=True, text=True,
                           timeout=CALL_TIMEOUT_S, check=False)
@@ -489,6 +514,10 @@ def parse_args() -> argparse.Namespace:
                         help="only the warm-pool figures (bare runsc still timed for one)")
     parser.add_argument("--warm-runs", type=count(1, 1000), default=15,
                         help="calls per warm-pool figure, each on a full pool (default 15)")
+    parser.add_argument("--sessions-only", action="store_true",
+                        help="only the session figures (P3, P6)")
+    parser.add_argument("--density", type=count(1, 400), default=200,
+                        help="idle sessions held for P6 (default 200)")
     return parser.parse_args()
 
 
@@ -508,6 +537,9 @@ def main() -> int:
             asyncio.run(runtime.start())
             wheels = Path(tmp, "wheels")
             write_bench_wheels(wheels)
+            if args.sessions_only:
+                measure_sessions(Path(tmp), wheels, settings, args)
+                return 0
             if args.pools_only:
                 raw_python = raw_work(runtime, settings, Language.PYTHON)
                 raw_python(WARMUP)
@@ -517,11 +549,12 @@ def main() -> int:
                 raw_p50_ms = next(case.raw for case in cases if case.language is Language.PYTHON
                                   and case.concurrency == 1).percentile_ms(0.5)
             measure_pools(Path(tmp), wheels, settings, args, raw_p50_ms)
-        except (BenchError, bench_pool.PoolBenchError) as error:
             if not args.pools_only:
+                measure_sessions(Path(tmp), wheels, settings, args)
                 measure_egress(settings, args.runs)
                 asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
                 measure_checkpoint_removal(runtime, settings)
+        except (BenchError, bench_pool.PoolBenchError, bench_sessions.SessionBenchError) as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1
         finally:

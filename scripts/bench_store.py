@@ -40,8 +40,7 @@ Operation = Callable[[int], Awaitable[object]]
 
 def a_record(n: int) -> Sandbox:
     return Sandbox(sandbox_id=new_sandbox_id(), kind=SandboxKind.SESSION,
-                   state=SandboxState.RUNNING, language=None,
-                   limits=Settings().default_limits(),
+                   state=SandboxState.RUNNING, language=None, limits=Settings().default_limits(),
                    created_at=1_700_000_000.0 + n, updated_at=1_700_000_000.0 + n)
 
 

@@ -48,6 +48,8 @@ class Program:
     source: bytes = b""
     argv: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    # The working directory of an exec (absolute); None: the sandbox's own, /workspace.
+    cwd: str | None = None
 
     @classmethod
     def script(cls, language: Language, source: bytes) -> Program:

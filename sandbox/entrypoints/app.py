@@ -81,6 +81,10 @@ def create_app(settings: Settings, container: Container | None = None) -> Starle
         # gets its own container.
         container.wire(modules=HANDLER_MODULES)
         try:
+            # The runtime first, alone: when it refuses to start (no cgroups where they are
+            # required) nothing else is half-started. A start abandoned while it spawns a
+            # process (the installer's pip --version) can hang asyncio's own shutdown.
+            await _completed(container.runtime.init())
             await _completed(container.init_resources())
             # Says how requests are authenticated, never with what; loudly when they are not.
             say = log.warning if settings.auth_mode == "unauthenticated-allowed" else log.info

@@ -1,21 +1,25 @@
 """What `POST /sandboxes/{id}/exec` asks to run, from either of its two body forms.
 
 JSON (`Content-Type: application/json`): `{"language", "code"}` or `{"argv"}`, each with
-optional `stdin` and `timeout`. Anything else: the body is the script, `?language=` names it.
+optional `stdin`, `timeout`, `env` (added to the sandbox's own, winning over it) and `cwd`
+(relative to /workspace). Anything else: the body is the script, `?language=` names it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from sandbox.domain.errors import InvalidRequest
 from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.model import Program
+from sandbox.entrypoints.env_vars import checked_env
 from sandbox.entrypoints.json_body import JsonFields, parse_object
 from sandbox.entrypoints.languages import parse_language
+from sandbox.entrypoints.paths import sandbox_path
 from sandbox.entrypoints.query import optional_float
 
-JSON_FIELDS = ("language", "code", "argv", "stdin", "timeout")
+JSON_FIELDS = ("language", "code", "argv", "stdin", "timeout", "env", "cwd")
 MAX_ARGS = 256
 
 
@@ -36,6 +40,11 @@ def command_from_json(body: bytes, policy: LimitPolicy) -> Command:
         program = Program(language=None, argv=_argv(fields.texts("argv") or []))
     else:
         program = _script(fields.text("language"), (fields.text("code") or "").encode())
+    cwd = fields.text("cwd")
+    program = dataclasses.replace(
+        program, env=checked_env(fields.text_mapping("env") or {}),
+        cwd=None if cwd is None else sandbox_path(cwd, "cwd"),
+    )
     stdin = (fields.text("stdin") or "").encode()
     return Command(program, stdin, _timeout(fields.number("timeout"), policy))
 

@@ -171,6 +171,9 @@ _DOWNLOAD = _op(
 )
 
 _NULLABLE_INT = {"type": ["integer", "null"]}
+_ENV = {"type": "object", "maxProperties": 64,
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "additionalProperties": {"type": "string"}}
 SCHEMAS: Schema = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
@@ -215,9 +218,7 @@ SCHEMAS: Schema = {
         "language": {**LANGUAGE, "default": "python"},
         "timeout": {"type": "number", "description": "seconds per exec"},
         "memory_mb": {"type": "integer"},
-        "env": {"type": "object", "maxProperties": 64,
-                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-                "additionalProperties": {"type": "string"}},
+        "env": _ENV,
         "idle_timeout": {"type": "number",
                          "description": "seconds without calls before it is suspended"},
         "packages": {"type": "array", "items": {"type": "string"}, "maxItems": 100,
@@ -227,7 +228,10 @@ SCHEMAS: Schema = {
         "language": LANGUAGE, "code": {"type": "string"},
         "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1,
                  "maxItems": 256},
-        "stdin": {"type": "string"}, "timeout": {"type": "number"}},
+        "stdin": {"type": "string"}, "timeout": {"type": "number"},
+        "env": {**_ENV, "description": "added to the sandbox's own variables, winning over them"},
+        "cwd": {"type": "string", "minLength": 1,
+                "description": "working directory; relative to /workspace (the default)"}},
         "oneOf": [{"required": ["language", "code"]}, {"required": ["argv"]}]},
     "FileList": {"type": "object", "properties": {
         "path": {"type": "string"}, "entries": {"type": "array", "items": {

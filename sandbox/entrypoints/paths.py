@@ -22,18 +22,18 @@ def sandbox_id_of(request: Request) -> str:
     return sandbox_id
 
 
-def sandbox_path(raw: str) -> str:
+def sandbox_path(raw: str, what: str = "the file path") -> str:
     """An absolute, normalised path inside the sandbox; relative paths start at /workspace.
 
     The path never reaches the host's filesystem (the sandbox's files live in its own
     overlay), but it does reach a command line inside the sandbox, so it is checked anyway.
     """
     if not raw:
-        raise InvalidRequest("the file path is empty")
+        raise InvalidRequest(f"{what} is empty")
     if "\0" in raw:
-        raise InvalidRequest("the file path must not contain a NUL character")
+        raise InvalidRequest(f"{what} must not contain a NUL character")
     if len(raw) > MAX_PATH_CHARS:
-        raise InvalidRequest(f"the file path is longer than {MAX_PATH_CHARS} characters")
+        raise InvalidRequest(f"{what} is longer than {MAX_PATH_CHARS} characters")
     absolute = raw if raw.startswith("/") else f"{WORKSPACE}/{raw}"
     # normpath keeps a leading "//" (POSIX leaves its meaning open); one slash is meant.
     return "/" + posixpath.normpath(absolute).lstrip("/")

@@ -65,6 +65,33 @@ def test_exec_runs_an_argv_program_with_stdin(
     assert (stdin, timeout_s) == (b"in", 7)
 
 
+@pytest.mark.parametrize(("cwd", "folder"), [
+    ("/tmp", "/tmp"), ("data/in", "/workspace/data/in"), ("/tmp/../etc", "/etc"),
+])
+def test_exec_takes_its_own_environment_and_folder(
+    client: TestClient, runtime: FakeSandboxRuntime, monkeypatch: pytest.MonkeyPatch,
+    cwd: str, folder: str,
+) -> None:
+    sandbox_id = create_session(client, env={"COLOUR": "blue"})
+    seen: list[Program] = []
+    real_exec = runtime.exec
+
+    async def recording(box: str, program: Program, sink: OutputSink, stdin: bytes,
+                        timeout_s: float) -> Outcome:
+        seen.append(program)
+        return await real_exec(box, program, sink, stdin, timeout_s)
+
+    monkeypatch.setattr(runtime, "exec", recording)
+
+    response = client.post(f"/sandboxes/{sandbox_id}/exec", json={
+        "argv": ["pwd"], "env": {"COLOUR": "red", "SIZE": "L"}, "cwd": cwd})
+    plain = client.post(f"/sandboxes/{sandbox_id}/exec", json={"argv": ["pwd"]})
+
+    assert (response.status_code, plain.status_code) == (200, 200)
+    assert (seen[0].env, seen[0].cwd) == ((("COLOUR", "red"), ("SIZE", "L")), folder)
+    assert (seen[1].env, seen[1].cwd) == ((), None)
+
+
 def test_exec_streams_ndjson_like_execute(client: TestClient, sandbox_id: str) -> None:
     response = client.post(f"/sandboxes/{sandbox_id}/exec?stream=true",
                            json={"language": "bash", "code": "echo one\necho two >&2\n"})
@@ -121,7 +148,12 @@ BAD_JSON_EXECS: list[tuple[Any, str]] = [
     ({"argv": ["ls"], "timeout": 301}, "at most 300 seconds"),
     ({"argv": ["ls"], "timeout": 0}, "timeout must be more than 0"),
     ({"argv": ["ls"], "stdin": 5}, "stdin must be a string"),
-    ({"argv": ["ls"], "cwd": "/"}, "unknown field(s): cwd"),
+    ({"argv": ["ls"], "workdir": "/"}, "unknown field(s): workdir"),
+    ({"argv": ["ls"], "cwd": ""}, "cwd is empty"),
+    ({"argv": ["ls"], "cwd": "a\u0000b"}, "cwd must not contain a NUL"),
+    ({"argv": ["ls"], "env": {"1X": "y"}}, "env name '1X'"),
+    ({"argv": ["ls"], "env": {"X": 1}}, "env['X'] must be a string"),
+    ({"argv": ["ls"], "env": ["X=1"]}, "env must be an object"),
     (["ls"], "must be a JSON object"),
 ]
 

@@ -258,3 +258,13 @@ def test_an_address_in_the_egress_allow_list_is_accepted_where_the_host_map_name
 
 def test_without_an_egress_allow_list_no_sandbox_gets_a_way_out() -> None:
     assert not Settings().egress_policy()
+
+
+@pytest.mark.parametrize("variable", ["SANDBOX_RUNSC_PLATFORM", "SANDBOX_SESSION_PLATFORM"])
+def test_a_platform_gvisor_does_not_have_is_refused(variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: "bare-metal"})
+
+
+def test_sessions_wait_on_ptrace_and_scripts_run_on_systrap_by_default() -> None:
+    assert (Settings().session_platform, Settings().runsc_platform) == ("ptrace", "systrap")

@@ -24,17 +24,19 @@ class Runsc:
         self.ignore_cgroups = False
 
     def command(
-        self, *args: str, log_file: Path | None = None, host_uds: bool = False
+        self, *args: str, log_file: Path | None = None, host_uds: bool = False,
+        platform: str | None = None,
     ) -> list[str]:
         """The full argument list: the global flags every sandbox needs, then args.
         `host_uds` lets the sandbox connect to host Unix sockets in its mounts: the egress
-        proxy's, for sandboxes with an allow-list only (their network stays none)."""
+        proxy's, for sandboxes with an allow-list only (their network stays none).
+        `platform`, for `run` and `restore`, overrides the default one."""
         argv = [
             self.path,
             f"--root={self.root}",
             "--network=none",
             "--overlay2=root:memory",
-            f"--platform={self.platform}",
+            f"--platform={platform or self.platform}",
         ]
         if host_uds:
             argv.append("--host-uds=open")

@@ -45,7 +45,7 @@ from sandbox.domain.model import (
 )
 from sandbox.domain.output import OutputCapture
 from sandbox.domain.ports import OpenedFile, OutputSink, SandboxRuntime
-from sandbox.settings import Settings
+from sandbox.settings import PLATFORMS, Settings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -58,6 +58,8 @@ STOP_POLLS = 200
 # not to hold up one that runs on.
 FAILED_CHECKPOINT_POLLS = 40
 FILE_CALL_TIMEOUT_S = 60.0
+# Beside a checkpoint's image: the platform it was made on.
+PLATFORM_FILE = "platform"
 # Enough for the largest file at a slow client's pace; past it the transfer is ended.
 FILE_TRANSFER_TIMEOUT_S = 600.0
 # How long the agent may take to answer: its start (the sandbox booting), a request.
@@ -159,9 +161,10 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     @property
     def identity(self) -> dict[str, str]:
-        # The platform too: a checkpoint made on systrap restores on ptrace, with a dead agent.
+        # Not the platform: each image carries the one it was made on (its `platform` file,
+        # published with it and hashed in its manifest), and restore uses that one.
         return {"runtime": "runsc", "version": self._version, "rootfs": self._rootfs_identity(),
-                "agent": self._agent_identity, "platform": self._runsc.platform}
+                "agent": self._agent_identity}
 
     def _rootfs_identity(self) -> str:
         try:
@@ -368,13 +371,23 @@ class RunscSandboxRuntime(SandboxRuntime):
     # Managed sandboxes: the agent is their init -----------------------------------------
 
     async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
+        if program.language is not None or program.argv:
+            await self._launch(spec, program, sink, self._settings.runsc_platform)
+        else:  # a session, which mostly waits: its platform, and a zygote for Python execs
+            await self._launch(spec, program, sink, self._settings.session_platform,
+                               zygote=True)
+
+    async def _launch(
+        self, spec: SandboxSpec, program: Program, sink: OutputSink, platform: str,
+        zygote: bool = False,
+    ) -> None:
         sandbox_id = spec.sandbox_id
         self._live.add(sandbox_id)
         try:
             bundle = self.write_bundle(spec, program, managed=True)
             await self._open_egress(spec)
             supervised = await self._start_agent(
-                spec, program, "run", "--bundle", str(bundle), sandbox_id
+                spec, program, platform, "run", "--bundle", str(bundle), sandbox_id
             )
             await self._started(supervised, supervised.channel.start(AGENT_START_TIMEOUT_S),
                                 "run")
@@ -386,7 +399,7 @@ class RunscSandboxRuntime(SandboxRuntime):
                     AGENT_ANSWER_TIMEOUT_S, main=True,
                 )
                 supervised.main = True
-            else:  # a session: its Python execs are forked from a started interpreter
+            elif zygote:  # Python execs are forked from a started interpreter
                 await supervised.channel.start_zygote(
                     ["python3", f"{oci.AGENT_DIR}/zygote.py"], supervised.env, oci.WORKDIR,
                     AGENT_ANSWER_TIMEOUT_S,
@@ -410,7 +423,8 @@ class RunscSandboxRuntime(SandboxRuntime):
             # socket at the same place.
             await self._open_egress(spec)
             supervised = await self._start_agent(
-                spec, Program(language=None), "restore", "--image-path", image,
+                spec, Program(language=None), _image_platform(image, self._settings),
+                "restore", "--image-path", image,
                 "--bundle", str(self._bundles.path(sandbox_id)), sandbox_id,
             )
             live = await self._started(supervised,
@@ -430,7 +444,9 @@ class RunscSandboxRuntime(SandboxRuntime):
         if isinstance(error, RuntimeFailure):
             self._probe.stale()
 
-    async def _start_agent(self, spec: SandboxSpec, program: Program, *args: str) -> Supervised:
+    async def _start_agent(
+        self, spec: SandboxSpec, program: Program, platform: str, *args: str
+    ) -> Supervised:
         """Start `runsc run` or `restore` in the foreground, as the sandbox's supervisor, with
         the agent's channel on its stdio."""
         sandbox_id = spec.sandbox_id
@@ -447,9 +463,11 @@ class RunscSandboxRuntime(SandboxRuntime):
 
         supervised = await start_supervised(
             sandbox_id,
-            self._runsc.command(*args, log_file=log_file, host_uds=bool(spec.network_allow)),
+            self._runsc.command(*args, log_file=log_file, host_uds=bool(spec.network_allow),
+                                platform=platform),
             oci.environment(spec, program), broken,
         )
+        supervised.platform = platform
         self._supervised[sandbox_id] = supervised
         self._watch_memory(sandbox_id, self._bundles.memory_bytes(sandbox_id))
         return supervised
@@ -507,25 +525,41 @@ class RunscSandboxRuntime(SandboxRuntime):
     ) -> Outcome:
         supervised = self._agent(sandbox_id)
         argv, script = self._bundles.exec_argv(sandbox_id, program)
-        env = [*supervised.env, *(f"{key}={value}" for key, value in program.env)]
-        # The zygote has the session's environment: an exec with its own runs as started.
-        forked = argv[1] if program.language is Language.PYTHON and not program.env else None
+        env = _with_exec_env(supervised.env, program.env)
+        # The zygote has the session's environment and folder: an exec with its own runs as
+        # started (the agent then says why when the folder is missing; a forked child cannot).
+        own = bool(program.env) or program.cwd is not None
+        forked = argv[1] if program.language is Language.PYTHON and not own else None
         oom_kills_before = self._cgroups.oom_kills(sandbox_id)
         started = time.monotonic()
         try:
-            tag = await supervised.channel.spawn(argv, env, oci.WORKDIR, sink,
-                                                 AGENT_ANSWER_TIMEOUT_S, stdin=True,
-                                                 forked_script=forked)
-        except AgentError as refused:
+            tag = await self._started_exec(supervised, supervised.channel.spawn(
+                argv, env, program.cwd or oci.WORKDIR, sink, AGENT_ANSWER_TIMEOUT_S,
+                stdin=True, forked_script=forked))
+        except (AgentError, asyncio.CancelledError) as refused:
             if script is not None:
                 script.unlink(missing_ok=True)
-            return await _not_started(refused, sink, started)
+            if isinstance(refused, AgentError):
+                return await _not_started(refused, sink, started)
+            raise
         try:
             return await self._finish_exec(supervised, tag, stdin, timeout_s, started,
                                            oom_kills_before)
         finally:
             if script is not None:
                 script.unlink(missing_ok=True)
+
+    async def _started_exec(self, supervised: Supervised, spawning: Awaitable[int]) -> int:
+        """The exec's tag once the agent started it. A caller that leaves meanwhile (its
+        client went away) must not leave the agent's answer unclaimed, which would break the
+        channel and fail the sandbox: the start is waited for, then the exec is ended."""
+        spawn = asyncio.ensure_future(spawning)
+        try:
+            return await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(AgentError, RuntimeFailure):  # then nothing started
+                await self._kill_exec(supervised, await spawn)
+            raise
 
     async def _finish_exec(
         self, supervised: Supervised, tag: int, stdin: bytes, timeout_s: float, started: float,
@@ -582,7 +616,8 @@ class RunscSandboxRuntime(SandboxRuntime):
     async def start_warm(
         self, spec: SandboxSpec, language: Language, preimport: tuple[str, ...]
     ) -> None:
-        await self.launch(spec, IDLE, warm.Nowhere())
+        # Warm sandboxes run scripts: the scripts' platform, and no zygote.
+        await self._launch(spec, IDLE, warm.Nowhere(), self._settings.runsc_platform)
         waiting = warm.WarmSandbox(language)
         try:
             if language is Language.PYTHON:
@@ -651,6 +686,8 @@ class RunscSandboxRuntime(SandboxRuntime):
                 with contextlib.suppress(RuntimeFailure, AgentError):
                     await supervised.channel.unpause(AGENT_ANSWER_TIMEOUT_S)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
+        platform = supervised.platform if supervised is not None else ""
+        (image / PLATFORM_FILE).write_text(platform or self._settings.runsc_platform)
         image_bytes = await asyncio.to_thread(_seal_image, image)
         # checkpoint can return while the container still shows as running; the same id is
         # reused by restore, so wait for it to stop, then delete it.
@@ -760,6 +797,14 @@ async def _start_relay(supervised: Supervised) -> None:
                              ) from None
 
 
+def _with_exec_env(base: list[str], extra: tuple[tuple[str, str], ...]) -> list[str]:
+    """The sandbox's environment with an exec's own variables winning. Each name once: with
+    a name twice, C's getenv would see the first and Python's os.environ the last."""
+    merged = dict(item.split("=", 1) for item in base)
+    merged.update(extra)
+    return [f"{key}={value}" for key, value in merged.items()]
+
+
 async def _not_started(refused: AgentError, sink: OutputSink, started: float) -> Outcome:
     """A program that cannot be started ends as a shell would report it: its reason on
     stderr, 127 when it does not exist, 126 when it cannot be executed."""
@@ -792,6 +837,17 @@ def _agent_identity() -> str:
     for source in sorted(AGENT_DIR.glob("*.py")):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
+def _image_platform(image: str, settings: Settings) -> str:
+    """The platform a checkpoint was made on, which its restore must use (one made on
+    systrap restores on ptrace with its agent dead). Older images were made on systrap, the
+    scripts' platform."""
+    try:
+        named = (Path(image) / PLATFORM_FILE).read_text().strip()
+    except OSError:
+        return settings.runsc_platform
+    return named if named in PLATFORMS else settings.runsc_platform
+
+
 def _seal_image(image: Path) -> int:
     """Make every file of a checkpoint image readable by root only (runsc writes them
     world-readable, and they hold the sandbox's memory); return the image's size."""

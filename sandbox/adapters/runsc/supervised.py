@@ -26,6 +26,8 @@ class Supervised:
     channel: AgentChannel
     # The environment every process started in it gets (the sandbox's, with its packages).
     env: list[str]
+    # gVisor's platform it runs on; a checkpoint of it must be restored on the same.
+    platform: str = ""
     # Whether the sandbox's own program (a detached script) runs as the agent's main process.
     main: bool = False
     # Set when the service itself ends it (checkpoint, destroy): its end is then no failure.

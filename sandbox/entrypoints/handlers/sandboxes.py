@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 from dependency_injector.wiring import Provide, inject
 from starlette.requests import Request
@@ -17,6 +16,7 @@ from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.model import SandboxState
 from sandbox.entrypoints.egress_request import allow_list_from_json
+from sandbox.entrypoints.env_vars import checked_env
 from sandbox.entrypoints.json_body import read_json_fields
 from sandbox.entrypoints.languages import parse_language
 from sandbox.entrypoints.paths import sandbox_id_of
@@ -26,8 +26,6 @@ from sandbox.settings import Settings
 CREATE_FIELDS = ("language", "timeout", "memory_mb", "env", "idle_timeout", "packages",
                  "network")
 STATES = ", ".join(state.value for state in SandboxState)
-ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
-MAX_ENV = 64
 
 
 @inject
@@ -46,7 +44,7 @@ async def create_sandbox(
     language = parse_language("python" if given_language is None else given_language)
     limits = policy.resolve(timeout_s=fields.number("timeout"),
                             memory_mb=fields.integer("memory_mb"))
-    env = _env(fields.text_mapping("env") or {})
+    env = checked_env(fields.text_mapping("env") or {})
     idle_timeout = _idle_timeout(fields.number("idle_timeout"), settings)
     packages = fields.texts("packages") or []
     network_allow = allow_list_from_json(fields, egress_policy)
@@ -55,18 +53,6 @@ async def create_sandbox(
                                             idle_timeout_s=idle_timeout, packages=packages,
                                             network_allow=network_allow)
     return JSONResponse(sandbox.to_dict(), 201, {"Location": f"/sandboxes/{sandbox.sandbox_id}"})
-
-
-def _env(given: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    if len(given) > MAX_ENV:
-        raise InvalidRequest(f"env may hold at most {MAX_ENV} variables")
-    for name in given:
-        if not ENV_NAME.match(name):
-            raise InvalidRequest(
-                f"env name {name[:40]!r} must be letters, digits and underscores, "
-                "not starting with a digit"
-            )
-    return tuple(sorted(given.items()))
 
 
 def _idle_timeout(given: float | None, settings: Settings) -> float:

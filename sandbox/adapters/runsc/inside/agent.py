@@ -844,10 +844,11 @@ def spawn(argv: list[bytes], env: list[bytes], cwd: str, stdin: int, stdout: int
     if not report:
         return pid
     # The child failed before exec and exited; the loop reaps it. Its report is
-    # b"OSError:<errno in hex>:<noexec or noexec:chdir or empty>".
+    # b"OSError:<errno in hex>:<noexec or noexec:chdir or empty>": "noexec" (Python 3.11,
+    # the sandbox's) or "noexec:chdir" (3.12 on) when the folder could not be entered.
     _name, code, where = bytes(report).split(b":", 2)
     number = int(code, 16)
-    subject = cwd if where == b"noexec:chdir" else os.fsdecode(argv[0])
+    subject = cwd if where.startswith(b"noexec") else os.fsdecode(argv[0])
     raise OSError(number, f"{subject}: {os.strerror(number)}")
 
 
