@@ -108,6 +108,27 @@ async def test_the_owner_lets_a_call_at_work_finish_before_it_hands_over(
     assert where_it_runs(sandbox.sandbox_id, a, b) == ["container on b", "lease of b"]
 
 
+async def test_a_call_on_the_owner_that_waited_while_it_handed_over_follows_the_sandbox(
+    instance: Instance,
+) -> None:
+    a, b = instance("a"), instance("b")
+    sandbox = await session(a)
+    await b.handoffs.request(sandbox.sandbox_id, "b")  # b asked for it
+    async with serving(b):
+        async with a.lock(sandbox.sandbox_id):
+            # The owner's handoff waits for the lock first, then a call on the owner.
+            handing_over = asyncio.create_task(answer_pending(a))
+            on_a = asyncio.create_task(run_python(a, sandbox.sandbox_id, 'print("on a")'))
+            for _ in range(20):
+                await asyncio.sleep(0)
+        await handing_over
+        async with serving(a):
+            result = await on_a
+
+    assert result.stdout.text == "on a\n"
+    assert where_it_runs(sandbox.sandbox_id, a, b) == ["container on a", "lease of a"]
+
+
 async def test_callers_on_two_instances_at_once_agree_on_one_owner_at_every_moment(
     instance: Instance,
 ) -> None:

@@ -112,10 +112,12 @@ async def _begin(sandboxes: Sandboxes, sandbox_id: str, verb: str) -> Sandbox:
     while True:
         await ensure_here(sandboxes, sandbox_id, deadline)
         async with sandboxes.lock(checked_sandbox_id(sandbox_id)):
-            sandbox = await sandboxes.require(sandbox_id, SandboxState.RUNNING, verb)
-            if sandboxes.ownership.holds(sandbox_id):
-                sandboxes.busy[sandbox.sandbox_id] += 1
-                return sandbox
+            # Handed off while this call waited for the lock: it is no longer running here.
+            if not resumable(await sandboxes.get(sandbox_id)):
+                sandbox = await sandboxes.require(sandbox_id, SandboxState.RUNNING, verb)
+                if sandboxes.ownership.holds(sandbox_id):
+                    sandboxes.busy[sandbox.sandbox_id] += 1
+                    return sandbox
         # Handed to another instance between the two: bring it back, within the deadline.
 
 
