@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import bench_handoff
 import bench_pool
 import bench_sessions
 import httpx
@@ -488,6 +489,24 @@ def measure_sessions(
         print(figure.line())
 
 
+def measure_handoff(
+    tmp: Path, wheels: Path, runtime: RunscSandboxRuntime, settings: Settings,
+    args: argparse.Namespace,
+) -> None:
+    """P9 on two instances sharing a throwaway PostgreSQL and a checkpoint folder."""
+    print(f"measuring handoffs between two instances ({args.handoffs} rounds)...", flush=True)
+    try:
+        figures = bench_handoff.handoff_figures(tmp / "handoff", running_server, wheels, runtime,
+                                                settings, CGROUP_PARENT, args.handoffs)
+    finally:
+        for name in ("a", "b"):
+            cgroups.remove_parent(f"{CGROUP_PARENT}-{name}")
+    print()
+    print("many instances (issue 9):")
+    for figure in figures:
+        print(figure.line())
+
+
 def runsc_version(runtime: RunscSandboxRuntime) -> str:
     done = subprocess.run(runtime.command("--version"), capture_output=True, text=True,
                           timeout=CALL_TIMEOUT_S, check=False)
@@ -516,6 +535,10 @@ def parse_args() -> argparse.Namespace:
                         help="calls per warm-pool figure, each on a full pool (default 15)")
     parser.add_argument("--sessions-only", action="store_true",
                         help="only the session figures (P3, P6)")
+    parser.add_argument("--handoff-only", action="store_true",
+                        help="only the handoff figure (P9)")
+    parser.add_argument("--handoffs", type=count(1, 100), default=8,
+                        help="handoffs timed for P9 (default 8)")
     parser.add_argument("--density", type=count(1, 400), default=200,
                         help="idle sessions held for P6 (default 200)")
     return parser.parse_args()
@@ -537,6 +560,9 @@ def main() -> int:
             asyncio.run(runtime.start())
             wheels = Path(tmp, "wheels")
             write_bench_wheels(wheels)
+            if args.handoff_only:
+                measure_handoff(Path(tmp), wheels, runtime, settings, args)
+                return 0
             if args.sessions_only:
                 measure_sessions(Path(tmp), wheels, settings, args)
                 return 0
@@ -551,10 +577,12 @@ def main() -> int:
             measure_pools(Path(tmp), wheels, settings, args, raw_p50_ms)
             if not args.pools_only:
                 measure_sessions(Path(tmp), wheels, settings, args)
+                measure_handoff(Path(tmp), wheels, runtime, settings, args)
                 measure_egress(settings, args.runs)
                 asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
                 measure_checkpoint_removal(runtime, settings)
-        except (BenchError, bench_pool.PoolBenchError, bench_sessions.SessionBenchError) as error:
+        except (BenchError, bench_pool.PoolBenchError, bench_sessions.SessionBenchError,
+                bench_handoff.HandoffBenchError) as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1
         finally:
