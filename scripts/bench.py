@@ -115,6 +115,16 @@ def running_server(
     extra: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """A server; without `pool`, one with no warm pool (every call takes the cold path)."""
+    with server_process(state_dir, log_path, wheels, pool, preimport, extra) as (base_url, _):
+        yield base_url
+
+
+@contextlib.contextmanager
+def server_process(
+    state_dir: Path, log_path: Path, wheels: Path, pool: str = "", preimport: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A ready server and its process, which the caller may stop itself; stopped after."""
     port = free_port()
     env = {
         **bench_environ(state_dir),
@@ -136,13 +146,14 @@ def running_server(
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(server, base_url)
-        yield base_url
+        yield base_url, server
     except BaseException:
         print(f"server log (last lines of {log_path}):", file=sys.stderr)
         print(*log_path.read_text(errors="replace").splitlines()[-20:], sep="\n", file=sys.stderr)
         raise
     finally:
-        server.send_signal(signal.SIGTERM)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
         try:
             server.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -496,10 +507,10 @@ def measure_handoff(
     """P9 on two instances sharing a throwaway PostgreSQL and a checkpoint folder."""
     print(f"measuring handoffs between two instances ({args.handoffs} rounds)...", flush=True)
     try:
-        figures = bench_handoff.handoff_figures(tmp / "handoff", running_server, wheels, runtime,
+        figures = bench_handoff.handoff_figures(tmp / "handoff", server_process, wheels, runtime,
                                                 settings, CGROUP_PARENT, args.handoffs)
     finally:
-        for name in ("a", "b"):
+        for name in ("a", "b", "c"):
             cgroups.remove_parent(f"{CGROUP_PARENT}-{name}")
     print()
     print("many instances (issue 9):")

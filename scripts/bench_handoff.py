@@ -4,7 +4,13 @@ each one reaches the instance that does not own the session, which asks the owne
 owner checkpoints it, publishes the image, records it, releases its lease) and restores it
 before running the exec. Against it, in the same run: `runsc checkpoint` then `runsc restore`
 of a session holding the same, through the runtime adapter alone (no database, no image store,
-no HTTP). Loopback only; every loop is bounded.
+no HTTP).
+
+Then the stop of an instance as Cloud Run does it (SIGTERM, 10 s of grace): how many sessions
+it checkpoints to the shared folder in that time, idle ones limited to 64 MiB and ones holding
+64 MiB. Those it could not save still run ownerless when it exits; the same instance started
+again on its state folder takes them back and saves them, then all are deleted. Loopback only;
+every loop is bounded.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -35,6 +44,14 @@ SESSION_MEMORY_MB = 256
 FILL = f"head -c {HELD_MIB}M /dev/urandom > /tmp/held && echo held"
 CALL_TIMEOUT_S = 120.0
 DATABASE = "bench"
+# Cloud Run's grace between SIGTERM and SIGKILL.
+GRACE_S = 10
+STOP_BOUND_S = 120.0
+CREATORS = 4
+# (sessions, memory limit in MiB, what each holds): more than fit in the grace period here.
+STOP_CASES = ((80, 64, ""), (24, SESSION_MEMORY_MB, FILL))
+
+ServerProcess = Callable[..., AbstractContextManager[tuple[str, "subprocess.Popen[bytes]"]]]
 
 
 class HandoffBenchError(RuntimeError):
@@ -107,25 +124,75 @@ async def bare_latencies(runtime: RunscSandboxRuntime, settings: Settings, round
             await runtime.restore(spec, image, Nowhere())
             latencies.append(time.perf_counter() - started)
             await runtime.discard_checkpoint(image)
+        outcome = await runtime.exec(spec.sandbox_id, Program(Language.BASH, b"test -s /tmp/held"),
+                                     OutputCapture(1024), b"", CALL_TIMEOUT_S)
+        if outcome.exit_code != 0:
+            raise HandoffBenchError(f"the bare session lost what it held: {outcome}")
         return latencies
     finally:
         await runtime.destroy(spec.sandbox_id)
 
 
+def created(client: httpx.Client, sessions: int, memory_mb: int, fill: str) -> list[str]:
+    def one(_: int) -> str:
+        answer = client.post("/sandboxes", json={"language": "python", "memory_mb": memory_mb,
+                                                 "idle_timeout": 86400})
+        if answer.status_code != 201:
+            raise HandoffBenchError(f"create: {answer.status_code} {answer.text[:300]}")
+        sandbox_id = str(answer.json()["sandbox_id"])
+        if fill:
+            exec_bash(client, sandbox_id, fill)
+        return sandbox_id
+
+    with ThreadPoolExecutor(CREATORS) as pool:
+        return list(pool.map(one, range(sessions)))
+
+
+def stop_figure(
+    start: Callable[[dict[str, str]], AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]],
+    reader: httpx.Client, sessions: int, memory_mb: int, fill: str,
+) -> Figure:
+    """SIGTERM to an instance running `sessions` sessions, with GRACE_S of grace."""
+    with start({"SANDBOX_SHUTDOWN_GRACE_S": str(GRACE_S),
+                "SANDBOX_MAX_RUNNING_SANDBOXES": str(sessions + 8)}) as (url, process), \
+            httpx.Client(base_url=url, timeout=CALL_TIMEOUT_S) as client:
+        ids = created(client, sessions, memory_mb, fill)
+        started = time.perf_counter()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(STOP_BOUND_S)
+        took_s = time.perf_counter() - started
+    states = {record["sandbox_id"]: record["reason_code"]
+              for record in reader.get("/list").json()["sandboxes"]}
+    saved = sum(states.get(sandbox_id) == "server_stopped" for sandbox_id in ids)
+    # The unsaved ones run on, ownerless: the instance started again takes them back (and
+    # saves them when it stops, with all the time it needs).
+    with start({"SANDBOX_SHUTDOWN_GRACE_S": str(STOP_BOUND_S)}):
+        pass
+    for sandbox_id in ids:
+        reader.delete(f"/sandboxes/{sandbox_id}")
+    what = f"{HELD_MIB} MiB held" if fill else "idle"
+    return Figure(f"SIGTERM: {sessions} sessions, {memory_mb} MiB, {what}",
+                  f"{saved} saved in {GRACE_S} s of grace; exit {code} after {took_s:.1f} s")
+
+
 def handoff_figures(
-    tmp: Path, running_server: Callable[..., Any], wheels: Path, runtime: RunscSandboxRuntime,
+    tmp: Path, server_process: ServerProcess, wheels: Path, runtime: RunscSandboxRuntime,
     settings: Settings, cgroup_parent: str, rounds: int,
 ) -> list[Figure]:
     checkpoints = tmp / "shared-checkpoints"
     checkpoints.mkdir(mode=0o700, parents=True)
-    with shared_database() as url, \
-            running_server(tmp / "a", tmp / "a.log", wheels,
-                           extra=instance_env("a", url, checkpoints, cgroup_parent)) as a_url, \
-            running_server(tmp / "b", tmp / "b.log", wheels,
-                           extra=instance_env("b", url, checkpoints, cgroup_parent)) as b_url, \
-            httpx.Client(base_url=a_url, timeout=CALL_TIMEOUT_S) as a, \
-            httpx.Client(base_url=b_url, timeout=CALL_TIMEOUT_S) as b:
-        handoffs, owner = handoff_latencies(a, b, rounds)
+    with shared_database() as url:
+        def start(name: str, extra: dict[str, str] | None = None
+                  ) -> AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]:
+            return server_process(tmp / name, tmp / f"{name}.log", wheels, extra={
+                **instance_env(name, url, checkpoints, cgroup_parent), **(extra or {})})
+
+        with start("a") as (a_url, _), start("b") as (b_url, _), \
+                httpx.Client(base_url=a_url, timeout=CALL_TIMEOUT_S) as a, \
+                httpx.Client(base_url=b_url, timeout=CALL_TIMEOUT_S) as b:
+            handoffs, owner = handoff_latencies(a, b, rounds)
+            stops = [stop_figure(lambda extra: start("c", extra), b, *case)
+                     for case in STOP_CASES]
     bare = asyncio.run(bare_latencies(runtime, settings, rounds))
     ratio = p50_ms(handoffs) / p50_ms(bare)
     return [
@@ -135,4 +202,5 @@ def handoff_figures(
         Figure("    the same exec on the owner", f"p50 {p50_ms(owner):.0f} ms"),
         Figure("    bare runsc checkpoint + restore", f"p50 {p50_ms(bare):.0f} ms, "
                f"max {1000 * max(bare):.0f} ms; handoff / bare: {ratio:.2f}x"),
+        *stops,
     ]

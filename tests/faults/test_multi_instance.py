@@ -125,8 +125,9 @@ def calls_at_once(servers: list[Server], sandbox_id: str) -> list[tuple[int, str
     def call(number: int) -> tuple[int, str]:
         server = servers[number % len(servers)]
         with httpx.Client(base_url=str(server.client.base_url), timeout=120) as client:
-            response = client.post(f"/sandboxes/{sandbox_id}/exec", json={
-                "language": "bash", "code": f"echo {number} >> /workspace/calls.txt; echo {number}"})
+            code = f"echo {number} >> /workspace/calls.txt; echo {number}"
+            response = client.post(f"/sandboxes/{sandbox_id}/exec",
+                                   json={"language": "bash", "code": code})
         body = response.json() if response.status_code == 200 else {}
         return response.status_code, str(body.get("stdout", response.text))
 
@@ -213,6 +214,30 @@ def test_a_killed_instance_leaves_its_running_sandbox_lost_and_its_checkpoint_re
     assert kept == "saved on a\n"
     assert after_restart == (set(), {root_of(b_settings)})
     assert (still_lost, saved_state) == ("lost", "running")
+
+
+def test_an_owner_paused_past_its_lease_ends_its_container_and_never_writes_again(
+    instance_settings: dict[str, Settings], postgres_url: str, checkpoints: Path
+) -> None:
+    a_settings, b_settings = instance_settings["a"], instance_settings["b"]
+    with instance("b", b_settings, postgres_url, checkpoints) as b, \
+            instance("a", a_settings, postgres_url, checkpoints) as a:
+        sandbox_id = ok(a.client.post("/sandboxes", json={}), 201)["sandbox_id"]
+        a.process.send_signal(signal.SIGSTOP)  # a stalled VM, a long GC pause
+        try:
+            lost = eventually(lambda: record(b, sandbox_id)["state"] != "running"
+                              and record(b, sandbox_id), within_s=SETTLED_WITHIN_S,
+                              what="the paused owner's sandbox recorded lost")
+        finally:
+            a.process.send_signal(signal.SIGCONT)
+        ended = eventually(lambda: not containers_of(sandbox_id), within_s=SETTLED_WITHIN_S,
+                           what="the resumed owner ending its container")
+        time.sleep(LEASE_TTL_S / 2)  # a heartbeat or two of the resumed owner
+        after = (record(a, sandbox_id), record(b, sandbox_id))
+
+    assert (lost["state"], lost["reason_code"]) == ("exited", "lost")
+    assert ended
+    assert after[0] == after[1] == lost  # the resumed owner wrote nothing
 
 
 SESSIONS_AT_SIGTERM = 5
