@@ -27,6 +27,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pg_cluster import Cluster, throwaway_cluster
 
+from sandbox.adapters.runsc import cgroups
+
 ROOT = Path(__file__).resolve().parents[1]
 START_BOUND_S = 120.0
 STOP_BOUND_S = 60.0
@@ -106,6 +108,14 @@ def stop(instances: list[Instance]) -> None:
         print(f"instance {instance.name} stopped (exit status {code})", flush=True)
 
 
+def remove_cgroup_parents(folder: Path, instances: list[Instance]) -> None:
+    """Each instance's cgroup parent (named in its state folder), empty once it stopped."""
+    for instance in instances:
+        kept = folder / instance.name / cgroups.PARENT_FILE
+        with contextlib.suppress(OSError, ValueError):
+            cgroups.remove_parent(kept.read_text().strip())
+
+
 def tail(log: Path, lines: int = 20) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
@@ -143,6 +153,7 @@ def serve(count: int, first_port: int) -> None:
             finally:
                 print("stopping the instances, then PostgreSQL", flush=True)
                 stop(instances)
+                remove_cgroup_parents(folder, instances)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

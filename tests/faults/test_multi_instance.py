@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +24,16 @@ from typing import Any
 
 import httpx
 import pytest
-from integration.server import Server, destroy_leftovers, eventually, ok, records, serving
+from integration.server import (
+    ROOT,
+    Server,
+    destroy_leftovers,
+    eventually,
+    free_port,
+    ok,
+    records,
+    serving,
+)
 from integration.support import runtime_settings
 
 from faults.support import bash
@@ -271,3 +283,32 @@ def test_sigterm_checkpoints_every_running_session_and_another_instance_restores
     assert left_on_host == [set()] * SESSIONS_AT_SIGTERM
     assert kept == [f"session {number}\n" for number in range(SESSIONS_AT_SIGTERM)]
     assert homes == [{root_of(b_settings)}] * SESSIONS_AT_SIGTERM
+
+
+def test_the_cluster_script_serves_two_instances_and_stops_everything_on_sigterm() -> None:
+    port = free_port()
+    cluster = subprocess.Popen(
+        [sys.executable, "scripts/cluster.py", "--port", str(port)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    printed: list[str] = []
+    try:
+        assert cluster.stdout is not None
+        for line in cluster.stdout:
+            printed.append(line)
+            if line.startswith("ready"):
+                break
+        urls = re.findall(r"http://127\.0\.0\.1:\d+", "".join(printed))
+        folder = Path(re.findall(r"shared checkpoint folder: (\S+)", "".join(printed))[0]).parent
+        made = httpx.post(f"{urls[0]}/sandboxes", json={}, timeout=120)
+        listed = httpx.get(f"{urls[1]}/list", timeout=30).json()["sandboxes"]
+    finally:
+        cluster.send_signal(signal.SIGTERM)
+        rest, _ = cluster.communicate(timeout=120)
+
+    assert urls == [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"], printed
+    assert made.status_code == 201
+    assert [record["sandbox_id"] for record in listed] == [made.json()["sandbox_id"]]
+    assert cluster.returncode == 0, rest
+    assert "instance a stopped (exit status 0)" in rest
+    assert "instance b stopped (exit status 0)" in rest
+    assert not folder.exists()
