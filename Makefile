@@ -129,7 +129,7 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/bench.py scripts/bench_store.py scripts/pg_cluster.py scripts/cluster.py
 
-bench: venv rootfs
+bench: venv rootfs postgres
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 # docker where its daemon answers; otherwise podman (with runc), installed here if missing.
