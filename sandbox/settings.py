@@ -407,7 +407,10 @@ class Settings:
         made = default_instance_id()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         written = kept.with_name(f".instance-id.{secrets.token_hex(4)}")
-        written.write_text(made + "\n")
+        # Private like every file of the state folder, whatever the umask.
+        descriptor = os.open(written, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(made + "\n")
         written.rename(kept)
         return made
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import stat
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,12 @@ def test_a_state_folder_keeps_its_instance_id_across_starts(tmp_path: Path) -> N
     assert first != other
     assert first.rsplit("-", 1)[0] == other.rsplit("-", 1)[0]  # the host's name
     assert (tmp_path / "a" / "instance-id").read_text().strip() == first
+
+
+def test_the_kept_instance_id_is_readable_by_the_server_alone(tmp_path: Path) -> None:
+    Settings(state_dir=tmp_path).owner_id()
+
+    assert stat.S_IMODE((tmp_path / "instance-id").stat().st_mode) == 0o600
 
 
 def test_an_instance_id_given_is_used_as_it_is(tmp_path: Path) -> None:
