@@ -42,6 +42,19 @@ class Bundles:
         log_file.unlink(missing_ok=True)
         create_private_file(log_file)
         return log_file
+
+    def record_platform(self, sandbox_id: str, platform: str) -> None:
+        """The platform the sandbox runs on, kept so that a server started after a crash
+        checkpoints it for a restore on the same platform."""
+        (self.path(sandbox_id) / "platform").write_text(platform)
+
+    def platform(self, sandbox_id: str) -> str:
+        """The recorded platform, or "" when none was (a bundle older than the record)."""
+        try:
+            return (self.path(sandbox_id) / "platform").read_text().strip()
+        except OSError:
+            return ""
+
     def egress_dir(self, sandbox_id: str) -> Path:
         """Where the sandbox's egress proxy puts its socket (mounted at oci.EGRESS_DIR)."""
         return self.path(sandbox_id) / "egress"

@@ -468,6 +468,7 @@ class RunscSandboxRuntime(SandboxRuntime):
             oci.environment(spec, program), broken,
         )
         supervised.platform = platform
+        self._bundles.record_platform(sandbox_id, platform)
         self._supervised[sandbox_id] = supervised
         self._watch_memory(sandbox_id, self._bundles.memory_bytes(sandbox_id))
         return supervised
@@ -686,7 +687,9 @@ class RunscSandboxRuntime(SandboxRuntime):
                 with contextlib.suppress(RuntimeFailure, AgentError):
                     await supervised.channel.unpause(AGENT_ANSWER_TIMEOUT_S)
             raise RuntimeFailure(f"runsc checkpoint failed: {output.strip()[-500:]}")
-        platform = supervised.platform if supervised is not None else ""
+        # A sandbox this server did not start (it came before a crash) says it in its bundle.
+        platform = (supervised.platform if supervised is not None
+                    else self._bundles.platform(sandbox_id))
         (image / PLATFORM_FILE).write_text(platform or self._settings.runsc_platform)
         image_bytes = await asyncio.to_thread(_seal_image, image)
         # checkpoint can return while the container still shows as running; the same id is
