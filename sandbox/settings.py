@@ -165,6 +165,11 @@ class Settings:
     # the first start (host name and a random suffix), so that a server restarted on the
     # same state folder is the same owner and takes its sandboxes back at once.
     instance_id: str = ""
+    # Code contexts (persistent interpreters) one sandbox may have at once.
+    max_contexts: int = 8
+    # The results (MIME bundles: figures, tables) one cell may answer with, in all; past it
+    # representations are left out and the answer says `truncated`.
+    cell_result_bytes: int = 2 * 1024 * 1024
     # Warm pools (see sandbox/domain/pool_profiles.py for the grammar); empty: none.
     pool: str = "python:2,bash:1"
     # Modules a warm Python sandbox has imported before its request arrives.
@@ -206,7 +211,8 @@ class Settings:
                      "suspended_retention_s", "max_file_bytes", "reap_interval_s",
                      "shutdown_grace_s", "max_connections", "max_concurrent_executions",
                      "shutdown_concurrency", "lease_ttl_s", "handoff_timeout_s",
-                     "max_concurrent_calls", "max_total_memory_mb"):
+                     "max_concurrent_calls", "max_total_memory_mb", "max_contexts",
+                     "cell_result_bytes"):
             if getattr(self, name) <= 0:
                 problems.append(f"SANDBOX_{name.upper()} must be positive")
         if self.cpus <= 0 or self.request_read_timeout_s <= 0:
@@ -429,6 +435,8 @@ class Settings:
             shutdown_concurrency=self.shutdown_concurrency,
             lease_ttl_s=self.lease_ttl_s,
             handoff_timeout_s=self.handoff_timeout_s,
+            max_contexts=self.max_contexts,
+            cell_result_bytes=self.cell_result_bytes,
         )
 
     def default_limits(self) -> Limits:

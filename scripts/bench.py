@@ -1,5 +1,6 @@
 """Benchmark: `POST /execute` through the service against a bare `runsc run` of the same script,
-and the warm pools against native Python in the same rootfs (`bench_pool.py`).
+the warm pools against native Python in the same rootfs (`bench_pool.py`), and the cells of
+code contexts (`bench_contexts.py`).
 
 A benchmark, not a test: it prints a table and never fails on the figures. It needs root,
 runsc and the rootfs (`make bench` sets them up) and talks to the server over loopback only.
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import bench_contexts
 import bench_handoff
 import bench_pool
 import bench_sessions
@@ -479,6 +481,13 @@ def measure_pools(
     bench_pool.report(figures)
 
 
+def measure_contexts(tmp: Path, wheels: Path, args: argparse.Namespace) -> None:
+    print("measuring code contexts...", flush=True)
+    with running_server(tmp / "contexts", tmp / "contexts.log", wheels) as base_url, \
+            httpx.Client(base_url=base_url, timeout=CALL_TIMEOUT_S) as client:
+        bench_contexts.report(bench_contexts.context_timings(client, args.runs))
+
+
 def measure_sessions(
     tmp: Path, wheels: Path, settings: Settings, args: argparse.Namespace
 ) -> None:
@@ -544,6 +553,8 @@ def parse_args() -> argparse.Namespace:
                         help="only the warm-pool figures (bare runsc still timed for one)")
     parser.add_argument("--warm-runs", type=count(1, 1000), default=15,
                         help="calls per warm-pool figure, each on a full pool (default 15)")
+    parser.add_argument("--contexts-only", action="store_true",
+                        help="only the code contexts' figures")
     parser.add_argument("--sessions-only", action="store_true",
                         help="only the session figures (P3, P6)")
     parser.add_argument("--handoff-only", action="store_true",
@@ -574,6 +585,9 @@ def main() -> int:
             if args.handoff_only:
                 measure_handoff(Path(tmp), wheels, runtime, settings, args)
                 return 0
+            if args.contexts_only:
+                measure_contexts(Path(tmp), wheels, args)
+                return 0
             if args.sessions_only:
                 measure_sessions(Path(tmp), wheels, settings, args)
                 return 0
@@ -587,13 +601,14 @@ def main() -> int:
                                   and case.concurrency == 1).percentile_ms(0.5)
             measure_pools(Path(tmp), wheels, settings, args, raw_p50_ms)
             if not args.pools_only:
+                measure_contexts(Path(tmp), wheels, args)
                 measure_sessions(Path(tmp), wheels, settings, args)
                 measure_handoff(Path(tmp), wheels, runtime, settings, args)
                 measure_egress(settings, args.runs)
                 asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
                 measure_checkpoint_removal(runtime, settings)
-        except (BenchError, bench_pool.PoolBenchError, bench_sessions.SessionBenchError,
-                bench_handoff.HandoffBenchError) as error:
+        except (BenchError, bench_pool.PoolBenchError, bench_contexts.ContextBenchError,
+                bench_sessions.SessionBenchError, bench_handoff.HandoffBenchError) as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1
         finally:

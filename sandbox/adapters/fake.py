@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -22,10 +23,18 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.adapters.fake_contexts import FakeContexts, FakeKernel
 from sandbox.adapters.limit_layers import limit_layers
+from sandbox.domain.cells import CellLimits, CellOutcome, CodeContext
 from sandbox.domain.errors import FileNotFoundInSandbox, PayloadTooLarge, RuntimeFailure
 from sandbox.domain.model import FileEntry, Language, Outcome, Program, SandboxSpec, Stream
-from sandbox.domain.ports import FILE_CHUNK_BYTES, OpenedFile, OutputSink, SandboxRuntime
+from sandbox.domain.ports import (
+    FILE_CHUNK_BYTES,
+    CellSink,
+    OpenedFile,
+    OutputSink,
+    SandboxRuntime,
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ _Step = tuple[str, object]
 
 # The one file of a fake checkpoint image: the sandbox's files, as JSON.
 IMAGE_FILE = "files.json"
+# The kernels of every fake checkpoint made in this process, by the token its image names.
+_SAVED_KERNELS: dict[str, dict[str, FakeKernel]] = {}
 
 
 def _steps(program: Program) -> Iterator[_Step]:
@@ -84,6 +95,13 @@ class _FakeSandbox:
     spec: SandboxSpec
     init: asyncio.Task[tuple[int | None, bool]]
     files: dict[str, bytes]
+    contexts: FakeContexts
+
+
+@dataclass
+class _FakeImage:
+    files: dict[str, bytes]
+    kernels: dict[str, FakeKernel]
 
 
 class FakeSandboxRuntime(SandboxRuntime):
@@ -160,15 +178,17 @@ class FakeSandboxRuntime(SandboxRuntime):
     # task; files live in a dict; a checkpoint keeps the files and ends the task.
 
     async def launch(self, spec: SandboxSpec, program: Program, sink: OutputSink) -> None:
-        self._launch(spec, program, sink, files={})
+        self._launch(spec, program, sink, _FakeImage(files={}, kernels={}))
 
     def _launch(
-        self, spec: SandboxSpec, program: Program, sink: OutputSink, files: dict[str, bytes]
+        self, spec: SandboxSpec, program: Program, sink: OutputSink, image: _FakeImage
     ) -> None:
         if spec.sandbox_id in self._sandboxes:
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} already exists")
         body = self._play(program, sink) if program.language else _idle()
-        self._sandboxes[spec.sandbox_id] = _FakeSandbox(spec, asyncio.ensure_future(body), files)
+        self._sandboxes[spec.sandbox_id] = _FakeSandbox(
+            spec, asyncio.ensure_future(body), dict(image.files), FakeContexts(image.kernels)
+        )
         self.live.add(spec.sandbox_id)
 
     async def wait(self, sandbox_id: str) -> Outcome:
@@ -207,7 +227,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         if self.failing_warm_starts > 0:
             self.failing_warm_starts -= 1
             raise RuntimeFailure("the fake was told to fail this warm start")
-        self._launch(spec, Program(language=None, argv=("idle",)), _Nowhere(), files={})
+        self._launch(spec, Program(language=None, argv=("idle",)), _Nowhere(),
+                     _FakeImage(files={}, kernels={}))
         self.warm[spec.sandbox_id] = language
 
     async def run_warm(
@@ -232,18 +253,28 @@ class FakeSandboxRuntime(SandboxRuntime):
         image = self.image_dir / sandbox_id
         shutil.rmtree(image, ignore_errors=True)
         image.mkdir()
-        (image / IMAGE_FILE).write_text(json.dumps(
-            {path: base64.b64encode(data).decode() for path, data in sandbox.files.items()}))
+        # Kernels are objects: kept in this process under a token the image names (the
+        # instances of the multi-instance unit tests share the process, as runsc's images
+        # hold the kernels' memory).
+        token = secrets.token_hex(8)
+        _SAVED_KERNELS[token] = sandbox.contexts.saved()
+        (image / IMAGE_FILE).write_text(json.dumps({
+            "files": {path: base64.b64encode(data).decode()
+                      for path, data in sandbox.files.items()},
+            "kernels": token}))
         await self._stop(sandbox_id)
         return str(image)
 
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
         try:
             saved = json.loads((Path(image) / IMAGE_FILE).read_text())
-        except (OSError, ValueError) as error:
+            kernels = _SAVED_KERNELS[saved["kernels"]]
+        except (OSError, ValueError, KeyError) as error:
             raise RuntimeFailure(f"no usable checkpoint image at {image}: {error}") from None
-        files = {path: base64.b64decode(data) for path, data in saved.items()}
-        self._launch(spec, Program(language=None, argv=("idle",)), sink, files)
+        files = {path: base64.b64decode(data) for path, data in saved["files"].items()}
+        # Restored as many times as asked, each restore with its own copy of the state.
+        copy = _FakeImage(files, {key: kernel.saved() for key, kernel in kernels.items()})
+        self._launch(spec, Program(language=None, argv=("idle",)), sink, copy)
 
     async def discard_checkpoint(self, image: str) -> None:
         path = Path(image)
@@ -259,6 +290,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         self.warm.pop(sandbox_id, None)
         sandbox = self._sandboxes.pop(sandbox_id, None)
         self.live.discard(sandbox_id)
+        if sandbox is not None:
+            sandbox.contexts.close()
         if sandbox is not None and not sandbox.init.done():
             sandbox.init.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -293,6 +326,28 @@ class FakeSandboxRuntime(SandboxRuntime):
             for name, data in sorted(files.items())
             if name.startswith(prefix) and "/" not in name[len(prefix):]
         ]
+
+    # Code contexts: see fake_contexts.py for the language their cells are written in.
+
+    async def start_context(self, sandbox_id: str, context: CodeContext) -> None:
+        self._running(sandbox_id).contexts.start(context)
+
+    async def list_contexts(self, sandbox_id: str) -> list[CodeContext]:
+        return self._running(sandbox_id).contexts.listed()
+
+    async def run_cell(
+        self, sandbox_id: str, context_id: str, code: str, limits: CellLimits, sink: CellSink
+    ) -> CellOutcome:
+        return await self._running(sandbox_id).contexts.run(context_id, code, limits, sink)
+
+    async def interrupt_context(self, sandbox_id: str, context_id: str) -> None:
+        self._running(sandbox_id).contexts.interrupt(context_id)
+
+    async def restart_context(self, sandbox_id: str, context_id: str) -> None:
+        self._running(sandbox_id).contexts.restart(context_id)
+
+    async def stop_context(self, sandbox_id: str, context_id: str) -> None:
+        self._running(sandbox_id).contexts.stop(context_id)
 
     async def running_ids(self) -> set[str]:
         return {key for key, box in self._sandboxes.items() if not box.init.done()}

@@ -25,6 +25,10 @@ class SandboxNotFound(SandboxError):
     code = "not_found"
 
 
+class ContextNotFound(SandboxError):
+    code = "context_not_found"
+
+
 class InvalidState(SandboxError):
     code = "invalid_state"
 

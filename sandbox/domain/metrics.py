@@ -8,7 +8,7 @@ from typing import Literal
 
 from sandbox.domain.model import Outcome
 
-ExecutionKind = Literal["execute", "exec"]
+ExecutionKind = Literal["execute", "exec", "cell"]
 Verdict = Literal["ok", "failed", "timed_out", "oom"]
 CapacityLimit = Literal["executions", "calls", "memory", "running_sandboxes", "package_builds"]
 LayerResult = Literal["hit", "built", "failed"]

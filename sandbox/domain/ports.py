@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sandbox.domain.cells import CellError, CellLimits, CellOutcome, CellResult, CodeContext
 from sandbox.domain.model import (
     FileEntry,
     Language,
@@ -29,6 +30,24 @@ class OutputSink(abc.ABC):
 
     @abc.abstractmethod
     async def write(self, stream: Stream, data: bytes) -> None: ...
+
+
+class CellSink(abc.ABC):
+    """Receives what a cell makes, in the order it was made: output as raw bytes per stream,
+    results (MIME bundles) and the exception the cell ended with. `started` comes first, once
+    the runtime has taken the cell (its context exists and runs no other cell)."""
+
+    @abc.abstractmethod
+    async def started(self) -> None: ...
+
+    @abc.abstractmethod
+    async def output(self, stream: Stream, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def result(self, result: CellResult) -> None: ...
+
+    @abc.abstractmethod
+    async def error(self, error: CellError) -> None: ...
 
 
 # The most a file transfer holds of a file at once, per step: files move in chunks of at most
@@ -159,6 +178,43 @@ class SandboxRuntime(abc.ABC):
         """Run the script in a sandbox `start_warm` made for its language, with what `run`
         promises a script in a new sandbox (the same output, exit code and verdicts; ended
         after `timeout_s`). The sandbox is spent afterwards; its owner destroys it."""
+
+    # Code contexts: persistent interpreters, children of the sandbox's init, so that they
+    # (and their variables) survive a checkpoint and restore of the sandbox.
+
+    @abc.abstractmethod
+    async def start_context(self, sandbox_id: str, context: CodeContext) -> None:
+        """Start the context's interpreter in a running sandbox, as the sandbox user with the
+        sandbox's environment; return once it takes cells. RuntimeFailure (saying why) when
+        it cannot start; then nothing of it is left."""
+
+    @abc.abstractmethod
+    async def list_contexts(self, sandbox_id: str) -> list[CodeContext]:
+        """The sandbox's contexts, oldest first, those restored with it included."""
+
+    @abc.abstractmethod
+    async def run_cell(
+        self, sandbox_id: str, context_id: str, code: str, limits: CellLimits, sink: CellSink
+    ) -> CellOutcome:
+        """Run one cell; what it makes goes to `sink` as it comes (no more than
+        `limits.output_bytes` + 1 per stream and, roughly, `limits.result_bytes` of results:
+        the caller caps exactly). At `limits.timeout_s` the cell is interrupted, and when it
+        does not stop within a grace period the interpreter is restarted. An interpreter that
+        ends (before or during the cell) or breaks the protocol is restarted; the outcome
+        says so. ContextNotFound for an unknown context, InvalidState while another cell runs
+        in it."""
+
+    @abc.abstractmethod
+    async def interrupt_context(self, sandbox_id: str, context_id: str) -> None:
+        """Interrupt the running cell (KeyboardInterrupt); nothing when none runs."""
+
+    @abc.abstractmethod
+    async def restart_context(self, sandbox_id: str, context_id: str) -> None:
+        """End the context's interpreter (a running cell ends with it) and start it afresh."""
+
+    @abc.abstractmethod
+    async def stop_context(self, sandbox_id: str, context_id: str) -> None:
+        """End the context's interpreter and forget the context."""
 
     @abc.abstractmethod
     async def running_ids(self) -> set[str]:

@@ -16,6 +16,7 @@ from sandbox.entrypoints.auth import BearerTokenMiddleware
 from sandbox.entrypoints.browsers import BrowserGuardMiddleware
 from sandbox.entrypoints.errors import EXCEPTION_HANDLERS
 from sandbox.entrypoints.handlers import (
+    contexts,
     execs,
     execute,
     files,
@@ -38,6 +39,7 @@ from sandbox.settings import Settings
 log = structlog.get_logger(__name__)
 
 _ID = "/sandboxes/{sandbox_id}"
+_CONTEXT = f"{_ID}/contexts/{{context_id}}"
 
 routes = [
     route("/execute", POST=execute.execute_script),
@@ -57,13 +59,18 @@ routes = [
     route(f"{_ID}/output", GET=output.read_output),
     route(f"{_ID}/files", GET=files.list_files),
     route(f"{_ID}/files/{{path:path}}", GET=files.download_file, PUT=files.upload_file),
+    route(f"{_ID}/contexts", GET=contexts.list_contexts, POST=contexts.create_context),
+    route(_CONTEXT, DELETE=contexts.delete_context),
+    route(f"{_CONTEXT}/run", POST=contexts.run_cell),
+    route(f"{_CONTEXT}/interrupt", POST=contexts.interrupt_context),
+    route(f"{_CONTEXT}/restart", POST=contexts.restart_context),
     route("/healthz", GET=health.report_liveness),
     route("/readyz", GET=health.report_readiness),
     route("/metrics", GET=metrics.serve_metrics),
     route("/openapi.json", GET=serve_openapi),
 ]
 
-HANDLER_MODULES = (execs, execute, files, health, metrics, output, sandboxes)
+HANDLER_MODULES = (contexts, execs, execute, files, health, metrics, output, sandboxes)
 
 # What the pages of SANDBOX_CORS_ORIGINS may send and read.
 CORS_METHODS = ["GET", "POST", "PUT", "DELETE"]

@@ -26,6 +26,7 @@ STATUS_BY_CODE = {
     "invalid_request": 400,
     "not_found": 404,
     "file_not_found": 404,
+    "context_not_found": 404,
     "invalid_state": 409,
     "checkpoint_mismatch": 409,
     # A checkpoint image (of a sandbox, or of a template) that cannot be used or replaced.

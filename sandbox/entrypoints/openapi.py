@@ -170,7 +170,68 @@ _DOWNLOAD = _op(
     (SANDBOX_ID, FILE_PATH),
 )
 
+CONTEXT_ID = {"name": "context_id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
+NO_CONTEXT = {"404": _error("no sandbox with this id, or no context with this id in it")}
+_CONTEXT_ERRORS = {**BAD_REQUEST, **NO_CONTEXT, **WRONG_STATE, **AT_CAPACITY,
+                   **RUNTIME_FAILED}
+_CREATE_CONTEXT = _op(
+    "Start a code context: a persistent interpreter whose variables live from cell to cell "
+    "and across a suspend and restore of the sandbox",
+    {"201": _json("the context", _ref("Context")), **_CONTEXT_ERRORS, **TOO_LARGE},
+    (SANDBOX_ID,),
+    {"required": False, "content": {"application/json": {"schema": _ref("CreateContext")}}},
+)
+_LIST_CONTEXTS = _op("The sandbox's code contexts, oldest first",
+                     {"200": _json("the contexts", _ref("ContextList")), **_CONTEXT_ERRORS},
+                     (SANDBOX_ID,))
+_DELETE_CONTEXT = _op("End a code context",
+                      {"200": _json("deleted", _ref("ContextDeleted")), **_CONTEXT_ERRORS},
+                      (SANDBOX_ID, CONTEXT_ID))
+_RUN_CELL = _op(
+    "Run a cell in a code context; results come back as Jupyter MIME bundles",
+    {"200": {"description": "the cell's answer; with stream=true, NDJSON events",
+             "content": {"application/json": {"schema": _ref("CellRun")},
+                         "application/x-ndjson": {"schema": _ref("CellEvent")}}},
+     **_CONTEXT_ERRORS, **TOO_LARGE},
+    (SANDBOX_ID, CONTEXT_ID, STREAM),
+    {"required": True, "content": {"application/json": {"schema": _ref("RunCell")}}},
+)
+_INTERRUPT = _op("Interrupt the running cell (KeyboardInterrupt); the context lives on",
+                 {"200": _json("interrupted (nothing, when no cell ran)", {
+                     "type": "object", "properties": {"context_id": {"type": "string"},
+                                                      "interrupted": {"const": True}}}),
+                  **_CONTEXT_ERRORS}, (SANDBOX_ID, CONTEXT_ID))
+_RESTART = _op("Start the context's interpreter afresh: its variables are gone",
+               {"200": _json("restarted", {
+                   "type": "object", "properties": {"context_id": {"type": "string"},
+                                                    "restarted": {"const": True}}}),
+                **_CONTEXT_ERRORS}, (SANDBOX_ID, CONTEXT_ID))
+
 _NULLABLE_INT = {"type": ["integer", "null"]}
+_BUNDLE = {
+    "type": "object", "description": "a MIME bundle as Jupyter makes it: text/plain always; "
+    "text/html (DataFrames), text/markdown, text/latex, image/svg+xml as text; image/png and "
+    "image/jpeg in base64; application/json as a JSON value",
+    "required": ["text/plain", "is_main_result", "truncated"],
+    "properties": {
+        "text/plain": {"type": "string"}, "text/html": {"type": "string"},
+        "text/markdown": {"type": "string"}, "text/latex": {"type": "string"},
+        "image/svg+xml": {"type": "string"},
+        "image/png": {"type": "string", "contentEncoding": "base64"},
+        "image/jpeg": {"type": "string", "contentEncoding": "base64"},
+        "application/json": {},
+        "is_main_result": {"type": "boolean",
+                           "description": "the value of the cell's last expression"},
+        "truncated": {"type": "boolean",
+                      "description": "representations left out or text cut to fit the cap"}}}
+_CELL_SUMMARY = {
+    "context_id": {"type": "string"}, "execution_count": _NULLABLE_INT,
+    "timed_out": {"type": "boolean"},
+    "restarted": {"type": "boolean",
+                  "description": "the interpreter was started afresh: variables are gone"},
+    "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
+    "results_truncated": {"type": "boolean"}, "duration_ms": {"type": "integer"}}
 _ENV = {"type": "object", "maxProperties": 64,
         "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
         "additionalProperties": {"type": "string"}}
@@ -240,6 +301,36 @@ SCHEMAS: Schema = {
                 "kind": {"enum": ["file", "directory", "link", "other"]},
                 "size": {"type": "integer"},
                 "modified_at": {"type": "string", "format": "date-time"}}}}}},
+    "Context": {"type": "object", "properties": {
+        "context_id": {"type": "string"}, "language": {"enum": ["python"]},
+        "created_at": {"type": "string", "format": "date-time"}}},
+    "ContextList": {"type": "object", "properties": {
+        "contexts": {"type": "array", "items": _ref("Context")}}},
+    "ContextDeleted": {"type": "object", "properties": {
+        "context_id": {"type": "string"}, "deleted": {"const": True}}},
+    "CreateContext": {"type": "object", "additionalProperties": False, "properties": {
+        "language": {"enum": ["python"], "default": "python"}}},
+    "RunCell": {"type": "object", "additionalProperties": False, "required": ["code"],
+                "properties": {"code": {"type": "string"},
+                               "timeout": {"type": "number", "exclusiveMinimum": 0,
+                                           "description": "seconds; then the cell is "
+                                           "interrupted (default: the sandbox's timeout)"}}},
+    "CellResult": _BUNDLE,
+    "CellError": {"type": "object", "properties": {
+        "name": {"type": "string", "description": "the exception's class (TimeoutError, "
+                 "ContextDied when the service ended it)"},
+        "value": {"type": "string"}, "traceback": {"type": "string"}}},
+    "CellRun": {"type": "object", "properties": {
+        **_CELL_SUMMARY, "results": {"type": "array", "items": _ref("CellResult")},
+        "stdout": {"type": "string"}, "stderr": {"type": "string"},
+        "error": {"oneOf": [{"type": "null"}, _ref("CellError")]}}},
+    "CellEvent": {"type": "object", "description": "one NDJSON line: start; stdout and "
+                  "stderr (data); result (a bundle beside type); error (the cell's: name, "
+                  "value, traceback; the service's: error); end (the summary)",
+                  "required": ["type"], "properties": {
+                      "type": {"enum": ["start", "stdout", "stderr", "result", "error",
+                                        "end"]},
+                      "data": {"type": "string"}, **_CELL_SUMMARY}},
     "Written": {"type": "object", "properties": {
         "path": {"type": "string"}, "size": {"type": "integer"}}},
     "Status": {"type": "object", "properties": {
@@ -271,6 +362,11 @@ DOCUMENT: Schema = {
         "/sandboxes/{sandbox_id}/output": {"get": _OUTPUT},
         "/sandboxes/{sandbox_id}/files": {"get": _LIST_FILES},
         "/sandboxes/{sandbox_id}/files/{path}": {"get": _DOWNLOAD, "put": _UPLOAD},
+        "/sandboxes/{sandbox_id}/contexts": {"get": _LIST_CONTEXTS, "post": _CREATE_CONTEXT},
+        "/sandboxes/{sandbox_id}/contexts/{context_id}": {"delete": _DELETE_CONTEXT},
+        "/sandboxes/{sandbox_id}/contexts/{context_id}/run": {"post": _RUN_CELL},
+        "/sandboxes/{sandbox_id}/contexts/{context_id}/interrupt": {"post": _INTERRUPT},
+        "/sandboxes/{sandbox_id}/contexts/{context_id}/restart": {"post": _RESTART},
         "/healthz": {"get": _op("Liveness", {"200": _json("alive", _ref("Status"))})},
         "/readyz": {"get": _op("Readiness: the runtime can run sandboxes now", {
             "200": _json("ready", _ref("Status")),

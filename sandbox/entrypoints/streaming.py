@@ -1,7 +1,8 @@
-"""An execution as NDJSON: `start`, `stdout`/`stderr` as output arrives, then `exit` or `error`.
+"""Work as NDJSON events: an execution's `start`, `stdout`/`stderr` as output arrives, then
+`exit` or `error`; a cell's likewise (see cell_streaming.py).
 
-The answer starts only with the first event: an execution refused before it started (at
-capacity, wrong state) is a plain error answer with its status, not a 200 with an error event.
+The answer starts only with the first event: work refused before it started (at capacity,
+wrong state) is a plain error answer with its status, not a 200 with an error event.
 """
 
 from __future__ import annotations
@@ -35,29 +36,43 @@ def ndjson_line(event: Event) -> bytes:
     return json.dumps(event, ensure_ascii=False).encode() + b"\n"
 
 
-class _QueuedEvents(ExecutionEvents):
+class Emitter:
+    """Where a producer puts its events; the first one starts the answer."""
+
     def __init__(self, queue: asyncio.Queue[Event | None]) -> None:
         self._queue = queue
         self.has_started = False
 
-    async def started(self, sandbox_id: str) -> None:
+    async def emit(self, event: Event) -> None:
         self.has_started = True
-        await self._queue.put({"type": "start", "sandbox_id": sandbox_id})
+        await self._queue.put(event)
+
+
+# Emits the events of some work as it goes, and returns the last one (its summary).
+Producer = Callable[[Emitter], Awaitable[Event]]
+
+
+class _QueuedEvents(ExecutionEvents):
+    def __init__(self, emitter: Emitter) -> None:
+        self._emitter = emitter
+
+    async def started(self, sandbox_id: str) -> None:
+        await self._emitter.emit({"type": "start", "sandbox_id": sandbox_id})
 
     async def output(self, stream: Stream, text: str) -> None:
-        await self._queue.put({"type": stream.value, "data": text})
+        await self._emitter.emit({"type": stream.value, "data": text})
 
 
-class ExecutionStream(StreamingResponse):
-    def __init__(self, execution: Execution) -> None:
-        self._execution = execution
+class EventStream(StreamingResponse):
+    def __init__(self, producer: Producer) -> None:
+        self._producer = producer
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=QUEUE_EVENTS)
         self._first: Event | None = None
         self._refusal: SandboxError | None = None
         super().__init__(self._lines(), media_type="application/x-ndjson")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The execution runs as its own task, owned here rather than by the body generator, so
+        # The work runs as its own task, owned here rather than by the body generator, so
         # that however the response ends (done, client gone, error) it is ended and awaited.
         producer = asyncio.create_task(self._produce())
         try:
@@ -67,7 +82,7 @@ class ExecutionStream(StreamingResponse):
                 raise self._refusal  # answered by the exception handlers, as without stream
             await super().__call__(scope, receive, send)
         finally:
-            producer.cancel()  # when the client left early: the runtime destroys the sandbox
+            producer.cancel()  # when the client left early: the runtime ends the work
             await asyncio.wait({producer})
 
     async def _lines(self) -> AsyncIterator[bytes]:
@@ -78,15 +93,14 @@ class ExecutionStream(StreamingResponse):
 
     async def _produce(self) -> None:
         final: Event
-        events = _QueuedEvents(self._queue)
+        emitter = Emitter(self._queue)
         try:
-            result = await self._execution(events)
-            final = {"type": "exit", **result.summary()}
+            final = await self._producer(emitter)
         except asyncio.CancelledError:
             log.info("execution.cancelled")  # the response ended first: the client left
             raise
         except SandboxError as error:
-            if not events.has_started:
+            if not emitter.has_started:
                 self._refusal = error
                 await self._queue.put(None)
                 return
@@ -97,3 +111,14 @@ class ExecutionStream(StreamingResponse):
             final = {"type": "error", "error": {"code": "internal", "message": INTERNAL_MESSAGE}}
         await self._queue.put(final)
         await self._queue.put(None)
+
+
+class ExecutionStream(EventStream):
+    """A script or an exec: `start`, its output, then `exit`."""
+
+    def __init__(self, execution: Execution) -> None:
+        async def produce(emitter: Emitter) -> Event:
+            result = await execution(_QueuedEvents(emitter))
+            return {"type": "exit", **result.summary()}
+
+        super().__init__(produce)

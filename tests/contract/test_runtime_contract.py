@@ -77,21 +77,23 @@ async def test_a_script_ends_at_its_exit_with_its_code(
 @pytest.mark.parametrize(
     ("language", "source"),
     [
-        (Language.PYTHON, b'import time\nprint("before")\ntime.sleep(5)\nprint("after")\n'),
-        (Language.BASH, b"echo before\nsleep 5\necho after\n"),
+        (Language.PYTHON, b'import time\nprint("before")\ntime.sleep(30)\nprint("after")\n'),
+        (Language.BASH, b"echo before\nsleep 30\necho after\n"),
     ],
     ids=["python", "bash"],
 )
 async def test_a_script_past_its_timeout_is_timed_out_with_no_exit_code(
     runtime: SandboxRuntime, language: Language, source: bytes
 ) -> None:
-    limits = dataclasses.replace(LIMITS, timeout_s=0.5)
+    # The timer counts from the sandbox's start: 1.5 s leaves a loaded machine time to reach
+    # the first line (0.5 s did not, once), and the sleep is far beyond it.
+    limits = dataclasses.replace(LIMITS, timeout_s=1.5)
 
     result = await run_script(runtime, language, source, limits)
 
     assert result.outcome.timed_out is True
     assert result.outcome.exit_code is None
-    assert result.outcome.duration_ms < 4500  # ended by the timer, not after the 5 s sleep
+    assert result.outcome.duration_ms < 25_000  # ended by the timer, not after the 30 s sleep
     assert result.stdout.text == "before\n"  # what it printed before the end is kept
 
 

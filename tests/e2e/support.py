@@ -30,6 +30,7 @@ from sandbox.settings import Settings
 # anything else (DNS rebinding), TestClient's own "testserver" included.
 LOCAL_BASE_URL = "http://localhost"
 SOME_ID = "0" * 24
+SOME_CONTEXT_ID = "0" * 16
 
 
 def local_client(app: ASGIApp) -> TestClient:
@@ -42,6 +43,7 @@ def route_calls() -> list[tuple[str, str]]:
     for route in routes:
         assert isinstance(route, Route)
         path = route.path.replace("{sandbox_id}", SOME_ID).replace("{path:path}", "a.txt")
+        path = path.replace("{context_id}", SOME_CONTEXT_ID)
         found += [(method, path) for method in sorted(route.methods or ())]
     return found
 

@@ -32,7 +32,8 @@ ID_CALLS = [(method.upper(), path) for path, item in DOCUMENT["paths"].items()
 
 
 def url(path: str, sandbox_id: str) -> str:
-    return path.replace("{sandbox_id}", sandbox_id).replace("{path}", "notes.txt")
+    return (path.replace("{sandbox_id}", sandbox_id).replace("{path}", "notes.txt")
+            .replace("{context_id}", "0" * 16))
 
 
 def assert_error_shape(response: Any, status: int, code: str | None = None) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e.sdk_support import Served, needs_contexts, needs_templates, served
+from e2e.sdk_support import Served, needs_templates, served
 from sandbox.adapters.fake import FakeBehaviour
 from sandbox_client import (
     AsyncSandbox,
     CapacityExceeded,
+    Execution,
     FileNotFound,
     InvalidRequest,
     InvalidState,
@@ -214,12 +215,11 @@ async def test_the_async_client_does_the_same_through_http(server: Served) -> No
     assert killed and echoed.stdout == "hi\n"
 
 
-@needs_contexts
 def test_code_contexts_are_made_run_restarted_and_deleted_through_the_sdk(
     server: Served,
 ) -> None:
-    # The plumbing only: what a cell computes is checked on real gVisor
-    # (tests/integration/test_sdk_runsc.py), where Python runs.
+    # The calls only: what cells answer is checked below (in the fake runtime's tiny
+    # language) and on real gVisor, where Python runs (tests/integration/test_sdk_runsc.py).
     with Sandbox.create(config=server.config()) as sandbox:
         context = sandbox.create_context()
         execution = sandbox.run_code("1 + 1", context)
@@ -232,6 +232,67 @@ def test_code_contexts_are_made_run_restarted_and_deleted_through_the_sdk(
 
     assert isinstance(execution.results, list) and isinstance(streamed.results, list)
     assert listed == [context.context_id]
+    assert after == []
+
+
+def test_a_cells_value_html_output_and_error_come_back_as_the_sdks_objects(
+    server: Served,
+) -> None:
+    # The fake runtime's contexts speak a tiny language (sandbox/adapters/fake_contexts.py).
+    shown: list[str | None] = []
+    printed: list[str] = []
+    with Sandbox.create(config=server.config()) as sandbox:
+        value = sandbox.run_code("x = 2\nx + 3")
+        html = sandbox.run_code('print("hi")\nHTML("<b>x</b>")', on_stdout=printed.append,
+                                on_result=lambda result: shown.append(result.html))
+        failed = sandbox.run_code('raise ValueError("bad")')
+        kept = sandbox.run_code("x")
+        timed_out = sandbox.run_code("while True: pass", timeout=0.2)
+
+    assert (value.text, value.execution_count) == ("5", 1)
+    assert (html.logs.stdout, printed, shown) == (["hi\n"], ["hi\n"], ["<b>x</b>"])
+    assert html.results[0].is_main_result and html.error is None
+    assert failed.error is not None
+    assert (failed.error.name, failed.error.value) == ("ValueError", "bad")
+    assert (kept.text, kept.execution_count) == ("2", 4)
+    assert timed_out.error is not None and timed_out.error.name == "TimeoutError"
+
+
+def test_interrupt_stops_a_running_cell_and_keeps_the_context(server: Served) -> None:
+    with Sandbox.create(config=server.config()) as sandbox:
+        context = sandbox.create_context()
+        sandbox.run_code("kept = 7", context)
+        ran: list[Execution] = []
+        cell = threading.Thread(target=lambda: ran.append(
+            sandbox.run_code("while True: pass", context, timeout=60)))
+        cell.start()
+        for _ in range(200):  # until the cell has started and been interrupted
+            context.interrupt()
+            cell.join(0.05)
+            if not cell.is_alive():
+                break
+        after = sandbox.run_code("kept", context)
+
+    [interrupted] = ran
+    assert interrupted.error is not None and interrupted.error.name == "KeyboardInterrupt"
+    assert after.text == "7"
+
+
+@pytest.mark.anyio
+async def test_the_async_client_runs_cells_in_its_contexts(server: Served) -> None:
+    async with await AsyncSandbox.create(config=server.config()) as sandbox:
+        context = await sandbox.create_context()
+        await sandbox.run_code("y = 40", context)
+        value = await sandbox.run_code("y + 2", context)
+        listed = [item.context_id for item in await sandbox.list_contexts()]
+        await context.restart()
+        forgotten = await sandbox.run_code("y", context)
+        await context.delete()
+        after = await sandbox.list_contexts()
+
+    assert value.text == "42"
+    assert listed == [context.context_id]
+    assert forgotten.error is not None and forgotten.error.name == "NameError"
     assert after == []
 
 

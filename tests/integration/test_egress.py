@@ -24,6 +24,7 @@ from integration.support import (
     write_bytes,
 )
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.domain.lifecycle import contexts
 from sandbox.domain.lifecycle.creation import create_session, run_detached
 from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.execution import run_script
@@ -146,6 +147,27 @@ print(head.split(b"\\r\\n")[0].decode(), s.recv(4).decode())
         f"hello from web.test:{web.port} /hello",
         "HTTP/1.1 200 Connection established ping",
     ]
+
+
+async def test_a_code_context_reaches_an_allowed_name_before_and_after_a_restore(
+    sandboxes: Sandboxes, web: Served, echo: Served, wheels: Served
+) -> None:
+    # A context's interpreter is started by the agent with the sandbox's environment, so it
+    # has the proxy's variables; the relay it talks to comes back with a restore.
+    fetch = f'urllib.request.urlopen("http://web.test:{web.port}/cell", timeout=30).read()'
+    answers = []
+    async with session(sandboxes, everything(web, echo, wheels)) as sandbox:
+        context = await contexts.create_context(sandboxes, sandbox.sandbox_id, Language.PYTHON)
+        ids = (sandbox.sandbox_id, context.context_id)
+        answers.append(await contexts.run_cell(sandboxes, *ids,
+                                               f"import urllib.request\n{fetch}", None))
+        await suspend_sandbox(sandboxes, sandbox.sandbox_id)
+        await restore_sandbox(sandboxes, sandbox.sandbox_id)
+        answers.append(await contexts.run_cell(sandboxes, *ids, fetch, None))
+
+    assert [answer.error for answer in answers] == [None, None]
+    assert [[result.data["text/plain"] for result in answer.results] for answer in answers] \
+        == [[repr(f"hello from web.test:{web.port} /cell\n".encode())]] * 2
 
 
 async def test_a_name_not_in_the_allow_list_is_refused_by_the_proxy_with_a_clear_message(

@@ -292,6 +292,41 @@ async def test_a_timed_out_exec_takes_its_group_but_not_a_daemon_in_a_session_of
     assert "sleep 601" not in commands
 
 
+REACH_THE_AGENT = """
+import os, signal
+for name, attempt in [
+    ("kill", lambda: os.kill(1, signal.SIGKILL)),
+    ("stop", lambda: os.kill(1, signal.SIGSTOP)),
+    ("its stdout", lambda: open("/proc/1/fd/1", "wb")),
+    ("its stdin", lambda: open("/proc/1/fd/0", "rb")),
+    ("its memory", lambda: open("/proc/1/mem", "rb")),
+    ("its folder", lambda: open("/sandbox/agent/agent.py", "a")),
+]:
+    try:
+        attempt()
+        print(name, "reached")
+    except OSError as error:
+        print(name, type(error).__name__)
+"""
+
+
+async def test_the_sandbox_user_can_neither_signal_nor_speak_for_the_agent(
+    session: Session,
+) -> None:
+    """The agent is the sandbox's init and speaks for it on its stdout: the code it runs (the
+    sandbox user) cannot kill or stop it, write frames on its pipe, read its memory or change
+    its program."""
+    tried = await session.exec(Language.PYTHON, REACH_THE_AGENT)
+    after = await session.exec(Language.BASH, "echo still here\n")
+
+    assert tried.outcome.exit_code == 0, tried.stderr.text
+    verdicts = dict(line.rsplit(" ", 1) for line in tried.stdout.text.splitlines())
+    assert verdicts == {"kill": "PermissionError", "stop": "PermissionError",
+                        "its stdout": "PermissionError", "its stdin": "PermissionError",
+                        "its memory": "PermissionError", "its folder": "PermissionError"}
+    assert after.stdout.text == "still here\n"
+
+
 def _unmatched_by_itself(marker: str) -> str:
     """A grep pattern for marker that grep's own command line does not match."""
     return f"[{marker[0]}]{marker[1:]}"

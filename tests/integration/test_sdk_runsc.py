@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from e2e.sdk_support import needs_contexts, needs_templates
+from e2e.sdk_support import needs_templates
 
 from integration.server import Server, destroy_leftovers, records, serving
 from integration.support import leftovers, require_runsc, runtime_settings
@@ -260,7 +260,8 @@ def test_the_grader_grades_the_sample_student(config: ConnectionConfig, tmp_path
 def test_the_code_interpreters_cells_make_a_figure_as_one_script(
     config: ConnectionConfig,
 ) -> None:
-    # What runs before the server has contexts: the same cells, in one process.
+    # The same cells as a one-shot script (no context): the example's figure does not
+    # depend on the context's inline backend.
     cells = load_example("code_interpreter").CELLS
     script = "\n".join([*cells, "import io, base64", "buffer = io.BytesIO()",
                         "plt.savefig(buffer, format='png')",
@@ -273,7 +274,6 @@ def test_the_code_interpreters_cells_make_a_figure_as_one_script(
     assert width > 100 and height > 100
 
 
-@needs_contexts
 def test_the_code_interpreter_example_saves_a_png_that_decodes(
     config: ConnectionConfig, tmp_path: Path
 ) -> None:
@@ -286,7 +286,6 @@ def test_the_code_interpreter_example_saves_a_png_that_decodes(
     assert min(png_size(figure.read_bytes())) > 100
 
 
-@needs_contexts
 def test_variables_survive_a_suspend_and_restore_of_the_sandbox(
     config: ConnectionConfig,
 ) -> None:
@@ -301,7 +300,6 @@ def test_variables_survive_a_suspend_and_restore_of_the_sandbox(
     assert after.text == f"({before}, [1, 2, 3])"
 
 
-@needs_contexts
 def test_sbx_repl_keeps_variables_and_saves_figures(
     config: ConnectionConfig, tmp_path: Path
 ) -> None:

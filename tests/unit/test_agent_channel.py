@@ -10,6 +10,7 @@ from agent_support import Broken, Collected, connected
 
 from sandbox.adapters.runsc import agent_channel
 from sandbox.adapters.runsc.agent_channel import WINDOW, AgentError
+from sandbox.adapters.runsc.agent_frames import LiveProcess
 from sandbox.adapters.runsc.inside import agent as layout
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.model import Stream
@@ -287,7 +288,9 @@ async def test_resume_skips_what_a_checkpoint_cut_and_adopts_what_still_runs() -
         resuming = asyncio.create_task(channel.resume(timeout_s=5))
         tag, args = await agent.expect("resume")
         await agent.raw(b"\x00\x00\x01half a frame" + layout.SYNC + bytes(args["nonce"]))  # type: ignore[call-overload]
-        await agent.send(layout.PROCS, tag, layout.PROC_PAYLOAD.pack(1, 7))
+        label = b"context python 0123456789abcdef 1700000000"
+        await agent.send(layout.PROCS, tag, layout.PROC_PAYLOAD.pack(1, 7, 0)
+                         + layout.PROC_PAYLOAD.pack(9, 8, len(label)) + label)
 
         live = await resuming
         sink = Collected()
@@ -297,7 +300,7 @@ async def test_resume_skips_what_a_checkpoint_cut_and_adopts_what_still_runs() -
 
         assert await channel.wait(1) == 0
 
-    assert live == {1: 7}
+    assert live == {1: LiveProcess(7, b""), 9: LiveProcess(8, label)}
     assert sink.text() == b"after\n"
 
 

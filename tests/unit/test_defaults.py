@@ -34,6 +34,8 @@ POLICY_SETTINGS = {
     "shutdown_concurrency": (3, "shutdown_concurrency"),
     "lease_ttl_s": (9.0, "lease_ttl_s"),
     "handoff_timeout_s": (7.0, "handoff_timeout_s"),
+    "max_contexts": (3, "max_contexts"),
+    "cell_result_bytes": (4096, "cell_result_bytes"),
 }
 
 

@@ -22,7 +22,7 @@ from typing import TypeVar
 import structlog
 
 from sandbox.adapters.runsc import agent_frames as frames
-from sandbox.adapters.runsc.agent_frames import FileStat, Frame, ProtocolViolation
+from sandbox.adapters.runsc.agent_frames import FileStat, Frame, LiveProcess, ProtocolViolation
 from sandbox.adapters.runsc.inside import agent as layout
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.model import FileEntry, Stream
@@ -86,6 +86,8 @@ class AgentChannel:
         self._writer = writer
         self._reader = reader
         self._on_broken = on_broken
+        # Set while the service ends or checkpoints the sandbox: the pipe closing is expected.
+        self.ending = False
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self._processes: dict[int, _Process] = {}
         self._downloads: dict[int, _Download] = {}
@@ -109,7 +111,7 @@ class AgentChannel:
             raise await self._fail("the agent answered its start with something else")
         self._reading = asyncio.create_task(self._read_forever())
 
-    async def resume(self, timeout_s: float) -> dict[int, int]:
+    async def resume(self, timeout_s: float) -> dict[int, LiveProcess]:
         """After a restore: find the stream's new start and the processes still running."""
         nonce = secrets.token_hex(16).encode()
         tag = next(self._tags)
@@ -165,18 +167,20 @@ class AgentChannel:
         control: bool = False,
         forked_script: str | None = None,
         last: bool = False,
+        label: bytes = b"",
     ) -> int:
         """Start a program; its output goes to `sink`. Returns its tag. With `forked_script`
         (a Python script run as argv would run it), the session's zygote forks it if it
         can; the agent starts argv otherwise. With `last`, every other process of the
-        sandbox is killed when it ends (as when an init ends)."""
+        sandbox is killed when it ends (as when an init ends). `label` is told back with
+        the process by `resume`, after a restore."""
         tag = MAIN_TAG if main else next(self._tags)
         process = self._track(tag, sink, WINDOW)
         try:
             answer = await self._ask(
                 "spawn", layout.STARTED, timeout_s, tag=tag, argv=argv, cwd=cwd, stdin=stdin,
                 env=[item.encode() for item in env], credit=WINDOW, control=control, last=last,
-                zygote=forked_script is not None, script=forked_script or "",
+                zygote=forked_script is not None, script=forked_script or "", label=label,
             )
         except BaseException:
             self._forget(process)
@@ -198,10 +202,15 @@ class AgentChannel:
         self._send(frames.request("credit", tag, bytes=WINDOW))
 
     async def feed(self, tag: int, data: bytes) -> None:
+        """A process's whole stdin: the data, then its end."""
+        await self.send_input(tag, data)
+        self._send(frames.request("stdin_close", tag))
+
+    async def send_input(self, tag: int, data: bytes) -> None:
+        """More of a process's stdin, which stays open (a code context's next request)."""
         for start in range(0, len(data), MAX_REQUEST_CHUNK):
             self._send(frames.request("stdin", tag, data=data[start:start + MAX_REQUEST_CHUNK]))
             await self._drain()
-        self._send(frames.request("stdin_close", tag))
 
     async def control(self, tag: int, data: bytes) -> None:
         self._send(frames.request("control", tag, data=data))
@@ -470,7 +479,10 @@ class AgentChannel:
     async def _fail(self, reason: str) -> RuntimeFailure:
         if self.broken is None:
             self.broken = reason
-            log.warning("agent.broken", sandbox_id=self.sandbox_id, reason=reason)
+            if self.ending:
+                log.info("agent.closed", sandbox_id=self.sandbox_id, reason=reason)
+            else:
+                log.warning("agent.broken", sandbox_id=self.sandbox_id, reason=reason)
             self._end_waiters(reason)
             if self._on_broken is not None:
                 await self._on_broken(reason)

@@ -139,14 +139,26 @@ def entries(payload: bytes) -> list[FileEntry]:
     return found
 
 
-def procs(payload: bytes) -> dict[int, int]:
-    """Tags of the processes the agent still runs, with their pids."""
-    shape = layout.PROC_PAYLOAD
-    if len(payload) % shape.size or len(payload) > shape.size * MAX_ENTRIES:
-        raise ProtocolViolation("a malformed process list")
-    live = dict(shape.iter_unpack(payload))
-    if len(live) * shape.size != len(payload) or any(pid <= 0 for pid in live.values()):
-        raise ProtocolViolation("a malformed process list")
+@dataclass(frozen=True)
+class LiveProcess:
+    pid: int
+    label: bytes  # what the service tagged it with at its start (a code context's name)
+
+
+def procs(payload: bytes) -> dict[int, LiveProcess]:
+    """The processes the agent still runs, by tag."""
+    shape, offset = layout.PROC_PAYLOAD, 0
+    live: dict[int, LiveProcess] = {}
+    while offset < len(payload):
+        if len(live) >= MAX_ENTRIES or offset + shape.size > len(payload):
+            raise ProtocolViolation("a malformed process list")
+        tag, pid, length = shape.unpack_from(payload, offset)
+        offset += shape.size
+        label = payload[offset:offset + length]
+        offset += length
+        if len(label) != length or length > layout.MAX_LABEL or pid <= 0 or tag in live:
+            raise ProtocolViolation("a malformed process list")
+        live[tag] = LiveProcess(pid, label)
     return live
 
 

@@ -46,9 +46,7 @@ class Bundles:
     def record_platform(self, sandbox_id: str, platform: str) -> None:
         """The platform the sandbox runs on, kept so that a server started after a crash
         checkpoints it for a restore on the same platform."""
-        path = self.path(sandbox_id) / "platform"
-        create_private_file(path)  # 0600 like the rest of the bundle, whatever the umask
-        path.write_text(platform)
+        _write_private(self.path(sandbox_id) / "platform", platform)
 
     def platform(self, sandbox_id: str) -> str:
         """The recorded platform, or "" when none was (a bundle older than the record)."""

@@ -27,9 +27,11 @@ from sandbox.adapters.runsc.agent_channel import MAIN_TAG, AgentError
 from sandbox.adapters.runsc.bundles import NO_MESSAGE, Bundles, checked
 from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
 from sandbox.adapters.runsc.file_errors import file_error
+from sandbox.adapters.runsc.kernels import Kernels
 from sandbox.adapters.runsc.probe import ReadinessProbe
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
+from sandbox.domain.cells import CellLimits, CellOutcome, CodeContext
 from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest, RuntimeFailure
 from sandbox.domain.ids import ID_PATTERN, new_sandbox_id
@@ -44,7 +46,7 @@ from sandbox.domain.model import (
     Stream,
 )
 from sandbox.domain.output import OutputCapture
-from sandbox.domain.ports import OpenedFile, OutputSink, SandboxRuntime
+from sandbox.domain.ports import CellSink, OpenedFile, OutputSink, SandboxRuntime
 from sandbox.settings import PLATFORMS, Settings
 
 log = structlog.get_logger(__name__)
@@ -433,6 +435,9 @@ class RunscSandboxRuntime(SandboxRuntime):
             if MAIN_TAG in live:
                 supervised.channel.adopt(MAIN_TAG, sink)
                 supervised.main = True
+            for tag, process in live.items():
+                if tag != MAIN_TAG:
+                    self._kernels(supervised).adopt(tag, process)
         except BaseException as error:
             self._failed_start(error)
             await self._destroy(sandbox_id)
@@ -469,6 +474,8 @@ class RunscSandboxRuntime(SandboxRuntime):
         )
         supervised.platform = platform
         self._bundles.record_platform(sandbox_id, platform)
+        supervised.kernels = Kernels(sandbox_id, supervised.channel, supervised.env,
+                                     lambda: self._runsc.kill_all(sandbox_id))
         self._supervised[sandbox_id] = supervised
         self._watch_memory(sandbox_id, self._bundles.memory_bytes(sandbox_id))
         return supervised
@@ -611,6 +618,32 @@ class RunscSandboxRuntime(SandboxRuntime):
         except (TimeoutError, RuntimeFailure):
             log.error("runsc.exec_kill_failed", sandbox_id=supervised.sandbox_id)
             await self._runsc.kill_all(supervised.sandbox_id)
+
+    # Code contexts: interpreters the agent keeps (see kernels.py) ------------------------
+
+    def _kernels(self, supervised: Supervised) -> Kernels:
+        assert supervised.kernels is not None  # set as soon as the sandbox starts
+        return supervised.kernels
+
+    async def start_context(self, sandbox_id: str, context: CodeContext) -> None:
+        await self._kernels(self._agent(sandbox_id)).start(context)
+
+    async def list_contexts(self, sandbox_id: str) -> list[CodeContext]:
+        return self._kernels(self._agent(sandbox_id)).listed()
+
+    async def run_cell(
+        self, sandbox_id: str, context_id: str, code: str, limits: CellLimits, sink: CellSink
+    ) -> CellOutcome:
+        return await self._kernels(self._agent(sandbox_id)).run(context_id, code, limits, sink)
+
+    async def interrupt_context(self, sandbox_id: str, context_id: str) -> None:
+        self._kernels(self._agent(sandbox_id)).interrupt(context_id)
+
+    async def restart_context(self, sandbox_id: str, context_id: str) -> None:
+        await self._kernels(self._agent(sandbox_id)).restart(context_id)
+
+    async def stop_context(self, sandbox_id: str, context_id: str) -> None:
+        await self._kernels(self._agent(sandbox_id)).stop(context_id)
 
     # Warm sandboxes: started ahead of a request, spent by one script ----------------------
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from sandbox.adapters.runsc.agent_channel import MAX_SYNC_SCAN, AgentChannel
+from sandbox.adapters.runsc.kernels import Kernels
 from sandbox.adapters.runsc.process import Pipe, spawn_with_stdin
 
 log = structlog.get_logger(__name__)
@@ -30,15 +31,27 @@ class Supervised:
     platform: str = ""
     # Whether the sandbox's own program (a detached script) runs as the agent's main process.
     main: bool = False
-    # Set when the service itself ends it (checkpoint, destroy): its end is then no failure.
-    ending: bool = False
+    # Its code contexts' interpreters (set by the runtime, which knows how to end a sandbox).
+    kernels: Kernels | None = field(default=None, repr=False)
     # The pipe the channel reads: closed here, since a loop may keep a pipe open after its
     # end (uvloop does, when the reader asks it to at EOF) and then refuse to close itself.
     frames: Pipe | None = field(default=None, repr=False)
     stderr: asyncio.Task[None] | None = field(default=None, repr=False)
 
+    @property
+    def ending(self) -> bool:
+        """Set when the service itself ends it (checkpoint, destroy): its end is then no
+        failure. The channel knows it too, so its pipe closing is no warning."""
+        return self.channel.ending
+
+    @ending.setter
+    def ending(self, value: bool) -> None:
+        self.channel.ending = value
+
     async def detach(self) -> None:
         """Stop listening; the sandbox runs on without us (the server is stopping)."""
+        if self.kernels is not None:
+            await self.kernels.close()
         await self.channel.close()
         if self.frames is not None:
             self.frames.transport.close()

@@ -60,6 +60,9 @@ class LifecyclePolicy:
     lease_ttl_s: float
     # A call waits this long for another instance to hand a sandbox over, then gets a 503.
     handoff_timeout_s: float
+    # Code contexts: how many one sandbox may have, and the results one cell may answer with.
+    max_contexts: int
+    cell_result_bytes: int
 
 
 @dataclass(frozen=True)
@@ -126,13 +129,19 @@ class Sandboxes:
         # When orphaned checkpoint images were last collected (by `clock`).
         self.collected_at = 0.0
         self._locks: dict[str, asyncio.Lock] = {}
+        # Held while a context starts, so that two starts cannot pass the cap together.
+        self._context_locks: dict[str, asyncio.Lock] = {}
 
     def lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
+    def context_lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._context_locks.setdefault(sandbox_id, asyncio.Lock())
+
     def forget(self, sandbox_id: str) -> None:
-        """Drop the lock of a sandbox that is gone."""
+        """Drop the locks of a sandbox that is gone."""
         self._locks.pop(sandbox_id, None)
+        self._context_locks.pop(sandbox_id, None)
 
     async def get(self, sandbox_id: str) -> Sandbox:
         sandbox = await self.store.get(checked_sandbox_id(sandbox_id))

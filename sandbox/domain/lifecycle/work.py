@@ -32,7 +32,7 @@ async def exec_in_sandbox(
 ) -> ExecutionResult:
     """Run a program in the sandbox; `timeout_s` None is the sandbox's own per-exec limit."""
     events = events or ExecutionEvents()
-    async with _working(sandboxes, sandbox_id, "exec in") as sandbox:
+    async with working(sandboxes, sandbox_id, "exec in") as sandbox:
         capture = OutputCapture(sandbox.limits.output_bytes, events.output)
         await events.started(sandbox.sandbox_id)
         outcome = await sandboxes.runtime.exec(
@@ -54,7 +54,7 @@ async def write_file(
     sandboxes: Sandboxes, sandbox_id: str, path: str, chunks: AsyncIterable[bytes]
 ) -> int:
     """Write a file from chunks as they arrive; whole or not at all (see the port)."""
-    async with _working(sandboxes, sandbox_id, "write files in") as sandbox:
+    async with working(sandboxes, sandbox_id, "write files in") as sandbox:
         return await sandboxes.runtime.write_file(sandbox.sandbox_id, path, chunks)
 
 
@@ -64,19 +64,19 @@ async def read_file(
 ) -> AsyncIterator[OpenedFile]:
     """The file opened for reading; the sandbox is busy (and holds its call's place) until
     it is closed."""
-    async with _working(sandboxes, sandbox_id, "read files in") as sandbox, \
+    async with working(sandboxes, sandbox_id, "read files in") as sandbox, \
             sandboxes.runtime.read_file(sandbox.sandbox_id, path,
                                         sandboxes.policy.max_file_bytes) as opened:
         yield opened
 
 
 async def list_files(sandboxes: Sandboxes, sandbox_id: str, path: str) -> list[FileEntry]:
-    async with _working(sandboxes, sandbox_id, "list files in") as sandbox:
+    async with working(sandboxes, sandbox_id, "list files in") as sandbox:
         return await sandboxes.runtime.list_files(sandbox.sandbox_id, path)
 
 
 @contextlib.asynccontextmanager
-async def _working(sandboxes: Sandboxes, sandbox_id: str, verb: str) -> AsyncIterator[Sandbox]:
+async def working(sandboxes: Sandboxes, sandbox_id: str, verb: str) -> AsyncIterator[Sandbox]:
     """A place among the calls at once (a bounded wait, then AtCapacity), then the work; the
     place is given back however the work ends."""
     # An unknown or stopped sandbox is told at once, not after a wait for a place.

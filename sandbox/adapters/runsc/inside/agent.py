@@ -48,7 +48,8 @@ ERROR_PAYLOAD = struct.Struct(">H")
 DONE_PAYLOAD = struct.Struct(">Q")
 STAT_PAYLOAD = struct.Struct(">BQd")
 ENTRY_PAYLOAD = struct.Struct(">BQdH")
-PROC_PAYLOAD = struct.Struct(">Iq")
+# A live process: its tag, pid and the length of its label, then the label.
+PROC_PAYLOAD = struct.Struct(">IqB")
 # What a session's zygote says (it runs as the sandbox user: decoded, never unmarshalled).
 ZYGOTE_MESSAGE = struct.Struct(">Bqq")
 ZYGOTE_STARTED, ZYGOTE_FAILED, ZYGOTE_EXITED = 1, 2, 3
@@ -66,6 +67,8 @@ MAX_REQUEST = 4 * 1024 * 1024
 MAX_FRAME = 1024 * 1024
 CHUNK = 64 * 1024
 MAX_MESSAGE = 1000
+# What the service may tag a process with, told back after a restore (a code context's id).
+MAX_LABEL = 200
 # Output queued for the service beyond which children are not read until it drains.
 HIGH_WATER = 1024 * 1024
 # After a process ends, its pipes normally close at once; a daemon it left may hold them.
@@ -100,6 +103,7 @@ class Proc:
         self.status: int | None = None
         self.ended_at = 0.0
         self.forked = False  # a child of the zygote, whose exit the zygote reports
+        self.label = b""  # the service's name for it, told back by `procs`
 
 
 class Download:
@@ -296,6 +300,7 @@ class Agent:
             pipes.close_theirs()
         self.track(tag, pid, pipes, int(args.get("credit", 0)))  # type: ignore[call-overload]
         self.procs[tag].last = bool(args.get("last"))
+        self.procs[tag].label = bytes(args.get("label", b""))[:MAX_LABEL]  # type: ignore[call-overload]
 
     def track(self, tag: int, pid: int, pipes: Pipes, credit: int) -> None:
         for fd in pipes.ours:
@@ -675,8 +680,9 @@ class Agent:
         self.send(DONE, tag, DONE_PAYLOAD.pack(0))
 
     def op_procs(self, tag: int, args: dict[str, object]) -> None:
-        """Every process whose exit the service has not been told yet."""
-        live = b"".join(PROC_PAYLOAD.pack(proc.tag, proc.pid) for proc in self.procs.values())
+        """Every process whose exit the service has not been told yet, with its label."""
+        live = b"".join(PROC_PAYLOAD.pack(proc.tag, proc.pid, len(proc.label)) + proc.label
+                        for proc in self.procs.values())
         self.send(PROCS, tag, live)
 
     # The loop ---------------------------------------------------------------------------
