@@ -49,7 +49,7 @@ define run_tiers
 	exit $$rc
 endef
 
-.PHONY: help venv host rootfs postgres run test-unit test require-root lint bench bench-store image lock deploy clean
+.PHONY: help venv host rootfs postgres run cluster test-unit test require-root lint bench bench-store image lock deploy clean
 
 help:
 	@echo "make venv       .venv with the app, the SDK and sbx (client/), dev tools (re-installs when a pyproject.toml changes)"
@@ -57,6 +57,7 @@ help:
 	@echo "make rootfs     build the sandbox rootfs, cached by its recipe (root)"
 	@echo "make postgres   install Debian's PostgreSQL server for the tests (root; no cluster made)"
 	@echo "make run        serve on 127.0.0.1:8080 (root; SANDBOX_RUNTIME=fake needs neither)"
+	@echo "make cluster    PostgreSQL, a shared checkpoint folder, instances on :8081 and :8082 (root)"
 	@echo "make test-unit  the fake-runtime tiers: seconds, no root"
 	@echo "make test       every tier: unit contract e2e integration faults load image (root, runsc)"
 	@echo "make lint       ruff and mypy"
@@ -102,6 +103,10 @@ postgres:
 run: venv $(if $(filter fake,$(SANDBOX_RUNTIME)),,rootfs)
 	SANDBOX_LOG_FORMAT="$${SANDBOX_LOG_FORMAT:-console}" exec $(BIN)/python -m sandbox
 
+# Instances sharing a throwaway PostgreSQL and a checkpoint folder; Ctrl-C stops them all.
+cluster: venv rootfs postgres
+	$(BIN)/python scripts/cluster.py $(CLUSTER_ARGS)
+
 test-unit: venv
 	@$(call run_tiers,$(FAKE_TIERS),-m "not runsc",fake runtime; tests marked runsc deselected,)
 
@@ -122,9 +127,9 @@ test: require-root venv rootfs postgres
 lint: venv
 	$(BIN)/ruff check sandbox tests scripts client
 	$(BIN)/mypy
-	$(BIN)/mypy scripts/bench.py scripts/bench_store.py scripts/pg_cluster.py
+	$(BIN)/mypy scripts/bench.py scripts/bench_store.py scripts/pg_cluster.py scripts/cluster.py
 
-bench: venv rootfs
+bench: venv rootfs postgres
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 # docker where its daemon answers; otherwise podman (with runc), installed here if missing.

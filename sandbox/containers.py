@@ -12,6 +12,7 @@ from typing import TypeVar
 import structlog
 from dependency_injector import containers, providers
 
+from sandbox.adapters import embedded
 from sandbox.adapters.fake import FakeSandboxRuntime
 from sandbox.adapters.fake_packages import FakePackageInstaller
 from sandbox.adapters.file_output_log import FileOutputLog
@@ -33,8 +34,9 @@ from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.adapters.sqlite_templates import SqliteTemplateStore
 from sandbox.domain.capacity import Capacity
 from sandbox.domain.egress import EgressPolicy
-from sandbox.domain.lifecycle import reaping, reconciliation, shutdown
-from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
+from sandbox.domain.image_store import ImageStore
+from sandbox.domain.lifecycle import handoff, leases, reaping, reconciliation, shutdown
+from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes, SharedState
 from sandbox.domain.limits import LimitPolicy
 from sandbox.domain.metrics import Metrics
 from sandbox.domain.model import SandboxState
@@ -61,6 +63,20 @@ def _runsc_runtime(settings: Settings, metrics: Metrics) -> SandboxRuntime:
     from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
 
     return RunscSandboxRuntime(settings, metrics)
+
+
+def _fake_runtime(settings: Settings) -> SandboxRuntime:
+    return FakeSandboxRuntime(image_dir=settings.state_dir / "images")
+
+
+def _image_store(settings: Settings) -> ImageStore:
+    """Checkpoint images in SANDBOX_CHECKPOINT_DIR (shared by every instance when it is a
+    mounted bucket), fetched into a folder of this instance's own before a restore."""
+    return embedded.image_store(settings)
+
+
+def _owner_id(settings: Settings) -> str:
+    return settings.owner_id()
 
 
 def _package_policy(settings: Settings) -> PackagePolicy:
@@ -161,6 +177,7 @@ async def _served(
     store: SandboxStore,
     outputs: OutputLog,
     policy: LifecyclePolicy,
+    shared: SharedState,
     reap_interval_s: float,
     capacity: Capacity,
     metrics: Metrics,
@@ -169,28 +186,46 @@ async def _served(
     database: object,
     pool: WarmPool,
     templates: Templates,
+    stop_requested: asyncio.Event,
 ) -> AsyncIterator[Sandboxes]:
-    """What the use cases share, reconciled with the host before the first request and reaped
-    in the background until shutdown; the warm pools fill once the reconcile has removed what
-    a crash left (pooled sandboxes included), and are emptied first on the way out.
-    `database` is only held: the store reaches it through a Selector, which the container's
-    shutdown order does not see, and the use cases must shut down (suspending what runs,
-    writing records) before the database does."""
-    sandboxes = Sandboxes(runtime, store, outputs, policy, capacity=capacity, metrics=metrics,
-                          installer=installer, package_policy=package_policy, pool=pool,
-                          templates=templates)
+    """What the use cases share, reconciled with the host before the first request, with its
+    background work until shutdown: the reaper, the lease heartbeat and the handoff service;
+    the warm pools fill once the reconcile has removed what a crash left (pooled sandboxes
+    included), and are emptied on the way out. What runs is checkpointed as soon as a stop is
+    requested (SIGTERM), while the last requests drain, or at the end otherwise; the
+    heartbeat goes on meanwhile, so no lease expires under a checkpoint. `database` is only
+    held: the store reaches it through a Selector, which the container's shutdown order does
+    not see, and the use cases must shut down (suspending what runs, writing records) before
+    the database does."""
+    sandboxes = Sandboxes(runtime, store, outputs, policy, shared, capacity=capacity,
+                          metrics=metrics, installer=installer, package_policy=package_policy,
+                          pool=pool, templates=templates)
+    heartbeat = asyncio.create_task(leases.keep_leases(sandboxes))
     reconciled = await _reconciled(sandboxes)
     if reconciled:
         await pool.start()
     reaper = asyncio.create_task(_reap_forever(sandboxes, reap_interval_s, reconciled, pool))
+    handoffs = asyncio.create_task(handoff.serve_handoffs(sandboxes))
+    stopping = asyncio.create_task(_shut_down_when(stop_requested, sandboxes))
     try:
         yield sandboxes
     finally:
-        reaper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reaper
+        for task in (reaper, handoffs):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await pool.close()
-        await shutdown.shut_down(sandboxes)
+        stop_requested.set()
+        await stopping
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+
+
+async def _shut_down_when(stop_requested: asyncio.Event, sandboxes: Sandboxes) -> None:
+    await stop_requested.wait()
+    log.info("server.stopping", running_here=len(sandboxes.ownership.held))
+    await shutdown.shut_down(sandboxes)
 
 
 async def _reconciled(sandboxes: Sandboxes) -> bool:
@@ -249,7 +284,7 @@ class Container(containers.DeclarativeContainer):
     # Singletons, not Resources: a Resource branch would be initialised even when not chosen.
     runtime_adapter = providers.Selector(
         settings.provided.runtime,
-        fake=providers.Singleton(FakeSandboxRuntime),
+        fake=providers.Singleton(_fake_runtime, settings),
         runsc=providers.Singleton(_runsc_runtime, settings, metrics),
     )
 
@@ -314,6 +349,17 @@ class Container(containers.DeclarativeContainer):
 
     templates = providers.Singleton(_templates, template_store, template_images)
 
+    # Checkpoint images, in a folder every instance mounts (or the state folder).
+    images = providers.Resource(_opened, providers.Singleton(_image_store, settings))
+
+    shared = providers.Singleton(
+        SharedState, images=images, leases=leases, handoffs=handoffs, signals=signals,
+        instance_id=providers.Singleton(_owner_id, settings),
+    )
+
+    # Set on SIGTERM (by the server), to start checkpointing before the requests drain.
+    stop_requested = providers.Singleton(asyncio.Event)
+
     package_policy = providers.Singleton(_package_policy, settings)
 
     # Packages install with pip on the host for the real runtime; the fake installs nothing.
@@ -344,6 +390,7 @@ class Container(containers.DeclarativeContainer):
         store=store,
         outputs=outputs,
         policy=lifecycle_policy,
+        shared=shared,
         reap_interval_s=settings.provided.reap_interval_s,
         capacity=capacity,
         metrics=metrics,
@@ -352,4 +399,5 @@ class Container(containers.DeclarativeContainer):
         database=database,
         pool=warm_pool,
         templates=templates,
+        stop_requested=stop_requested,
     )

@@ -36,8 +36,7 @@ DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 
 def default_instance_id() -> str:
-    """The host's name (as logs show it) and a random suffix, new on every start: a server
-    that restarts is a new owner, and the leases of the one before it simply expire."""
+    """The host's name (as logs show it) and a random suffix."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:50].strip(".-_")
     return f"{host or 'instance'}-{secrets.token_hex(4)}"
 
@@ -138,6 +137,14 @@ class Settings:
     reap_interval_s: float = 5.0
     suspend_on_shutdown: bool = True
     shutdown_grace_s: float = 30.0
+    # Sandboxes checkpointed at once on shutdown.
+    shutdown_concurrency: int = 4
+    # A running sandbox's lease lives this long unless renewed (every third of it); an
+    # instance that cannot renew it for two thirds of it ends the sandbox itself. After an
+    # instance died, its sandboxes are recorded lost within about this long.
+    lease_ttl_s: float = 30.0
+    # A call for a sandbox running on another instance waits this long for the handoff.
+    handoff_timeout_s: float = 30.0
     # Packages per request (wheels only). The pip index: empty means pip's own configuration.
     pip_index_url: str = ""
     # Comma-separated folders or URLs of wheels, passed to pip as --find-links.
@@ -163,8 +170,10 @@ class Settings:
     # one database. Empty: SQLite in the state folder, for one instance. Never shown (it may
     # hold a password).
     database_url: str = field(default="", repr=False)
-    # This instance's name in leases; ignored when settings are compared.
-    instance_id: str = field(default_factory=default_instance_id, compare=False)
+    # This instance's name in leases. Empty: the one kept in STATE_DIR/instance-id, made at
+    # the first start (host name and a random suffix), so that a server restarted on the
+    # same state folder is the same owner and takes its sandboxes back at once.
+    instance_id: str = ""
     # Code contexts (persistent interpreters) one sandbox may have at once.
     max_contexts: int = 8
     # The results (MIME bundles: figures, tables) one cell may answer with, in all; past it
@@ -213,6 +222,7 @@ class Settings:
                      "default_idle_timeout_s", "max_idle_timeout_s", "retention_s",
                      "suspended_retention_s", "max_file_bytes", "reap_interval_s",
                      "shutdown_grace_s", "max_connections", "max_concurrent_executions",
+                     "shutdown_concurrency", "lease_ttl_s", "handoff_timeout_s",
                      "max_concurrent_calls", "max_total_memory_mb", "max_contexts",
                      "cell_result_bytes", "max_fork"):
             if getattr(self, name) <= 0:
@@ -297,7 +307,7 @@ class Settings:
             # The value is not repeated: it may hold a password.
             problems.append("SANDBOX_DATABASE_URL must be a postgresql:// URL (or empty for "
                             "SQLite in the state folder)")
-        if not INSTANCE_ID.fullmatch(self.instance_id):
+        if self.instance_id and not INSTANCE_ID.fullmatch(self.instance_id):
             problems.append("SANDBOX_INSTANCE_ID must be 1 to 64 letters, digits, '.', '_' "
                             "or '-', starting with a letter or digit")
         return problems
@@ -403,6 +413,27 @@ class Settings:
             values["api_tokens"] = tokens
         return cls(**values)
 
+    def owner_id(self) -> str:
+        """This instance's name as an owner of leases (see `instance_id`)."""
+        if self.instance_id:
+            return self.instance_id
+        kept = self.state_dir / "instance-id"
+        try:
+            found = kept.read_text().strip()
+        except FileNotFoundError:
+            found = ""
+        if INSTANCE_ID.fullmatch(found):
+            return found
+        made = default_instance_id()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        written = kept.with_name(f".instance-id.{secrets.token_hex(4)}")
+        # Private like every file of the state folder, whatever the umask.
+        descriptor = os.open(written, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(made + "\n")
+        written.rename(kept)
+        return made
+
     @property
     def checkpoints(self) -> Path:
         return self.checkpoint_dir or self.state_dir / "checkpoints"
@@ -419,6 +450,9 @@ class Settings:
             max_file_bytes=self.max_file_bytes,
             suspend_on_shutdown=self.suspend_on_shutdown,
             shutdown_grace_s=self.shutdown_grace_s,
+            shutdown_concurrency=self.shutdown_concurrency,
+            lease_ttl_s=self.lease_ttl_s,
+            handoff_timeout_s=self.handoff_timeout_s,
             max_contexts=self.max_contexts,
             cell_result_bytes=self.cell_result_bytes,
             max_fork=self.max_fork,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bench_contexts
+import bench_handoff
 import bench_pool
 import bench_sessions
 import bench_templates
@@ -40,7 +41,7 @@ from bench_egress import measure_egress
 from handmade_wheel import write_wheel
 
 from sandbox.adapters.runsc import cgroups
-from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.adapters.runsc.runtime import RunscSandboxRuntime, local_images
 from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.model import Language, Program, SandboxSpec
 from sandbox.entrypoints.app import create_app
@@ -117,6 +118,16 @@ def running_server(
     extra: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """A server; without `pool`, one with no warm pool (every call takes the cold path)."""
+    with server_process(state_dir, log_path, wheels, pool, preimport, extra) as (base_url, _):
+        yield base_url
+
+
+@contextlib.contextmanager
+def server_process(
+    state_dir: Path, log_path: Path, wheels: Path, pool: str = "", preimport: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A ready server and its process, which the caller may stop itself; stopped after."""
     port = free_port()
     env = {
         **bench_environ(state_dir),
@@ -138,13 +149,14 @@ def running_server(
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(server, base_url)
-        yield base_url
+        yield base_url, server
     except BaseException:
         print(f"server log (last lines of {log_path}):", file=sys.stderr)
         print(*log_path.read_text(errors="replace").splitlines()[-20:], sep="\n", file=sys.stderr)
         raise
     finally:
-        server.send_signal(signal.SIGTERM)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
         try:
             server.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -412,7 +424,7 @@ def measure_checkpoint_removal(runtime: RunscSandboxRuntime, settings: Settings)
     lags = {}
     for name, remove in (("on the event loop (before)", on_the_loop),
                          ("in a worker thread (the service now)", in_a_thread)):
-        image = settings.checkpoints / new_sandbox_id()
+        image = local_images(settings) / new_sandbox_id()
         write_checkpoint(image)
         lags[name] = asyncio.run(worst_loop_lag_ms(functools.partial(remove, image)))
         if image.exists():
@@ -517,6 +529,24 @@ def measure_templates(
         print(figure.line())
 
 
+def measure_handoff(
+    tmp: Path, wheels: Path, runtime: RunscSandboxRuntime, settings: Settings,
+    args: argparse.Namespace,
+) -> None:
+    """P9 on two instances sharing a throwaway PostgreSQL and a checkpoint folder."""
+    print(f"measuring handoffs between two instances ({args.handoffs} rounds)...", flush=True)
+    try:
+        figures = bench_handoff.handoff_figures(tmp / "handoff", server_process, wheels, runtime,
+                                                settings, CGROUP_PARENT, args.handoffs)
+    finally:
+        for name in ("a", "b", "c"):
+            cgroups.remove_parent(f"{CGROUP_PARENT}-{name}")
+    print()
+    print("many instances (issue 9):")
+    for figure in figures:
+        print(figure.line())
+
+
 def runsc_version(runtime: RunscSandboxRuntime) -> str:
     done = subprocess.run(runtime.command("--version"), capture_output=True, text=True,
                           timeout=CALL_TIMEOUT_S, check=False)
@@ -547,6 +577,10 @@ def parse_args() -> argparse.Namespace:
                         help="only the code contexts' figures")
     parser.add_argument("--sessions-only", action="store_true",
                         help="only the session figures (P3, P6)")
+    parser.add_argument("--handoff-only", action="store_true",
+                        help="only the handoff figure (P9)")
+    parser.add_argument("--handoffs", type=count(1, 100), default=8,
+                        help="handoffs timed for P9 (default 8)")
     parser.add_argument("--density", type=count(1, 400), default=200,
                         help="idle sessions held for P6 (default 200)")
     parser.add_argument("--templates-only", action="store_true",
@@ -572,6 +606,9 @@ def main() -> int:
             asyncio.run(runtime.start())
             wheels = Path(tmp, "wheels")
             write_bench_wheels(wheels)
+            if args.handoff_only:
+                measure_handoff(Path(tmp), wheels, runtime, settings, args)
+                return 0
             if args.contexts_only:
                 measure_contexts(Path(tmp), wheels, args)
                 return 0
@@ -594,11 +631,13 @@ def main() -> int:
                 measure_contexts(Path(tmp), wheels, args)
                 measure_sessions(Path(tmp), wheels, settings, args)
                 measure_templates(Path(tmp), wheels, runtime, settings, args)
+                measure_handoff(Path(tmp), wheels, runtime, settings, args)
                 measure_egress(settings, args.runs)
                 asyncio.run(measure_loop_lag(Path(tmp, "loop-lag")))
                 measure_checkpoint_removal(runtime, settings)
         except (BenchError, bench_pool.PoolBenchError, bench_contexts.ContextBenchError,
-                bench_sessions.SessionBenchError, bench_templates.TemplateBenchError) as error:
+                bench_sessions.SessionBenchError, bench_templates.TemplateBenchError,
+                bench_handoff.HandoffBenchError) as error:
             print(f"bench: {error}", file=sys.stderr)
             return 1
         finally:

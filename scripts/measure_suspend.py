@@ -25,10 +25,10 @@ from pathlib import Path
 
 import structlog
 
+from sandbox.adapters.embedded import embedded_state
 from sandbox.adapters.file_output_log import FileOutputLog
 from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
-from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.lifecycle.creation import run_detached
 from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.reading import read_output
@@ -126,7 +126,10 @@ async def timed_suspend(sandboxes: Sandboxes, sandbox_id: str) -> tuple[float, i
     seconds = time.perf_counter() - started
     if suspended.checkpoint is None:
         raise RuntimeError("a suspended sandbox has no checkpoint")
-    return seconds, folder_bytes(Path(suspended.checkpoint))
+    manifest = await sandboxes.images.manifest(suspended.checkpoint)
+    if manifest is None:
+        raise RuntimeError("a suspended sandbox's image has no manifest")
+    return seconds, manifest.size
 
 
 @contextlib.asynccontextmanager
@@ -135,16 +138,15 @@ async def lifecycle(
 ) -> AsyncIterator[tuple[Sandboxes, RunscSandboxRuntime]]:
     runtime = RunscSandboxRuntime(settings)
     await runtime.start()
-    store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
-    sandboxes = Sandboxes(runtime, store, FileOutputLog(settings.state_dir / "outputs"),
-                          dataclasses.replace(settings.lifecycle_policy(),
-                                              suspend_on_shutdown=False))
-    try:
-        yield sandboxes, runtime
-    finally:
-        await shut_down(sandboxes)
-        store.close()
-        await runtime.close()
+    async with embedded_state(settings) as state:
+        sandboxes = Sandboxes(runtime, state.store, FileOutputLog(settings.state_dir / "outputs"),
+                              dataclasses.replace(settings.lifecycle_policy(),
+                                                  suspend_on_shutdown=False), state.shared)
+        try:
+            yield sandboxes, runtime
+        finally:
+            await shut_down(sandboxes)
+            await runtime.close()
         for sandbox_id in await runtime.leftover_ids():
             await runtime.destroy(sandbox_id)
 

@@ -10,11 +10,18 @@ stderr. Tests can also program the outcome of a given script with `program()`.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import base64
 import contextlib
+import json
 import re
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from sandbox.adapters.fake_contexts import FakeContexts, FakeKernel
 from sandbox.adapters.limit_layers import limit_layers
@@ -50,6 +57,11 @@ _SH_EXIT = re.compile(r"exit\s+(?P<code>\d+)")
 _SH_SLEEP = re.compile(r"sleep\s+(?P<s>[\d.]+)")
 
 _Step = tuple[str, object]
+
+# The one file of a fake checkpoint image: the sandbox's files, as JSON.
+IMAGE_FILE = "files.json"
+# The kernels of every fake checkpoint made in this process, by the token its image names.
+_SAVED_KERNELS: dict[str, dict[str, FakeKernel]] = {}
 
 
 def _steps(program: Program) -> Iterator[_Step]:
@@ -93,10 +105,14 @@ class _FakeImage:
 
 
 class FakeSandboxRuntime(SandboxRuntime):
-    def __init__(self) -> None:
+    """Its checkpoints are real folders (one JSON file of the sandbox's files) under
+    `image_dir`, so that they travel through an image store as runsc's do; by default a
+    temporary folder, removed when the process ends."""
+
+    def __init__(self, image_dir: Path | None = None) -> None:
         self._programmed: dict[bytes, FakeBehaviour] = {}
         self._sandboxes: dict[str, _FakeSandbox] = {}
-        self._images: dict[str, _FakeImage] = {}
+        self._image_dir = image_dir
         self.live: set[str] = set()
         self.runs: list[tuple[SandboxSpec, Program]] = []
         self.problems: list[str] = []
@@ -226,35 +242,48 @@ class FakeSandboxRuntime(SandboxRuntime):
         self.warm_runs.append((sandbox_id, program))
         return await self._play_within(program, sink, timeout_s)
 
+    @property
+    def image_dir(self) -> Path:
+        if self._image_dir is None:
+            self._image_dir = Path(tempfile.mkdtemp(prefix="sandbox-fake-images-"))
+            atexit.register(shutil.rmtree, self._image_dir, ignore_errors=True)
+        self._image_dir.mkdir(parents=True, exist_ok=True)
+        return self._image_dir
+
     async def checkpoint(self, sandbox_id: str) -> str:
         sandbox = self._running(sandbox_id)
-        image = f"fake-image-{sandbox_id}"
-        self._images[image] = _FakeImage(dict(sandbox.files), sandbox.contexts.saved())
+        image = self.image_dir / sandbox_id
+        shutil.rmtree(image, ignore_errors=True)
+        _save(sandbox, image)
         await self._stop(sandbox_id)
-        return image
+        return str(image)
 
     async def snapshot(self, sandbox_id: str, image: str) -> int:
         sandbox = self._running(sandbox_id)
-        self._images[image] = _FakeImage(dict(sandbox.files), sandbox.contexts.saved())
+        _save(sandbox, Path(image))
         return sum(len(data) for data in sandbox.files.values())
 
     async def restore(self, spec: SandboxSpec, image: str, sink: OutputSink) -> None:
-        if image not in self._images:
-            raise RuntimeFailure(f"no checkpoint image {image}")
-        saved = self._images[image]
-        # Restored as many times as asked, each restore with its own copy of the state; the
-        # image stays as it was.
-        copy = _FakeImage(saved.files, {key: kernel.saved() for key, kernel in
-                                        saved.kernels.items()})
+        try:
+            saved = json.loads((Path(image) / IMAGE_FILE).read_text())
+            kernels = _SAVED_KERNELS[saved["kernels"]]
+        except (OSError, ValueError, KeyError) as error:
+            raise RuntimeFailure(f"no usable checkpoint image at {image}: {error}") from None
+        files = {path: base64.b64decode(data) for path, data in saved["files"].items()}
+        # Restored as many times as asked, each restore with its own copy of the state.
+        copy = _FakeImage(files, {key: kernel.saved() for key, kernel in kernels.items()})
         self._launch(spec, Program(language=None, argv=("idle",)), sink, copy)
         self.restores.append((spec.sandbox_id, image))
 
     async def discard_checkpoint(self, image: str) -> None:
-        self._images.pop(image, None)
+        path = Path(image)
+        if path.parent == self.image_dir:
+            shutil.rmtree(path, ignore_errors=True)
 
     async def destroy(self, sandbox_id: str) -> None:
         await self._stop(sandbox_id)
-        self._images.pop(f"fake-image-{sandbox_id}", None)
+        if self._image_dir is not None:
+            shutil.rmtree(self._image_dir / sandbox_id, ignore_errors=True)
 
     async def _stop(self, sandbox_id: str) -> None:
         self.warm.pop(sandbox_id, None)
@@ -323,8 +352,8 @@ class FakeSandboxRuntime(SandboxRuntime):
         return {key for key, box in self._sandboxes.items() if not box.init.done()}
 
     async def leftover_ids(self) -> set[str]:
-        images = {image.removeprefix("fake-image-") for image in self._images
-                  if image.startswith("fake-image-")}
+        images = ({entry.name for entry in self._image_dir.iterdir()}
+                  if self._image_dir is not None and self._image_dir.is_dir() else set())
         return set(self._sandboxes) | images
 
     def _running(self, sandbox_id: str) -> _FakeSandbox:
@@ -351,3 +380,15 @@ async def _idle() -> tuple[int | None, bool]:
 
 def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
+
+
+def _save(sandbox: _FakeSandbox, image: Path) -> None:
+    """A sandbox's files into the image folder as JSON. Kernels are objects: kept in this
+    process under a token the image names (the instances of the multi-instance unit tests
+    share the process, as runsc's images hold the kernels' memory)."""
+    image.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    _SAVED_KERNELS[token] = sandbox.contexts.saved()
+    (image / IMAGE_FILE).write_text(json.dumps({
+        "files": {path: base64.b64encode(data).decode() for path, data in sandbox.files.items()},
+        "kernels": token}))

@@ -32,6 +32,9 @@ class FakePackageInstaller(PackageInstaller):
                              for name, needs in (dependencies or {}).items()}
         self.policy = policy or PackagePolicy()
         self.installed: list[RequirementSet] = []
+        # Sets installed from their pins (layer_of), as a restore elsewhere asks for them.
+        self.installed_pins: list[tuple[str, ...]] = []
+        self._pins: dict[str, tuple[str, ...]] = {}
         self._metrics = metrics or NoMetrics()
 
     async def layer_for(self, requirements: RequirementSet) -> str:
@@ -44,7 +47,24 @@ class FakePackageInstaller(PackageInstaller):
         self._metrics.package_layer_requested("hit" if requirements in self.installed
                                               else "built")
         self.installed.append(requirements)
-        return f"/fake/packages/{resolved.key('fake', 'fake', 'fake')}"
+        return self._folder(resolved)
+
+    def _folder(self, resolved: ResolvedSet) -> str:
+        folder = f"{self.root}/{resolved.key('fake', 'fake', 'fake')}"
+        self._pins[folder] = resolved.pins
+        return folder
+
+    # The folder an installer on another instance would give: tests set another root.
+    root = "/fake/packages"
+
+    async def pins_of(self, layer: str) -> tuple[str, ...] | None:
+        return self._pins.get(layer)
+
+    async def layer_of(self, pins: tuple[str, ...]) -> str:
+        resolved = ResolvedSet(tuple(sorted(pins)))
+        self.policy.check_resolved(resolved)
+        self.installed_pins.append(resolved.pins)
+        return self._folder(resolved)
 
     def resolve(self, requirements: RequirementSet) -> ResolvedSet:
         versions: dict[str, str] = {}

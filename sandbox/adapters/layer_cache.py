@@ -3,6 +3,7 @@ resolved to which layer. Layout under STATE_DIR/packages:
 
     <layer key>/              one resolved set, installed; mounted read-only into sandboxes
     .used/<layer key>         when it was last asked for (mtime) and its size (content)
+    .pins/<layer key>         the releases the layer holds (to rebuild it on another instance)
     .aliases/<request key>    the layer a requested set resolved to, with its pins
     .building-<token>/        a build in progress (pip_process.BuildFolder)
     .evicting-<key>-<token>/  a layer being deleted
@@ -50,6 +51,7 @@ class LayerCache:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._used = root / ".used"
+        self._pins = root / ".pins"
         self._aliases = root / ".aliases"
 
     def layer(self, key: str) -> Path:
@@ -67,6 +69,27 @@ class LayerCache:
     def prepare_folders(self) -> None:
         self._used.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._aliases.mkdir(exist_ok=True, mode=0o700)
+        self._pins.mkdir(exist_ok=True, mode=0o700)
+
+    def remember_pins(self, layer_key: str, resolved: ResolvedSet) -> None:
+        self.prepare_folders()
+        written = self._pins / f".{layer_key}.{secrets.token_hex(4)}"
+        written.write_text(json.dumps(list(resolved.pins)))
+        written.rename(self._pins / layer_key)
+
+    def pins(self, layer_key: str) -> ResolvedSet | None:
+        """The releases of a layer: from its pins file, else (a layer made before those
+        existed) from an alias that names it."""
+        try:
+            return ResolvedSet(tuple(json.loads((self._pins / layer_key).read_text())))
+        except (OSError, ValueError, TypeError):
+            pass
+        with contextlib.suppress(OSError):
+            for path in self._aliases.iterdir():
+                alias = self._read(path) if _KEY.fullmatch(path.name) else None
+                if alias is not None and alias.layer == layer_key:
+                    return alias.resolved
+        return None
 
     def new_build(self) -> BuildFolder:
         self.prepare_folders()
@@ -156,6 +179,7 @@ class LayerCache:
         target = self.root / f".evicting-{key}-{secrets.token_hex(4)}"
         self.layer(key).rename(target)
         (self._used / key).unlink(missing_ok=True)
+        (self._pins / key).unlink(missing_ok=True)
         return target
 
 

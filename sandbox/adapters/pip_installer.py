@@ -20,8 +20,9 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -127,7 +128,8 @@ class PipPackageInstaller(PackageInstaller):
                 self._cache.touch(alias.layer)
                 self._metrics.package_layer_requested("hit")
                 return str(self._cache.layer(alias.layer))
-            task = self._builds.get(request_key) or self._start_build(request_key, requirements)
+            task = self._builds.get(request_key) or self._start_build(
+                request_key, self._build(request_key, requirements))
             # Shielded: one caller giving up does not stop the build the others wait for.
             built = await asyncio.shield(task)
         except PackageResolutionFailed:
@@ -136,15 +138,17 @@ class PipPackageInstaller(PackageInstaller):
         self._metrics.package_layer_requested("built")
         return built
 
-    def _start_build(self, request_key: str, requirements: RequirementSet) -> asyncio.Task[str]:
+    def _start_build(self, request_key: str, building: Coroutine[Any, Any, str]
+                     ) -> asyncio.Task[str]:
         most = MAX_PARALLEL_BUILDS + self._settings.max_queued_builds
         if len(self._builds) >= most:
+            building.close()
             message = (f"{len(self._builds)} package builds are running or waiting, the most "
                        "this server takes; retry later, or ask for a set built before")
             if self._capacity is None:
                 raise AtCapacity(message, QUEUE_RETRY_AFTER_S)
             raise self._capacity.refusal("package_builds", message, QUEUE_RETRY_AFTER_S)
-        task = asyncio.create_task(self._build(request_key, requirements))
+        task = asyncio.create_task(building)
         self._builds[request_key] = task
         task.add_done_callback(lambda done: self._forget(request_key, done))
         return task
@@ -192,9 +196,16 @@ class PipPackageInstaller(PackageInstaller):
         await self._pip.run(self._pip.resolve_argv(requirements, build), build, deadline)
         resolved = await asyncio.to_thread(read_report, build.report)
         self._policy.check_resolved(resolved)
+        layer_key = await self._install(resolved, build, deadline)
+        self._cache.remember(request_key, layer_key, resolved)
+        return layer_key
+
+    async def _install(self, resolved: ResolvedSet, build: BuildFolder, deadline: float) -> str:
+        """The layer holding exactly `resolved`, installed unless another spelling (or
+        instance restoring a sandbox) had it installed before; its key."""
         layer_key = self.layer_key(resolved)
         layer = self._cache.layer(layer_key)
-        if layer.is_dir():  # another spelling resolved to these releases before
+        if layer.is_dir():
             self._cache.touch(layer_key)
         else:
             if resolved.pins:
@@ -209,8 +220,42 @@ class PipPackageInstaller(PackageInstaller):
             self._cache.record(layer_key, size)
             log.info("packages.installed", key=layer_key[:16], pins=list(resolved.pins),
                      mb=round(size / 2**20, 1))
-        self._cache.remember(request_key, layer_key, resolved)
+        await asyncio.to_thread(self._cache.remember_pins, layer_key, resolved)
         return layer_key
+
+    async def pins_of(self, layer: str) -> tuple[str, ...] | None:
+        path = Path(layer)
+        if path.parent != self._cache.root:
+            return None
+        resolved = await asyncio.to_thread(self._cache.pins, path.name)
+        return resolved.pins if resolved is not None else None
+
+    async def layer_of(self, pins: tuple[str, ...]) -> str:
+        resolved = ResolvedSet(tuple(sorted(pins)))
+        self._policy.check_resolved(resolved)
+        layer_key = self.layer_key(resolved)
+        if self._cache.layer(layer_key).is_dir():
+            self._cache.touch(layer_key)
+            self._metrics.package_layer_requested("hit")
+            return str(self._cache.layer(layer_key))
+        build_key = f"pins-{layer_key}"
+        task = self._builds.get(build_key) or self._start_build(
+            build_key, self._install_pinned(resolved))
+        built = await asyncio.shield(task)
+        self._metrics.package_layer_requested("built")
+        return built
+
+    async def _install_pinned(self, resolved: ResolvedSet) -> str:
+        """Exactly these releases, as the layer a set resolving to them would be."""
+        async with self._slots, self._reserved():
+            build = await asyncio.to_thread(self._cache.new_build)
+            try:
+                deadline = asyncio.get_running_loop().time() + self._settings.pip_timeout_s
+                layer_key = await self._install(resolved, build, deadline)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, build.root, ignore_errors=True)
+        await self._evict(keep=layer_key)
+        return str(self._cache.layer(layer_key))
 
     async def _evict(self, keep: str) -> None:
         """Remove least recently used layers while all of them take more than the cache

@@ -25,6 +25,8 @@ def load(text: str) -> Sandbox:
     for key in ("env", "checkpoint_identity"):
         data[key] = tuple(tuple(pair) for pair in data[key])
     data["package_dirs"] = tuple(data["package_dirs"])
+    # Records written before pins were kept have none: their layers restore where they are.
+    data["package_pins"] = tuple(tuple(pins) for pins in data.get("package_pins", ()))
     # Records written before egress existed have no allow-list: no way out.
     data["network_allow"] = tuple(data.get("network_allow", ()))
     known = {field.name for field in dataclasses.fields(Sandbox)}

@@ -77,3 +77,11 @@ class StoreUnavailable(SandboxError):
 
     code = "store_unavailable"
     retry_after_s = 1
+
+
+class Unavailable(SandboxError):
+    """The call cannot be served by this instance now (a handoff took too long, the instance
+    is stopping); a retry, maybe on another instance, may succeed."""
+
+    code = "unavailable"
+    retry_after_s = 2

@@ -165,11 +165,15 @@ class Sandbox:
     reason_code: ReasonCode | None = None
     env: tuple[tuple[str, str], ...] = ()
     package_dirs: tuple[str, ...] = ()
+    # The releases (`name==version`) of each of package_dirs, in the same order: another
+    # instance rebuilds the same layers from them before it restores the sandbox.
+    package_pins: tuple[tuple[str, ...], ...] = ()
     idle_timeout_s: float | None = None
     last_activity_at: float = 0.0
     # Seconds the sandbox has run so far, so a detached script's time limit spans suspends.
     run_seconds: float = 0.0
     running_since: float | None = None
+    # The key of its checkpoint image in the image store, while suspended.
     checkpoint: str | None = None
     checkpoint_identity: tuple[tuple[str, str], ...] = ()
     network_allow: tuple[str, ...] = ()

@@ -497,5 +497,17 @@ class PackageInstaller(abc.ABC):
         """A host folder holding the set, importable when put on PYTHONPATH."""
 
     @abc.abstractmethod
+    async def pins_of(self, layer: str) -> tuple[str, ...] | None:
+        """The releases (`name==version`, sorted) in a folder `layer_for` gave; None when
+        they are not known (a folder made before they were kept)."""
+
+    @abc.abstractmethod
+    async def layer_of(self, pins: tuple[str, ...]) -> str:
+        """A folder holding exactly these releases: the same one, by the same key, that a set
+        resolving to them gets on any instance with the same settings. Installed without
+        resolving when missing here (a sandbox restored on another instance needs the very
+        releases it was started with). The policy holds; errors as for `layer_for`."""
+
+    @abc.abstractmethod
     async def readiness(self) -> list[str]:
         """Problems that stop the installer from installing now; empty when ready."""

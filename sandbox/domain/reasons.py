@@ -20,6 +20,7 @@ class ReasonCode(enum.StrEnum):
     SERVER_STOPPED = "server_stopped"
     SERVER_RESTARTED = "server_restarted"
     RESTORED = "restored"
+    HANDED_OFF = "handed_off"
     LOST = "lost"
     VANISHED = "vanished"
     CREATE_FAILED = "create_failed"
@@ -43,7 +44,9 @@ _SENTENCES = {
     ReasonCode.SERVER_STOPPED: "suspended when the server stopped",
     ReasonCode.SERVER_RESTARTED: "the server restarted while it ran",
     ReasonCode.RESTORED: "restored",
-    ReasonCode.LOST: "ended: it was not running when the server restarted",
+    ReasonCode.HANDED_OFF: "suspended to move to the server instance that a call for it "
+                           "reached; the next call restores it",
+    ReasonCode.LOST: "ended: the server running it stopped, and it was not saved",
     ReasonCode.VANISHED: "it ended without an exit code (the runtime lost it)",
     ReasonCode.CREATE_FAILED: "the sandbox runtime failed to start it",
     ReasonCode.CREATE_INTERRUPTED: "creation was interrupted",

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
 import structlog
-import uvicorn
 
+from sandbox.containers import Container
 from sandbox.entrypoints.app import create_app
-from sandbox.entrypoints.server import SERVER_OPTIONS, server_config
+from sandbox.entrypoints.server import SERVER_OPTIONS, GracefulServer, server_config
 from sandbox.logs import configure_logging
 from sandbox.settings import Settings, SettingsError
 
@@ -33,13 +34,24 @@ def main() -> None:
     # Only the digests are kept; the tokens must not reach the processes we start (pip, runsc).
     os.environ.pop("SANDBOX_API_TOKENS", None)
     log.info("server.starting", host=settings.host, port=settings.port, runtime=settings.runtime)
-    server = uvicorn.Server(server_config(create_app(settings), settings))
+    container = Container(settings=settings)
+    stop_requested = container.stop_requested()
+    server = GracefulServer(server_config(create_app(settings, container), settings),
+                            on_stop=lambda: _set_soon(stop_requested))
     server.run()
     if not server.started:
         # The app refused to start (SANDBOX_REQUIRE_CGROUPS on a host without cgroups, say):
         # the log says why; a service manager must see a failure, not a clean exit.
         print("sandbox: the server did not start; the log above says why", file=sys.stderr)
         sys.exit(STARTUP_FAILED)
+
+
+def _set_soon(event: asyncio.Event) -> None:
+    """Set the event from a signal handler: through the loop, which it also wakes."""
+    try:
+        asyncio.get_running_loop().call_soon_threadsafe(event.set)
+    except RuntimeError:  # no loop runs (yet, or any more)
+        event.set()
 
 
 def _fail(message: str) -> None:

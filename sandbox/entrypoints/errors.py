@@ -17,6 +17,7 @@ from sandbox.domain.errors import (
     RuntimeFailure,
     SandboxError,
     StoreUnavailable,
+    Unavailable,
 )
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,9 @@ STATUS_BY_CODE = {
     "context_not_found": 404,
     "invalid_state": 409,
     "checkpoint_mismatch": 409,
+    # A checkpoint image (of a sandbox, or of a template) that cannot be used or replaced.
+    "image_unusable": 409,
+    "image_exists": 409,
     "payload_too_large": 413,
     "package_resolution_failed": 422,
     "at_capacity": 429,
@@ -35,6 +39,8 @@ STATUS_BY_CODE = {
     # Another instance took the sandbox over during the call; a retry finds its new owner.
     "lease_lost": 503,
     "store_unavailable": 503,
+    # A handoff between instances took too long, or this instance is stopping.
+    "unavailable": 503,
 }
 
 INTERNAL_MESSAGE = "internal error; the server's log has the details under this request's id"
@@ -75,7 +81,7 @@ async def _sandbox_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SandboxError)
     body = public_error(exc)
     headers: dict[str, str] = {}
-    if isinstance(exc, AtCapacity | StoreUnavailable):
+    if isinstance(exc, AtCapacity | StoreUnavailable | Unavailable):
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, LeaseLost):
         headers["Retry-After"] = "1"

@@ -20,7 +20,7 @@ def test_readyz_answers_ready_with_the_layers_that_hold_each_limit(client: TestC
         "memory": ["cgroup"], "cpu": ["cgroup"], "pids": ["rlimit", "cgroup"],
         "open_files": ["rlimit"], "file_size": ["rlimit"], "tmp": ["gvisor_tmpfs"],
         "wall_time": ["server_timer"], "output": ["server_cap"],
-    }}
+    }, "warnings": []}
 
 
 def test_readyz_says_which_limits_are_weaker_on_a_host_without_cgroups(
@@ -28,12 +28,17 @@ def test_readyz_says_which_limits_are_weaker_on_a_host_without_cgroups(
 ) -> None:
     runtime.cgroups = False
 
-    limits = client.get("/readyz").json()["limits"]
+    ready = client.get("/readyz").json()
+    limits = ready["limits"]
 
     assert limits["cpu"] == []
     assert limits["memory"] == ["memory_watch"]
     assert limits["pids"] == ["rlimit"]
     assert limits["wall_time"] == ["server_timer"]
+    assert ready["status"] == "ready"
+    assert [warning.split(":")[0] for warning in ready["warnings"]] == ["no usable cgroups"] * 2
+    assert "memory watch" in ready["warnings"][0]
+    assert "no CPU quota" in ready["warnings"][1]
 
 
 def test_readyz_is_a_503_listing_the_runtimes_problems(

@@ -26,6 +26,30 @@ def test_a_suspended_session_survives_a_restart_and_restores(settings: Settings)
     assert kept.content == b"still here"
 
 
+def test_a_session_saved_when_the_server_stopped_is_restored_by_its_next_call(
+    settings: Settings,
+) -> None:
+    runtime = FakeSandboxRuntime()
+    with app_on(settings, runtime) as client:
+        execs, writes = create_session(client), create_session(client)
+        for sandbox_id in (execs, writes):
+            client.put(f"/sandboxes/{sandbox_id}/files/kept.txt", content=b"still here")
+
+    with app_on(settings, runtime) as client:
+        saved = {sandbox_id: client.get(f"/sandboxes/{sandbox_id}").json()["reason_code"]
+                 for sandbox_id in (execs, writes)}
+        executed = client.post(f"/sandboxes/{execs}/exec",
+                               json={"language": "bash", "code": "cat kept.txt"})
+        written = client.put(f"/sandboxes/{writes}/files/more.txt", content=b"more")
+        states = [client.get(f"/sandboxes/{sandbox_id}").json()["state"]
+                  for sandbox_id in (execs, writes)]
+
+    assert saved == {execs: "server_stopped", writes: "server_stopped"}
+    assert executed.status_code == 200, executed.text
+    assert written.status_code in (200, 201), written.text
+    assert states == ["running", "running"]
+
+
 def test_a_finished_scripts_record_and_output_survive_a_restart(settings: Settings) -> None:
     runtime = FakeSandboxRuntime()
     with app_on(settings, runtime) as client:

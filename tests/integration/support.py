@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from sandbox.adapters.embedded import embedded_state
 from sandbox.adapters.file_output_log import FileOutputLog
 from sandbox.adapters.runsc import cgroups
 from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
-from sandbox.adapters.sqlite_store import SqliteSandboxStore
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.lifecycle import work
 from sandbox.domain.lifecycle.sandboxes import LifecyclePolicy, Sandboxes
@@ -95,14 +95,13 @@ async def managed_sandboxes(
     runtime: RunscSandboxRuntime, settings: Settings, policy: LifecyclePolicy | None = None
 ) -> AsyncIterator[Sandboxes]:
     """The lifecycle service as the server builds it, on this runtime and state folder."""
-    store = SqliteSandboxStore(settings.state_dir / "sandboxes.db")
-    sandboxes = Sandboxes(runtime, store, FileOutputLog(settings.state_dir / "outputs"),
-                          policy or settings.lifecycle_policy())
-    try:
-        yield sandboxes
-    finally:
-        await shut_down(sandboxes)
-        store.close()
+    async with embedded_state(settings) as state:
+        sandboxes = Sandboxes(runtime, state.store, FileOutputLog(settings.state_dir / "outputs"),
+                              policy or settings.lifecycle_policy(), state.shared)
+        try:
+            yield sandboxes
+        finally:
+            await shut_down(sandboxes)
 
 
 def leftovers(settings: Settings) -> list[str]:
@@ -110,7 +109,7 @@ def leftovers(settings: Settings) -> list[str]:
     runsc_root = settings.state_dir / "runsc"
     found = [f"container {name}" for name in _listed_containers(runsc_root)]
     found.extend(f"record {sandbox_id}" for sandbox_id in _recorded(settings))
-    for folder in ("bundles", "checkpoints", "outputs"):
+    for folder in ("bundles", "images", "image-copies", "checkpoints", "outputs"):
         path = settings.state_dir / folder
         if path.is_dir():
             found.extend(f"{folder}/{entry.name}" for entry in path.iterdir())

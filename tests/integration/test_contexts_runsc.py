@@ -239,7 +239,11 @@ async def test_variables_imports_and_files_survive_a_suspend_and_restore_on_eith
             before = value(await cell(sandboxes, ids, "drawn.tolist()"))
             suspended = await suspend_sandbox(sandboxes, ids[0])
             assert suspended.checkpoint is not None
-            made_on = (Path(suspended.checkpoint) / PLATFORM_FILE).read_text()
+            fetched = await sandboxes.images.fetch(suspended.checkpoint)  # as published
+            try:
+                made_on = (Path(fetched.folder) / PLATFORM_FILE).read_text()
+            finally:
+                await sandboxes.images.release(fetched)
             await restore_sandbox(sandboxes, ids[0])
             after = await cell(sandboxes, ids,
                                "drawn.tolist(), np.__name__, open('/tmp/f.txt').read()")

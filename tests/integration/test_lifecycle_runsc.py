@@ -148,7 +148,7 @@ async def test_a_suspended_counter_leaves_no_process_and_restored_continues_wher
     assert suspended.state is SandboxState.SUSPENDED
     assert processes_while_suspended == []
     assert suspended.checkpoint is not None
-    assert stat.S_IMODE(os.stat(suspended.checkpoint).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(settings.checkpoints / suspended.checkpoint).st_mode) == 0o700
 
     restored = await restore_sandbox(sandboxes, sandbox_id)
     await counted_past(sandboxes, sandbox_id, last_before + 5)
@@ -167,8 +167,10 @@ async def test_deleting_a_suspended_sandbox_removes_its_record_output_checkpoint
     sandbox = await run_detached(sandboxes, Language.PYTHON, COUNTER, LIMITS)
     await counted_past(sandboxes, sandbox.sandbox_id, 1)
     suspended = await suspend_sandbox(sandboxes, sandbox.sandbox_id)
-    kept = [is_kept(settings, folder, sandbox.sandbox_id)
-            for folder in ("outputs", "checkpoints", "bundles")]
+    assert suspended.checkpoint is not None
+    kept = [is_kept(settings, "outputs", sandbox.sandbox_id),
+            is_kept(settings, "checkpoints", suspended.checkpoint),
+            is_kept(settings, "bundles", sandbox.sandbox_id)]
 
     await delete_sandbox(sandboxes, sandbox.sandbox_id)
 
@@ -483,7 +485,7 @@ async def test_a_checkpoint_made_with_another_rootfs_is_refused_and_kept(
         with pytest.raises(CheckpointMismatch, match="another-rootfs"):
             await restore_sandbox(other_sandboxes, sandbox.sandbox_id)
     record = await sandboxes.get(sandbox.sandbox_id)
-    image_kept = Path(str(record.checkpoint), "checkpoint.img").is_file()
+    image_kept = (settings.checkpoints / str(record.checkpoint) / "checkpoint.img").is_file()
     restored_here = await restore_sandbox(sandboxes, sandbox.sandbox_id)
     await delete_sandbox(sandboxes, sandbox.sandbox_id)
 
@@ -499,7 +501,7 @@ async def test_a_corrupt_checkpoint_fails_the_restore_and_leaves_nothing_on_the_
     await counted_past(sandboxes, sandbox.sandbox_id, 1)
     suspended = await suspend_sandbox(sandboxes, sandbox.sandbox_id)
     assert suspended.checkpoint is not None
-    image = Path(suspended.checkpoint, "checkpoint.img")
+    image = settings.checkpoints / suspended.checkpoint / "checkpoint.img"
     os.truncate(image, image.stat().st_size // 2)
 
     with pytest.raises(RuntimeFailure):

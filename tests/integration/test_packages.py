@@ -123,7 +123,7 @@ def cache_entries(settings: Settings) -> list[str]:
     return sorted(entry.name for entry in (settings.state_dir / "packages").iterdir())
 
 
-EMPTY_CACHE = [".aliases", ".used"]
+EMPTY_CACHE = [".aliases", ".pins", ".used"]
 
 
 async def run_python(

@@ -61,7 +61,13 @@ async def test_a_suspended_session_is_restored_on_the_platform_it_was_made_on(
             Language.PYTHON, b"open('/workspace/kept', 'w').write('here')\n"), b"", 20)
         suspended = await suspend_sandbox(sandboxes, sandbox_id)
         assert suspended.checkpoint is not None
-        recorded = (Path(suspended.checkpoint) / PLATFORM_FILE).read_text()
+        # The platform file is published with the image, in its manifest, and fetched back.
+        manifest = await sandboxes.images.manifest(suspended.checkpoint)
+        fetched = await sandboxes.images.fetch(suspended.checkpoint)
+        try:
+            recorded = (Path(fetched.folder) / PLATFORM_FILE).read_text()
+        finally:
+            await sandboxes.images.release(fetched)
         await restore_sandbox(sandboxes, sandbox_id)
         restored_on = platform_of(settings, sandbox_id)
         read = await exec_in_sandbox(sandboxes, sandbox_id, Program.script(
@@ -69,5 +75,6 @@ async def test_a_suspended_session_is_restored_on_the_platform_it_was_made_on(
     finally:
         await delete_sandbox(sandboxes, sandbox_id)
 
+    assert manifest is not None and PLATFORM_FILE in {file.name for file in manifest.files}
     assert recorded == restored_on == settings.session_platform
     assert read.stdout.text == "here\n"

@@ -54,10 +54,11 @@ async def test_the_state_folder_stays_private_while_sandboxes_run_and_suspend(
             session = await create_session(sandboxes,
                 Language.PYTHON, limits, env=(("API_KEY", "secret"),)
             )
-            await suspend_sandbox(sandboxes, session.sandbox_id)
+            suspended = await suspend_sandbox(sandboxes, session.sandbox_id)
             exposed = open_to_others(settings.state_dir)
+            assert suspended.checkpoint is not None
             modes = {path.name: stat.S_IMODE(path.stat().st_mode)
-                     for path in (settings.checkpoints / session.sandbox_id).iterdir()}
+                     for path in (settings.checkpoints / suspended.checkpoint).iterdir()}
             await delete_sandbox(sandboxes, session.sandbox_id)
 
     assert ran.outcome.exit_code == 0

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from integration.support import leftovers, runtime_settings, started_runtime
-from sandbox.adapters.runsc.runtime import RunscSandboxRuntime
+from sandbox.adapters.runsc.runtime import RunscSandboxRuntime, local_images
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.ids import new_sandbox_id
 from sandbox.domain.lifecycle.execution import run_script
@@ -117,7 +117,7 @@ async def test_a_checkpoint_is_sealed_measured_and_removed_off_the_event_loop(
     sandbox_id = new_sandbox_id()
     await runtime.launch(SandboxSpec(sandbox_id=sandbox_id, limits=limits), IDLE,
                          OutputCapture(1024))
-    checkpoints = str(settings.checkpoints)
+    checkpoints = str(local_images(settings))  # where runsc writes, before a publish
     calls: list[tuple[str, bool]] = []
 
     def recording(name: str, real: Callable[..., Any]) -> Callable[..., Any]:

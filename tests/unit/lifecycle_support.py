@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -65,8 +66,8 @@ class ControlledRuntime(FakeSandboxRuntime):
     """The fake runtime, plus what tests steer: its identity (as after an upgrade), and execs
     that, once held, wait inside the sandbox until released; and what it was asked to launch."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, image_dir: Path | None = None) -> None:
+        super().__init__(image_dir)
         self.launched: list[tuple[SandboxSpec, Program]] = []
         self.version = "fake"
         self.exec_entered = asyncio.Event()

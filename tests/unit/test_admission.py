@@ -16,6 +16,7 @@ from lifecycle_support import (
     suspended_session,
 )
 
+from sandbox.adapters.memory_leases import InMemoryLeaseStore
 from sandbox.adapters.memory_store import InMemorySandboxStore
 from sandbox.domain.capacity import Capacity
 from sandbox.domain.errors import AtCapacity, CheckpointMismatch
@@ -84,9 +85,9 @@ class StoreOnDisk(InMemorySandboxStore):
 
 
 async def test_concurrent_creates_never_run_more_sandboxes_than_the_limit(
-    new_sandboxes: NewSandboxes, runtime: ControlledRuntime
+    new_sandboxes: NewSandboxes, runtime: ControlledRuntime, leases: InMemoryLeaseStore
 ) -> None:
-    sandboxes = new_sandboxes(policy(max_running=2), StoreOnDisk())
+    sandboxes = new_sandboxes(policy(max_running=2), StoreOnDisk(leases))
 
     attempts = await asyncio.gather(*(session(sandboxes) for _ in range(4)),
                                     return_exceptions=True)

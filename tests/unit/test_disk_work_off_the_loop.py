@@ -68,7 +68,7 @@ def runtime(tmp_path: Path) -> RunscSandboxRuntime:
 
 
 def a_checkpoint(runtime_state: Path) -> Path:
-    image = runtime_state / "checkpoints" / SANDBOX
+    image = runtime_state / "images" / SANDBOX  # where runsc checkpoint writes, locally
     image.mkdir(parents=True)
     (image / "checkpoint.img").write_bytes(b"\0" * 4096)
     return image

@@ -127,7 +127,7 @@ async def test_the_runtime_makes_its_state_folders_private(
 
     state = settings.state_dir
     for folder in (state, state / "runsc", state / "bundles", state / "packages",
-                   state / "checkpoints"):
+                   state / "images"):
         assert mode(folder) == 0o700, folder
 
 
@@ -135,17 +135,17 @@ async def test_the_runtime_tightens_folders_and_checkpoint_images_left_open(
     runtime: RunscSandboxRuntime, settings: Settings
 ) -> None:
     state = settings.state_dir
-    image = state / "checkpoints" / SANDBOX
+    image = state / "images" / SANDBOX
     image.mkdir(parents=True)
     (image / "checkpoint.img").write_bytes(b"memory")
-    for path in (state, state / "checkpoints", image, image / "checkpoint.img"):
+    for path in (state, state / "images", image, image / "checkpoint.img"):
         path.chmod(0o755)
     (state / "bundles").mkdir(mode=0o777)
     (state / "bundles").chmod(0o777)
 
     await runtime.start()
 
-    assert [mode(path) for path in (state, state / "checkpoints", image, state / "bundles")] == [
+    assert [mode(path) for path in (state, state / "images", image, state / "bundles")] == [
         0o700, 0o700, 0o700, 0o700]
     assert mode(image / "checkpoint.img") == 0o600
 

@@ -21,6 +21,7 @@ from lifecycle_support import (
 )
 from structlog.testing import capture_logs
 
+from sandbox.adapters.memory_leases import InMemoryLeaseStore
 from sandbox.adapters.memory_store import InMemorySandboxStore
 from sandbox.domain.errors import RuntimeFailure
 from sandbox.domain.lifecycle.creation import run_detached
@@ -131,9 +132,9 @@ class StoreWithStaleList(InMemorySandboxStore):
 
 
 async def test_reap_leaves_a_session_that_became_busy_after_reap_listed_it(
-    new_sandboxes: NewSandboxes, clock: ManualClock
+    new_sandboxes: NewSandboxes, clock: ManualClock, leases: InMemoryLeaseStore
 ) -> None:
-    store = StoreWithStaleList()
+    store = StoreWithStaleList(leases)
     sandboxes = new_sandboxes(policy(), store)
     sandbox = await session(sandboxes, idle_timeout_s=60)
     clock.advance(61)
@@ -242,9 +243,9 @@ async def test_reap_goes_on_after_one_sandbox_fails_and_logs_the_failure(
 
 
 async def test_reap_keeps_a_sandbox_restored_after_reap_listed_it(
-    new_sandboxes: NewSandboxes, clock: ManualClock
+    new_sandboxes: NewSandboxes, clock: ManualClock, leases: InMemoryLeaseStore
 ) -> None:
-    store = StoreWithStaleList()
+    store = StoreWithStaleList(leases)
     sandboxes = new_sandboxes(POLICY, store)
     sandbox = await suspended_session(sandboxes)
     clock.advance(1001)

@@ -110,7 +110,7 @@ async def test_a_running_record_whose_sandbox_is_gone_is_ended_with_a_reason(
     reconciled = await after.get(sandbox.sandbox_id)
     assert reconciled.state is SandboxState.EXITED
     assert (reconciled.reason_code, reconciled.reason) == (
-        ReasonCode.LOST, "ended: it was not running when the server restarted")
+        ReasonCode.LOST, "ended: the server running it stopped, and it was not saved")
 
 
 async def test_a_suspended_sandbox_stays_suspended_and_can_be_restored(
@@ -139,16 +139,18 @@ async def test_an_exited_sandbox_keeps_its_record_and_output(new_sandboxes: NewS
 async def test_what_the_runtime_holds_without_a_record_is_destroyed(
     new_sandboxes: NewSandboxes, runtime: ControlledRuntime
 ) -> None:
-    kept = await session(new_sandboxes())
+    before = new_sandboxes()
+    kept = await session(before)
     stray = SandboxSpec(sandbox_id=new_sandbox_id(), limits=LIMITS)
     checkpointed = SandboxSpec(sandbox_id=new_sandbox_id(), limits=LIMITS)
     for spec in (stray, checkpointed):
         await runtime.launch(spec, IDLE, OutputCapture(1024))
     await runtime.checkpoint(checkpointed.sandbox_id)
 
-    await reconcile(new_sandboxes())
+    after = await restarted(new_sandboxes, before)
 
-    assert await runtime.leftover_ids() == {kept.sandbox_id}
+    assert await runtime.leftover_ids() == set()
+    assert (await after.get(kept.sandbox_id)).state is SandboxState.SUSPENDED
 
 
 async def test_output_without_a_record_is_removed(

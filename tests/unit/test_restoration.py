@@ -11,7 +11,8 @@ from sandbox.domain.errors import CheckpointMismatch, RuntimeFailure
 from sandbox.domain.lifecycle.restoration import restore_sandbox
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.lifecycle.suspension import suspend_sandbox
-from sandbox.domain.model import SandboxState
+from sandbox.domain.model import SandboxSpec, SandboxState
+from sandbox.domain.ports import OutputSink
 from sandbox.domain.reasons import ReasonCode
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +56,8 @@ async def test_a_checkpoint_from_another_runtime_is_refused_and_stays_suspended(
     assert "runtime fake," in refused.value.message
     assert "runtime fake-2" in refused.value.message
     assert await sandboxes.get(sandbox.sandbox_id) == sandbox
-    assert sandbox.sandbox_id in await runtime.leftover_ids()
+    assert sandbox.checkpoint is not None
+    assert await sandboxes.images.manifest(sandbox.checkpoint) is not None
 
 
 async def test_a_refused_checkpoint_is_restored_once_the_runtime_matches_again(
@@ -73,11 +75,14 @@ async def test_a_refused_checkpoint_is_restored_once_the_runtime_matches_again(
 
 
 async def test_a_restore_that_the_runtime_cannot_do_marks_the_sandbox_failed(
-    sandboxes: Sandboxes, runtime: ControlledRuntime
+    sandboxes: Sandboxes, runtime: ControlledRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sandbox = await suspended_session(sandboxes)
-    assert sandbox.checkpoint is not None
-    await runtime.discard_checkpoint(sandbox.checkpoint)
+
+    async def broken(spec: SandboxSpec, image: str, sink: OutputSink) -> None:
+        raise RuntimeFailure("runsc restore failed: the image is damaged")
+
+    monkeypatch.setattr(runtime, "restore", broken)
 
     with pytest.raises(RuntimeFailure):
         await restore_sandbox(sandboxes, sandbox.sandbox_id)
@@ -93,7 +98,7 @@ async def test_a_restore_that_fails_tells_the_client_the_sandbox_is_now_failed(
 ) -> None:
     sandbox = await suspend_sandbox(sandboxes, (await session(sandboxes)).sandbox_id)
     assert sandbox.checkpoint is not None
-    await runtime.discard_checkpoint(sandbox.checkpoint)
+    await sandboxes.images.remove(sandbox.checkpoint)  # a bucket lost it, say
 
     with pytest.raises(RuntimeFailure) as raised:
         await restore_sandbox(sandboxes, sandbox.sandbox_id)
@@ -116,3 +121,4 @@ async def test_a_session_can_be_suspended_and_restored_again_and_again(
     assert (await sandboxes.get(sandbox.sandbox_id)).state is SandboxState.RUNNING
     assert await read_bytes(sandboxes, sandbox.sandbox_id, "/tmp/kept") == b"1"
     assert await runtime.leftover_ids() == {sandbox.sandbox_id}
+    assert await sandboxes.images.published() == []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import stat
 from pathlib import Path
 
 import pytest
@@ -207,15 +208,32 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_showing_it() -
     assert "secret" not in str(error.value)
 
 
-def test_each_start_gets_its_own_instance_id_named_after_the_host() -> None:
-    first, second = Settings(), Settings()
+def test_a_state_folder_keeps_its_instance_id_across_starts(tmp_path: Path) -> None:
+    first = Settings(state_dir=tmp_path / "a").owner_id()
+    again = Settings(state_dir=tmp_path / "a").owner_id()
+    other = Settings(state_dir=tmp_path / "b").owner_id()
 
-    assert first.instance_id != second.instance_id
-    assert first.instance_id.rsplit("-", 1)[0] == second.instance_id.rsplit("-", 1)[0]
-    assert Settings.from_env({"SANDBOX_INSTANCE_ID": "run-a.1"}).instance_id == "run-a.1"
+    assert first == again
+    assert first != other
+    assert first.rsplit("-", 1)[0] == other.rsplit("-", 1)[0]  # the host's name
+    assert (tmp_path / "a" / "instance-id").read_text().strip() == first
 
 
-@pytest.mark.parametrize("instance_id", ["", "-a", "a b", "a/b", "x" * 65])
+def test_the_kept_instance_id_is_readable_by_the_server_alone(tmp_path: Path) -> None:
+    Settings(state_dir=tmp_path).owner_id()
+
+    assert stat.S_IMODE((tmp_path / "instance-id").stat().st_mode) == 0o600
+
+
+def test_an_instance_id_given_is_used_as_it_is(tmp_path: Path) -> None:
+    settings = Settings.from_env({"SANDBOX_INSTANCE_ID": "run-a.1",
+                                  "SANDBOX_STATE_DIR": str(tmp_path)})
+
+    assert settings.owner_id() == "run-a.1"
+    assert not (tmp_path / "instance-id").exists()
+
+
+@pytest.mark.parametrize("instance_id", ["-a", "a b", "a/b", "x" * 65])
 def test_an_instance_id_outside_the_pattern_is_refused(instance_id: str) -> None:
     with pytest.raises(SettingsError, match="SANDBOX_INSTANCE_ID"):
         Settings(instance_id=instance_id)

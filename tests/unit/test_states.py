@@ -47,7 +47,7 @@ def test_only_the_documented_moves_between_states_are_allowed() -> None:
 async def failed_session(sandboxes: Sandboxes, runtime: ControlledRuntime) -> Sandbox:
     sandbox = await suspended_session(sandboxes)
     assert sandbox.checkpoint is not None
-    await runtime.discard_checkpoint(sandbox.checkpoint)
+    await sandboxes.images.remove(sandbox.checkpoint)
     with pytest.raises(RuntimeFailure):
         await restore_sandbox(sandboxes, sandbox.sandbox_id)
     return await sandboxes.get(sandbox.sandbox_id)

@@ -48,13 +48,13 @@ KEPT = "/workspace/kept.txt"
 
 
 @pytest.fixture
-def images() -> InMemoryTemplateImages:
+def template_images() -> InMemoryTemplateImages:
     return InMemoryTemplateImages()
 
 
 @pytest.fixture
-def kept(images: InMemoryTemplateImages) -> Templates:
-    return Templates(InMemoryTemplateStore(), images)
+def kept(template_images: InMemoryTemplateImages) -> Templates:
+    return Templates(InMemoryTemplateStore(), template_images)
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ async def source_with_a_file(sandboxes: Sandboxes, text: bytes = b"state") -> st
 
 
 async def test_a_snapshot_keeps_the_state_and_the_sandbox_runs_on(
-    sandboxes: Sandboxes, images: InMemoryTemplateImages
+    sandboxes: Sandboxes, template_images: InMemoryTemplateImages
 ) -> None:
     source_id = await source_with_a_file(sandboxes)
 
@@ -79,7 +79,7 @@ async def test_a_snapshot_keeps_the_state_and_the_sandbox_runs_on(
 
     assert (await sandboxes.get(source_id)).state is SandboxState.RUNNING
     assert [item.template_id for item in listed] == [template.template_id]
-    assert images.images == {template.template_id: "published"}
+    assert template_images.images == {template.template_id: "published"}
     assert (template.source_sandbox_id, template.language) == (source_id, Language.PYTHON)
 
 
@@ -124,7 +124,7 @@ async def test_only_a_running_sandbox_that_is_not_busy_can_be_snapshotted(
 
 
 async def test_a_template_cannot_be_deleted_while_a_copy_of_it_may_run(
-    sandboxes: Sandboxes, images: InMemoryTemplateImages
+    sandboxes: Sandboxes, template_images: InMemoryTemplateImages
 ) -> None:
     template = await templates.snapshot_sandbox(sandboxes, await source_with_a_file(sandboxes))
     copy = await copies.create_from_template(sandboxes, template.template_id)
@@ -135,7 +135,7 @@ async def test_a_template_cannot_be_deleted_while_a_copy_of_it_may_run(
     await templates.delete_template(sandboxes, template.template_id)
 
     assert await templates.list_templates(sandboxes) == []
-    assert images.images == {}
+    assert template_images.images == {}
     with pytest.raises(TemplateNotFound):
         await copies.create_from_template(sandboxes, template.template_id)
 
@@ -164,7 +164,7 @@ async def test_a_template_starts_only_in_its_own_language_and_on_its_own_runtime
 
 
 async def test_a_fork_makes_count_sandboxes_that_go_on_from_the_present_state(
-    sandboxes: Sandboxes, images: InMemoryTemplateImages
+    sandboxes: Sandboxes, template_images: InMemoryTemplateImages
 ) -> None:
     source_id = await source_with_a_file(sandboxes, b"present")
 
@@ -175,7 +175,7 @@ async def test_a_fork_makes_count_sandboxes_that_go_on_from_the_present_state(
     assert [await read_bytes(sandboxes, fork.sandbox_id, KEPT) for fork in forks] == [
         b"present"] * 3
     assert (await sandboxes.get(source_id)).state is SandboxState.RUNNING
-    assert images.images == {}  # the fork's scratch image is gone once the copies run
+    assert template_images.images == {}  # the fork's scratch image is gone once the copies run
 
 
 @pytest.mark.parametrize("count", [0, -1, 17])
@@ -187,7 +187,7 @@ async def test_a_fork_count_out_of_range_is_refused(sandboxes: Sandboxes, count:
 
 
 async def test_a_fork_over_capacity_is_refused_whole(
-    new_sandboxes: NewSandboxes, kept: Templates, images: InMemoryTemplateImages
+    new_sandboxes: NewSandboxes, kept: Templates, template_images: InMemoryTemplateImages
 ) -> None:
     sandboxes = new_sandboxes(policy(max_running=3), templates=kept)
     source_id = await source_with_a_file(sandboxes)
@@ -196,7 +196,7 @@ async def test_a_fork_over_capacity_is_refused_whole(
         await copies.fork_sandbox(sandboxes, source_id, 3)
 
     assert [sandbox.sandbox_id for sandbox in await sandboxes.store.list()] == [source_id]
-    assert images.images == {}
+    assert template_images.images == {}
 
 
 async def test_when_one_copy_of_a_fork_fails_none_is_left(
@@ -237,14 +237,14 @@ async def test_a_script_runs_in_a_copy_of_a_template_that_is_gone_afterwards(
 
 
 async def test_an_image_without_a_record_is_collected_at_the_next_start(
-    sandboxes: Sandboxes, images: InMemoryTemplateImages
+    sandboxes: Sandboxes, template_images: InMemoryTemplateImages
 ) -> None:
     template = await templates.snapshot_sandbox(sandboxes, await source_with_a_file(sandboxes))
-    await images.prepare("0123456789abcdef01234567")  # a snapshot a crash cut short
+    await template_images.prepare("0123456789abcdef01234567")  # a snapshot a crash cut short
 
     await reconcile(sandboxes)
 
-    assert images.images == {template.template_id: "published"}
+    assert template_images.images == {template.template_id: "published"}
 
 
 async def test_a_pool_keeps_warm_copies_of_a_template_for_its_scripts_and_pins_it(

@@ -83,6 +83,15 @@ class Runsc:
             raise RuntimeFailure(f"runsc list failed: {output.strip()[-300:]}")
         return list(json.loads(output) or [])
 
+    async def sentry_pid(self, sandbox_id: str) -> int | None:
+        """The host pid of the sandbox's own process (its sentry), while it runs."""
+        code, output = await self.quietly("state", sandbox_id)
+        try:
+            pid = json.loads(output)["pid"] if code == 0 else None
+        except (ValueError, KeyError, TypeError):
+            return None
+        return pid if isinstance(pid, int) and pid > 0 else None
+
     async def is_running(self, sandbox_id: str) -> bool:
         code, output = await self.quietly("state", sandbox_id)
         return code == 0 and json.loads(output).get("status") == "running"

@@ -30,12 +30,13 @@ from sandbox.adapters.runsc.cli import RUNSC_ERROR_EXIT, Runsc
 from sandbox.adapters.runsc.file_errors import file_error
 from sandbox.adapters.runsc.housekeeping import Housekeeping
 from sandbox.adapters.runsc.kernels import Kernels
+from sandbox.adapters.runsc.probe import ReadinessProbe
 from sandbox.adapters.runsc.process import Pipe, finish_pumps, pump, spawn, wait_or_kill
 from sandbox.adapters.runsc.supervised import Supervised, start_supervised
 from sandbox.domain.cells import CellLimits, CellOutcome, CodeContext
 from sandbox.domain.egress import EgressPolicy
 from sandbox.domain.errors import InvalidRequest, RuntimeFailure
-from sandbox.domain.ids import ID_PATTERN
+from sandbox.domain.ids import ID_PATTERN, new_sandbox_id
 from sandbox.domain.metrics import Metrics
 from sandbox.domain.model import (
     IDLE,
@@ -46,6 +47,7 @@ from sandbox.domain.model import (
     SandboxSpec,
     Stream,
 )
+from sandbox.domain.output import OutputCapture
 from sandbox.domain.ports import CellSink, OpenedFile, OutputSink, SandboxRuntime
 from sandbox.settings import PLATFORMS, Settings
 
@@ -77,6 +79,9 @@ AGENT_DIR = Path(__file__).parent / "inside"
 CANNOT_EXECUTE, NOT_FOUND = 126, 127
 # How runsc reports a sandbox whose processes were killed: the shell's 128 + SIGKILL.
 KILLED_EXIT = 128 + signal.SIGKILL
+# The readiness probe's sandbox: small, and quick to give up.
+PROBE_TIMEOUT_S = 30.0
+PROBE_MEMORY_MB = 128
 
 
 class CgroupsRequired(RuntimeFailure):
@@ -90,7 +95,9 @@ class RunscSandboxRuntime(SandboxRuntime):
                             settings.runsc_platform, settings.checkpoint_compression)
         self._bundles = Bundles(settings.state_dir / "bundles", settings.rootfs_dir)
         self._rootfs = settings.rootfs_dir
-        self._checkpoints = settings.checkpoints
+        # Where `runsc checkpoint` writes, on this instance's own disk: the lifecycle then
+        # publishes the image to the shared checkpoint folder (an ImageStore).
+        self._checkpoints = local_images(settings)
         self._cgroups: cgroups.SandboxCgroups = cgroups.NoCgroups()
         self._version = ""
         self._live: set[str] = set()
@@ -100,10 +107,12 @@ class RunscSandboxRuntime(SandboxRuntime):
         self._warm: dict[str, warm.WarmSandbox] = {}
         self._agent_identity = _agent_identity()
         # Holds the memory limit where no cgroup does (started only without cgroups).
-        self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all)
+        self._memory_watch = memory.MemoryWatch(self._runsc.memory_usage, self._runsc.kill_all,
+                                                sentry_pid=self._runsc.sentry_pid)
         self._egress = _egress_proxy(settings, metrics)
         # Container deletions and image removals left off the answers' path.
         self._housekeeping = Housekeeping()
+        self._probe = ReadinessProbe(self._probe_sandbox)
 
     async def start(self) -> None:
         await asyncio.to_thread(self._make_state_private)
@@ -163,6 +172,8 @@ class RunscSandboxRuntime(SandboxRuntime):
 
     @property
     def identity(self) -> dict[str, str]:
+        # Not the platform: each image carries the one it was made on (its `platform` file,
+        # published with it and hashed in its manifest), and restore uses that one.
         return {"runtime": "runsc", "version": self._version, "rootfs": self._rootfs_identity(),
                 "agent": self._agent_identity}
 
@@ -188,7 +199,27 @@ class RunscSandboxRuntime(SandboxRuntime):
                             "(SANDBOX_EGRESS_ALLOW) needs (run make rootfs)")
         if not os.access(self._bundles.root, os.W_OK):
             problems.append(f"state folder {self._bundles.root} is not writable")
+        if not problems and (problem := await self._probe.problem()):
+            problems.append(problem)
         return problems
+
+    async def _probe_sandbox(self) -> str | None:
+        """Run `echo ready` in a sandbox of its own; None when it did, else why not."""
+        limits = dataclasses.replace(self._settings.default_limits(), timeout_s=PROBE_TIMEOUT_S,
+                                     memory_mb=PROBE_MEMORY_MB, output_bytes=1024)
+        spec = SandboxSpec(sandbox_id=new_sandbox_id(), limits=limits)
+        capture = OutputCapture(1024)
+        try:
+            outcome = await self.run(spec, Program.script(Language.BASH, b"echo ready\n"),
+                                     capture)
+        except RuntimeFailure as failure:
+            return f"a probe sandbox could not run: {failure.message[-300:]}"
+        await capture.close()
+        said = capture.captured(Stream.STDOUT).text
+        if outcome.exit_code != 0 or said != "ready\n":
+            return (f"a probe sandbox did not run as it should (exit code {outcome.exit_code}, "
+                    f"timed out: {outcome.timed_out}, said {said[:40]!r})")
+        return None
 
     # What the benchmark times as bare runsc: the same bundle, the same flags.
 
@@ -232,6 +263,9 @@ class RunscSandboxRuntime(SandboxRuntime):
                 log_file=self._bundles.fresh_log_file(sandbox_id),
             ))
             return await self._supervise(spec, process, stdout, stderr, sink, started)
+        except RuntimeFailure:
+            self._probe.stale()
+            raise
         finally:
             await self._destroy_shielded(sandbox_id, process)
 
@@ -384,7 +418,8 @@ class RunscSandboxRuntime(SandboxRuntime):
                     ["python3", f"{oci.AGENT_DIR}/zygote.py"], supervised.env, oci.WORKDIR,
                     AGENT_ANSWER_TIMEOUT_S,
                 )
-        except BaseException:
+        except BaseException as error:
+            self._failed_start(error)
             await self._destroy(sandbox_id)
             raise
 
@@ -418,9 +453,16 @@ class RunscSandboxRuntime(SandboxRuntime):
             for tag, process in live.items():
                 if tag != MAIN_TAG:
                     self._kernels(supervised).adopt(tag, process)
-        except BaseException:
+        except BaseException as error:
+            self._failed_start(error)
             await self._destroy(sandbox_id)
             raise
+
+    def _failed_start(self, error: BaseException) -> None:
+        """runsc failing to start a sandbox may mean it cannot run here any more: the next
+        readiness check proves it again with a probe sandbox."""
+        if isinstance(error, RuntimeFailure):
+            self._probe.stale()
 
     async def _start_agent(
         self, spec: SandboxSpec, program: Program, platform: str, *args: str
@@ -833,6 +875,11 @@ class RunscSandboxRuntime(SandboxRuntime):
         if spec.network_allow:
             await self._egress.open(spec.sandbox_id, EgressPolicy.parse(spec.network_allow),
                                     self._bundles.egress_dir(spec.sandbox_id), oci.RELAY_UID)
+
+
+def local_images(settings: Settings) -> Path:
+    """The folder of images `runsc checkpoint` writes, before they are published."""
+    return settings.state_dir / "images"
 
 
 def _egress_proxy(settings: Settings, metrics: Metrics | None) -> EgressProxy:

@@ -13,7 +13,7 @@ import structlog
 
 from sandbox.domain.errors import InvalidRequest, InvalidState
 from sandbox.domain.ids import checked_sandbox_id, new_sandbox_id
-from sandbox.domain.lifecycle.creation import Start, start_new
+from sandbox.domain.lifecycle.creation import Start, record_new, start_new
 from sandbox.domain.lifecycle.deletion import delete_sandbox
 from sandbox.domain.lifecycle.restoration import require_identity
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
@@ -48,7 +48,7 @@ async def create_from_template(
         # (and refuses) or has removed it before (and this start finds no template).
         async with sandboxes.lock(template_id):
             await get_template(sandboxes, template_id)
-            await sandboxes.store.add(sandbox)
+            await record_new(sandboxes, sandbox)
         return await start_new(sandboxes, sandbox, restorer(sandboxes, template_id),
                                ReasonCode.RESTORE_FAILED, recorded=True)
 

@@ -40,7 +40,7 @@ async def run_detached(
     sandbox. `network_allow` is its egress allow-list (checked by the caller)."""
     layers = await sandboxes.package_layers(language, source, packages)
     sandbox = _new(sandboxes, SandboxKind.SCRIPT, language, limits, layers,
-                   network_allow=network_allow)
+                   await sandboxes.layer_pins(layers), network_allow=network_allow)
     return await _create(sandboxes, sandbox, Program.script(language, source))
 
 
@@ -60,8 +60,8 @@ async def create_session(
     if packages and language is not Language.PYTHON:
         raise InvalidRequest("packages can only be installed for Python")
     layers = await sandboxes.package_layers(None, b"", packages)
-    sandbox = _new(sandboxes, SandboxKind.SESSION, language, limits, layers, env, idle_timeout_s,
-                   network_allow)
+    sandbox = _new(sandboxes, SandboxKind.SESSION, language, limits, layers,
+                   await sandboxes.layer_pins(layers), env, idle_timeout_s, network_allow)
     return await _create(sandboxes, sandbox, IDLE)
 
 
@@ -71,6 +71,7 @@ def _new(
     language: Language,
     limits: Limits,
     package_dirs: tuple[str, ...],
+    package_pins: tuple[tuple[str, ...], ...],
     env: tuple[tuple[str, str], ...] = (),
     idle_timeout_s: float | None = None,
     network_allow: tuple[str, ...] = (),
@@ -79,7 +80,8 @@ def _new(
     return Sandbox(sandbox_id=new_sandbox_id(), kind=kind, state=SandboxState.CREATING,
                    language=language, limits=limits, created_at=now, updated_at=now,
                    env=env, idle_timeout_s=idle_timeout_s, last_activity_at=now,
-                   package_dirs=package_dirs, network_allow=network_allow)
+                   package_dirs=package_dirs, package_pins=package_pins,
+                   network_allow=network_allow)
 
 
 async def _create(sandboxes: Sandboxes, sandbox: Sandbox, program: Program) -> Sandbox:
@@ -101,12 +103,13 @@ async def start_new(
     failure: ReasonCode = ReasonCode.CREATE_FAILED,
     recorded: bool = False,
 ) -> Sandbox:
-    """Record a new sandbox (unless `recorded`), start it and supervise it; the caller has
-    admitted it. On a failure the record says `failed`, with `failure` as its reason."""
+    """Record a new sandbox (unless `recorded`: then the caller has, with `record_new`), start
+    it and supervise it; the caller has admitted it. On a failure the record says `failed`,
+    with `failure` as its reason."""
     structlog.contextvars.bind_contextvars(sandbox_id=sandbox.sandbox_id)
     async with sandboxes.lock(sandbox.sandbox_id):
         if not recorded:
-            await sandboxes.store.add(sandbox)
+            await record_new(sandboxes, sandbox)
         try:
             sink = output_sink(sandboxes, sandbox)
             await start(sandbox.spec(), sink)
@@ -114,12 +117,11 @@ async def start_new(
             # The runtime has removed what it started; the record must not stay `creating`.
             log.error("sandbox.create_failed", sandbox_id=sandbox.sandbox_id,
                       detail=_detail(error))
-            await sandboxes.save(sandbox, SandboxState.FAILED, Reason.of(failure))
+            await _failed(sandboxes, sandbox, failure)
             raise
         except BaseException:
             # Cancelled: the client left.
-            await asyncio.shield(sandboxes.save(sandbox, SandboxState.FAILED,
-                                                Reason.of(ReasonCode.CREATE_INTERRUPTED)))
+            await asyncio.shield(_failed(sandboxes, sandbox, ReasonCode.CREATE_INTERRUPTED))
             raise
         sandbox = await sandboxes.save(sandbox, SandboxState.RUNNING,
                                        running_since=sandbox.created_at)
@@ -127,6 +129,25 @@ async def start_new(
     log.info("sandbox.created", kind=sandbox.kind.value, language=sandbox.language,
              template_id=sandbox.template_id)
     return sandbox
+
+
+async def record_new(sandboxes: Sandboxes, sandbox: Sandbox) -> None:
+    """Lease a new sandbox to this instance, then record it: no record that may run is ever
+    without a lease."""
+    if not await sandboxes.ownership.acquire(sandbox.sandbox_id):
+        raise RuntimeFailure(f"a new sandbox id {sandbox.sandbox_id} is leased already")
+    try:
+        await sandboxes.store.add(sandbox)
+    except BaseException:
+        await asyncio.shield(sandboxes.ownership.release(sandbox.sandbox_id))
+        raise
+
+
+async def _failed(sandboxes: Sandboxes, sandbox: Sandbox, code: ReasonCode) -> None:
+    try:
+        await sandboxes.save(sandbox, SandboxState.FAILED, Reason.of(code))
+    finally:
+        await sandboxes.ownership.release(sandbox.sandbox_id)
 
 
 def _detail(error: Exception) -> str:

@@ -3,8 +3,11 @@ was suspended or deleted meanwhile.
 
 Whatever the supervisor meets (the runtime failing, the output log unable to keep output,
 a full disk) the sandbox ends: it is recorded with a state and a reason, its memory is given
-back to the capacity, and the error is logged with the sandbox's id. Only a cancellation
-(the server stopping) leaves the record as it is, for the next start's reconcile.
+back to the capacity, its lease released, and the error is logged with the sandbox's id. A
+store that cannot be reached is waited for (the record is written once it is back), unless
+the lease runs out meanwhile: then whoever takes the sandbox over records it. Only a
+cancellation (the server stopping) leaves the record as it is, for the next start's
+reconcile (or, on a shared store, for the instance that finds its lease expired).
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from dataclasses import dataclass
 
 import structlog
 
+from sandbox.domain.errors import StoreUnavailable
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.model import Sandbox, SandboxKind, SandboxState, Stream
 from sandbox.domain.ports import OutputSink
 from sandbox.domain.reasons import Reason, ReasonCode
 
 log = structlog.get_logger(__name__)
+
+# How often an end that could not be recorded (the store unreachable) is tried again.
+RECORD_RETRY_S = 1.0
 
 
 class WatchedSink(OutputSink):
@@ -72,10 +79,16 @@ async def _watch(sandboxes: Sandboxes, sandbox: Sandbox, sink: WatchedSink) -> N
         log.error("sandbox.supervision_failed", sandbox_id=sandbox_id, detail=str(error),
                   exc_info=True)
         ending = _Ending(SandboxState.FAILED, Reason.of(ReasonCode.SUPERVISION_FAILED))
-    try:
-        await _record(sandboxes, sandbox, ending)
-    except Exception:
-        log.exception("sandbox.supervisor_failed", sandbox_id=sandbox_id)
+    while True:
+        try:
+            await _record(sandboxes, sandbox, ending)
+            return
+        except StoreUnavailable as error:
+            log.warning("sandbox.record_delayed", sandbox_id=sandbox_id, detail=error.message)
+            await asyncio.sleep(RECORD_RETRY_S)
+        except Exception:
+            log.exception("sandbox.supervisor_failed", sandbox_id=sandbox_id)
+            return
 
 
 async def _ending(sandboxes: Sandboxes, sandbox: Sandbox, sink: WatchedSink) -> _Ending:
@@ -115,14 +128,22 @@ async def _ending(sandboxes: Sandboxes, sandbox: Sandbox, sink: WatchedSink) -> 
 
 
 async def _record(sandboxes: Sandboxes, sandbox: Sandbox, ending: _Ending) -> None:
-    async with sandboxes.lock(sandbox.sandbox_id):
-        current = await sandboxes.store.get(sandbox.sandbox_id)
-        if current is None or current.state is not SandboxState.RUNNING:
+    sandbox_id = sandbox.sandbox_id
+    async with sandboxes.lock(sandbox_id):
+        if not sandboxes.ownership.holds(sandbox_id):
+            return  # suspended, handed off, deleted, or taken over: recorded by that
+        current = await sandboxes.store.get(sandbox_id)
+        if current is None:  # deleted on another instance meanwhile
+            await _destroy(sandboxes, sandbox_id)
+            sandboxes.capacity.release(sandbox_id)
+            await sandboxes.ownership.release(sandbox_id)
+            return
+        if current.state is not SandboxState.RUNNING:
             return  # suspended or deleted meanwhile: that call recorded it
         if current.running_since != sandbox.running_since:
             return  # a later run of the same sandbox has its own supervisor
         try:
-            await _destroy(sandboxes, sandbox.sandbox_id)
+            await _destroy(sandboxes, sandbox_id)
             now = sandboxes.clock()
             await sandboxes.save(
                 current, ending.state, ending.reason, exit_code=ending.exit_code,
@@ -130,7 +151,8 @@ async def _record(sandboxes: Sandboxes, sandbox: Sandbox, ending: _Ending) -> No
                 running_since=None,
             )
         finally:
-            sandboxes.capacity.release(sandbox.sandbox_id)
+            sandboxes.capacity.release(sandbox_id)
+        await sandboxes.ownership.release(sandbox_id)
     if ending.state is SandboxState.EXITED:
         log.info("sandbox.exited", sandbox_id=sandbox.sandbox_id, exit_code=ending.exit_code,
                  reason_code=ending.reason.code)

@@ -1,5 +1,7 @@
 """Work in a running sandbox: execs and file calls. Suspend waits for none of them but refuses
-while one is at work; delete does not wait, and a call broken by it is told as what happened."""
+while one is at work; delete does not wait, and a call broken by it is told as what happened.
+The work runs where the sandbox runs: a call that reached another instance brings it here
+first (handoff.ensure_here)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 import structlog
 
-from sandbox.domain.errors import InvalidState, RuntimeFailure, SandboxNotFound
+from sandbox.domain.errors import InvalidState, LeaseLost, RuntimeFailure, SandboxNotFound
 from sandbox.domain.ids import checked_sandbox_id
+from sandbox.domain.lifecycle.handoff import deadline_for, ensure_here, hand_off, resumable, spawn
 from sandbox.domain.lifecycle.sandboxes import Sandboxes
 from sandbox.domain.metrics import verdict_of
 from sandbox.domain.model import ExecutionResult, FileEntry, Program, Sandbox, SandboxState, Stream
@@ -77,7 +80,8 @@ async def working(sandboxes: Sandboxes, sandbox_id: str, verb: str) -> AsyncIter
     """A place among the calls at once (a bounded wait, then AtCapacity), then the work; the
     place is given back however the work ends."""
     # An unknown or stopped sandbox is told at once, not after a wait for a place.
-    await sandboxes.require(sandbox_id, SandboxState.RUNNING, verb)
+    if not resumable(await sandboxes.get(sandbox_id)):
+        await sandboxes.require(sandbox_id, SandboxState.RUNNING, verb)
     async with sandboxes.capacity.call():
         sandbox = await _begin(sandboxes, sandbox_id, verb)
         try:
@@ -104,10 +108,17 @@ async def _tell_what_happened(sandboxes: Sandboxes, sandbox_id: str) -> None:
 async def _begin(sandboxes: Sandboxes, sandbox_id: str, verb: str) -> Sandbox:
     # No activity is recorded here: while work runs the reaper leaves the sandbox alone
     # (see `busy`), and its idle time counts from when the work ends.
-    async with sandboxes.lock(checked_sandbox_id(sandbox_id)):
-        sandbox = await sandboxes.require(sandbox_id, SandboxState.RUNNING, verb)
-        sandboxes.busy[sandbox.sandbox_id] += 1
-        return sandbox
+    deadline = deadline_for(sandboxes)
+    while True:
+        await ensure_here(sandboxes, sandbox_id, deadline)
+        async with sandboxes.lock(checked_sandbox_id(sandbox_id)):
+            # Handed off while this call waited for the lock: it is no longer running here.
+            if not resumable(await sandboxes.get(sandbox_id)):
+                sandbox = await sandboxes.require(sandbox_id, SandboxState.RUNNING, verb)
+                if sandboxes.ownership.holds(sandbox_id):
+                    sandboxes.busy[sandbox.sandbox_id] += 1
+                    return sandbox
+        # Handed to another instance between the two: bring it back, within the deadline.
 
 
 async def _end(sandboxes: Sandboxes, sandbox_id: str) -> None:
@@ -116,7 +127,12 @@ async def _end(sandboxes: Sandboxes, sandbox_id: str) -> None:
         del sandboxes.busy[sandbox_id]
     async with sandboxes.lock(sandbox_id):
         sandbox = await sandboxes.store.get(sandbox_id)
-        if sandbox is not None:
-            await sandboxes.touch(sandbox)
+        if sandbox is not None and sandboxes.ownership.holds(sandbox_id):
+            # Refused when another instance took it over meanwhile: its container here is
+            # ended then, and the call that just finished keeps its answer.
+            with contextlib.suppress(LeaseLost):
+                await sandboxes.touch(sandbox)
     if sandbox is None:
         sandboxes.forget(sandbox_id)
+    elif sandbox_id in sandboxes.wanted and not sandboxes.busy[sandbox_id]:
+        spawn(sandboxes, hand_off(sandboxes, sandbox_id))  # another instance asked for it
