@@ -60,7 +60,13 @@ class Runsc:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        output, _ = await process.communicate()
+        try:
+            output, _ = await process.communicate()
+        except asyncio.CancelledError:
+            # Its caller went (a sandbox's supervision ended while it killed the sandbox):
+            # the command is let finish, never left running behind the service's back.
+            await process.wait()
+            raise
         return process.returncode or 0, output.decode(errors="replace")
 
     async def version(self) -> str:
