@@ -1,7 +1,10 @@
-"""In-memory template records and images, for unit tests (the fake runtime keeps what an
-image holds under the name these images give)."""
+"""In-memory template records and images, for unit tests: an image's state is kept in
+memory, its content in a folder under `root`, where the fake runtime writes it."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 from sandbox.domain.errors import InvalidState, RuntimeFailure
 from sandbox.domain.model import Template
@@ -28,10 +31,11 @@ class InMemoryTemplateStore(TemplateStore):
 
 
 class InMemoryTemplateImages(TemplateImages):
-    """Keys and their state only: `prepared` until published, then `published`."""
+    """Keys and their state: `prepared` until published, then `published`."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
         self.images: dict[str, str] = {}
+        self._root = root
 
     async def prepare(self, key: str) -> str:
         self.images[key] = "prepared"
@@ -49,10 +53,10 @@ class InMemoryTemplateImages(TemplateImages):
 
     async def remove(self, key: str) -> None:
         self.images.pop(key, None)
+        shutil.rmtree(self._name(key), ignore_errors=True)
 
     async def keys(self) -> set[str]:
         return set(self.images)
 
-    @staticmethod
-    def _name(key: str) -> str:
-        return f"memory-image-{key}"
+    def _name(self, key: str) -> str:
+        return str(self._root / f"memory-image-{key}")

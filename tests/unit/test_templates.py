@@ -5,6 +5,7 @@ template cannot be deleted while a copy may still run."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import anyio
 import pytest
@@ -48,8 +49,8 @@ KEPT = "/workspace/kept.txt"
 
 
 @pytest.fixture
-def template_images() -> InMemoryTemplateImages:
-    return InMemoryTemplateImages()
+def template_images(tmp_path: Path) -> InMemoryTemplateImages:
+    return InMemoryTemplateImages(tmp_path / "templates")
 
 
 @pytest.fixture
