@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from dependency_injector.wiring import Provide, inject
@@ -89,27 +90,31 @@ async def run_cell(
 async def interrupt_context(
     request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
-    sandbox_id, context_id = sandbox_id_of(request), context_id_of(request)
-    checked_query(request.query_params, ())
-    await contexts.interrupt_context(sandboxes, sandbox_id, context_id)
-    return JSONResponse({"context_id": context_id, "interrupted": True})
+    return await _act_on_context(request, sandboxes, contexts.interrupt_context, "interrupted")
 
 
 @inject
 async def restart_context(
     request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
-    sandbox_id, context_id = sandbox_id_of(request), context_id_of(request)
-    checked_query(request.query_params, ())
-    await contexts.restart_context(sandboxes, sandbox_id, context_id)
-    return JSONResponse({"context_id": context_id, "restarted": True})
+    return await _act_on_context(request, sandboxes, contexts.restart_context, "restarted")
 
 
 @inject
 async def delete_context(
     request: Request, sandboxes: Sandboxes = Provide[Container.sandboxes]
 ) -> Response:
+    return await _act_on_context(request, sandboxes, contexts.delete_context, "deleted")
+
+
+async def _act_on_context(
+    request: Request,
+    sandboxes: Sandboxes,
+    act: Callable[[Sandboxes, str, str], Awaitable[None]],
+    done: str,
+) -> Response:
+    """One use case on one context, answered with what was done to it."""
     sandbox_id, context_id = sandbox_id_of(request), context_id_of(request)
     checked_query(request.query_params, ())
-    await contexts.delete_context(sandboxes, sandbox_id, context_id)
-    return JSONResponse({"context_id": context_id, "deleted": True})
+    await act(sandboxes, sandbox_id, context_id)
+    return JSONResponse({"context_id": context_id, done: True})
