@@ -35,6 +35,7 @@ from integration.server import (
     serving,
 )
 from integration.support import runtime_settings
+from pg_cluster import Cluster
 
 from faults.support import bash
 from sandbox.settings import Settings
@@ -71,13 +72,13 @@ def instance_settings(tmp_path: Path) -> Iterator[dict[str, Settings]]:
 def instance(
     name: str, settings: Settings, database_url: str, checkpoints: Path, **overrides: str
 ) -> Iterator[Server]:
+    variables = {"SANDBOX_DATABASE_URL": database_url,
+                 "SANDBOX_CHECKPOINT_DIR": str(checkpoints),
+                 "SANDBOX_INSTANCE_ID": name,
+                 "SANDBOX_LEASE_TTL_S": str(LEASE_TTL_S),
+                 "SANDBOX_HANDOFF_TIMEOUT_S": "60"}
     with serving(settings, settings.state_dir.parent / f"{name}.log",
-                 SANDBOX_DATABASE_URL=database_url,
-                 SANDBOX_CHECKPOINT_DIR=str(checkpoints),
-                 SANDBOX_INSTANCE_ID=name,
-                 SANDBOX_LEASE_TTL_S=str(LEASE_TTL_S),
-                 SANDBOX_HANDOFF_TIMEOUT_S="60",
-                 **overrides) as server:
+                 **(variables | overrides)) as server:
         yield server
 
 
@@ -312,3 +313,58 @@ def test_the_cluster_script_serves_two_instances_and_stops_everything_on_sigterm
     assert "instance a stopped (exit status 0)" in rest
     assert "instance b stopped (exit status 0)" in rest
     assert not folder.exists()
+
+
+# Each call waits for the pool's connection timeout while the database is down; the outage
+# stays shorter than the lease, so the instance keeps its sandbox (past the lease it must
+# let go of it: see the test of a paused owner).
+OUTAGE_CALLS = 3
+OUTAGE_LEASE_TTL_S = "120"
+
+
+def exec_stdout(server: Server, sandbox_id: str, code: str) -> str | None:
+    answer = server.client.post(f"/sandboxes/{sandbox_id}/exec",
+                                json={"language": "bash", "code": code})
+    return str(answer.json()["stdout"]) if answer.status_code == 200 else None
+
+
+def test_postgresql_restarted_under_traffic_gives_clean_503s_then_everything_works_again(
+    instance_settings: dict[str, Settings], own_postgres_cluster: Cluster, checkpoints: Path
+) -> None:
+    """While the database is down, calls that need it answer 503 with Retry-After (never a
+    500, a hang or a dead server); once it is back, they work again by themselves, and the
+    running sandbox lost nothing."""
+    a_settings = instance_settings["a"]
+    with instance("a", a_settings, own_postgres_cluster.url(), checkpoints,
+                  SANDBOX_LEASE_TTL_S=OUTAGE_LEASE_TTL_S) as a:
+        sandbox_id = ok(a.client.post("/sandboxes", json={}), 201)["sandbox_id"]
+        bash(a.client, sandbox_id, f"echo before the outage > {NOTE}")
+
+        own_postgres_cluster.stop()
+        try:
+            during = [a.client.get("/list") for _ in range(OUTAGE_CALLS)] + [
+                a.client.post(f"/sandboxes/{sandbox_id}/exec",
+                              json={"language": "bash", "code": f"cat {NOTE}"})
+                for _ in range(OUTAGE_CALLS)]
+            alive = a.client.get("/healthz").status_code
+        finally:
+            own_postgres_cluster.start()
+
+        listed = eventually(lambda: a.client.get("/list").status_code == 200,
+                            what="/list after the restart")
+        # A pooled connection that died with the server fails one call, then is replaced.
+        kept = eventually(lambda: exec_stdout(a, sandbox_id, f"cat {NOTE}"),
+                          what="an exec after the restart")
+        state = record(a, sandbox_id)["state"]
+        ok(a.client.delete(f"/sandboxes/{sandbox_id}"))
+
+    refused = [answer for answer in during if answer.status_code != 200]
+    assert {answer.status_code for answer in refused} == {503}, [
+        (answer.status_code, answer.text[:200]) for answer in refused]
+    assert {answer.json()["error"]["code"] for answer in refused} == {"store_unavailable"}
+    assert all(answer.headers.get("Retry-After") for answer in refused)
+    assert len(refused) >= OUTAGE_CALLS  # every /list needs the database
+    assert alive == 200
+    assert listed is True
+    assert kept == "before the outage\n"
+    assert state == "running"
