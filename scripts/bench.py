@@ -316,9 +316,9 @@ def crafted_pep723_body(size: int) -> bytes:
     return b"# /// a\n" * (size // 16) + b"#\n" * (size // 4) + DENIED_BLOCK
 
 
-async def worst_loop_lag(work: Callable[[], object]) -> tuple[float, float]:
+async def worst_loop_lag(work: Callable[[], Awaitable[object]]) -> tuple[float, float]:
     """The worst lateness (s) of a task sleeping LAG_PROBE_S in a loop on this event loop,
-    while `work` runs in a thread; and how long `work` took."""
+    while `work` is awaited; and how long `work` took."""
     loop = asyncio.get_running_loop()
     worst = 0.0
     finished = asyncio.Event()
@@ -331,9 +331,10 @@ async def worst_loop_lag(work: Callable[[], object]) -> tuple[float, float]:
             worst = max(worst, loop.time() - before - LAG_PROBE_S)
 
     prober = asyncio.create_task(probe())
+    await asyncio.sleep(0.05)  # the probe is running before the work starts
     started = time.perf_counter()
     try:
-        await asyncio.to_thread(work)
+        await work()
     finally:
         took = time.perf_counter() - started
         finished.set()
@@ -366,8 +367,8 @@ async def measure_loop_lag(state_dir: Path) -> None:
                              f"{response.text[:300]}")
 
     try:
-        plain_lag, plain_took = await worst_loop_lag(lambda: post(DENIED_BLOCK))
-        lag, took = await worst_loop_lag(lambda: post(body))
+        plain_lag, plain_took = await worst_loop_lag(lambda: asyncio.to_thread(post, DENIED_BLOCK))
+        lag, took = await worst_loop_lag(lambda: asyncio.to_thread(post, body))
     finally:
         server.should_exit = True
         await serving
@@ -378,31 +379,12 @@ async def measure_loop_lag(state_dir: Path) -> None:
           f"{lag * 1000:.1f} ms (the request took {took * 1000:.0f} ms)")
     print(f"  while a short script is: {plain_lag * 1000:.1f} ms "
           f"(the request took {plain_took * 1000:.0f} ms)")
+
+
 # The event loop while a large checkpoint is removed: how long every other request and timer
 # of the server waits.
 
 CHECKPOINT_MIB = 1024
-TICK_S = 0.001
-
-
-async def worst_loop_lag_ms(work: Callable[[], Awaitable[None]]) -> float:
-    """The longest the event loop was late for a 1 ms timer while `work` ran."""
-    worst = 0.0
-    done = asyncio.Event()
-
-    async def tick() -> None:
-        nonlocal worst
-        while not done.is_set():
-            before = time.perf_counter()
-            await asyncio.sleep(TICK_S)
-            worst = max(worst, time.perf_counter() - before - TICK_S)
-
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0.05)
-    await work()
-    done.set()
-    await ticker
-    return worst * 1000
 
 
 def write_checkpoint(image: Path) -> None:
@@ -426,7 +408,8 @@ def measure_checkpoint_removal(runtime: RunscSandboxRuntime, settings: Settings)
                          ("in a worker thread (the service now)", in_a_thread)):
         image = local_images(settings) / new_sandbox_id()
         write_checkpoint(image)
-        lags[name] = asyncio.run(worst_loop_lag_ms(functools.partial(remove, image)))
+        lag, _ = asyncio.run(worst_loop_lag(functools.partial(remove, image)))
+        lags[name] = lag * 1000
         if image.exists():
             raise BenchError(f"the checkpoint {image} was not removed")
     print()
